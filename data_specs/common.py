@@ -1,0 +1,140 @@
+"""Helpers shared by the dataset readers: CSV rows, numeric frame ordering, read results."""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_specs.clip import Clip, Finding
+
+_DIGITS = re.compile(r"(\d+)(?!.*\d)")
+
+
+def frame_number(name: str) -> int:
+    """The last integer in a file name: `7.jpg` -> 7, `clip_12.png` -> 12, `x.mp4_3.png` -> 3.
+
+    Frames are ordered by this number, never lexicographically (`10.jpg` sorts after `9.jpg`).
+    """
+    m = _DIGITS.search(Path(name).stem)
+    if not m:
+        raise ValueError(f"no frame number in file name {name!r}")
+    return int(m.group(1))
+
+
+def numbered_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files of `folder` with one of `suffixes`, in numeric frame order (empty if no folder)."""
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.iterdir() if p.suffix.lower() in suffixes and _DIGITS.search(p.stem)]
+    return sorted(files, key=lambda p: (frame_number(p.name), p.name))
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV with a header row, as (header, rows); cells stripped of surrounding whitespace."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise ValueError(f"{path}: empty CSV, expected a header row") from None
+        rows = []
+        for cells in reader:
+            if not any(c.strip() for c in cells):
+                continue
+            rows.append({h: (cells[i].strip() if i < len(cells) else "") for i, h in enumerate(header)})
+    return header, rows
+
+
+def require_columns(path: Path, header: list[str], required: tuple[str, ...]) -> None:
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {missing}; found {header}. "
+            f"Expected the release's header {list(required)}."
+        )
+
+
+@dataclass
+class ReadResult:
+    """What a reader found: every clip it could assemble, every finding, and row accounting.
+
+    Clips with an `error` finding are still returned here; `partition()` separates kept from
+    quarantined so the counts always add up (read = kept + quarantined).
+    """
+
+    dataset: str
+    root: str
+    clips: list[Clip] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    rows_read: int = 0
+    rows_skipped: int = 0
+
+    def partition(self) -> tuple[list[Clip], list[Clip]]:
+        return partition_clips(self.clips, self.findings)
+
+
+def partition_clips(clips: list[Clip], findings: list[Finding]) -> tuple[list[Clip], list[Clip]]:
+    """Split clips into (kept, quarantined) by their error findings.
+
+    A clip-level error quarantines the clip. An expression-level error drops that expression from a
+    kept clip; a clip whose expressions were all dropped is quarantined as well.
+    """
+    bad_clips = {f.clip_key for f in findings if f.severity == "error" and not f.expression_uid}
+    bad_expressions = {(f.clip_key, f.expression_uid) for f in findings if f.severity == "error" and f.expression_uid}
+    kept, quarantined = [], []
+    for clip in clips:
+        if clip.key in bad_clips:
+            quarantined.append(clip)
+            continue
+        if clip.expressions:
+            good = [e for e in clip.expressions if (clip.key, e.uid) not in bad_expressions]
+            if not good:
+                quarantined.append(clip)
+                continue
+            clip.expressions = good
+        kept.append(clip)
+    return kept, quarantined
+
+
+class StrictModeError(RuntimeError):
+    """Raised in strict mode on the first error finding; its message is that finding."""
+
+
+class FindingSink:
+    """Collects findings; in strict mode the first error raises immediately."""
+
+    def __init__(self, dataset: str, strict: bool = False) -> None:
+        self.dataset = dataset
+        self.strict = strict
+        self.findings: list[Finding] = []
+
+    def add(
+        self, clip_key: str, file: str | Path, kind: str, severity: str, message: str, expression_uid: str = ""
+    ) -> Finding:
+        finding = Finding(self.dataset, clip_key, str(file), kind, severity, message, expression_uid)  # type: ignore[arg-type]
+        if self.strict and severity == "error":
+            raise StrictModeError(str(finding))
+        self.findings.append(finding)
+        return finding
+
+    def error(self, clip_key: str, file: str | Path, kind: str, message: str, expression_uid: str = "") -> Finding:
+        return self.add(clip_key, file, kind, "error", message, expression_uid)
+
+    def warning(self, clip_key: str, file: str | Path, kind: str, message: str, expression_uid: str = "") -> Finding:
+        return self.add(clip_key, file, kind, "warning", message, expression_uid)
+
+
+def check_frame_numbers(frames: list[Path], first: int, expected: int, clip_key: str, folder: str | Path,
+                        sink: FindingSink) -> bool:
+    """Frames must be numbered first..first+expected-1; report gaps as missing files, extras as a count error."""
+    numbers = {frame_number(p.name) for p in frames}
+    missing = [n for n in range(first, first + expected) if n not in numbers]
+    if missing:
+        sink.error(clip_key, folder, "missing_file", f"frame file(s) numbered {missing} missing ({len(frames)} present)")
+        return False
+    if len(frames) != expected:
+        sink.error(clip_key, folder, "wrong_frame_count", f"{len(frames)} frames, expected {expected}")
+        return False
+    return True

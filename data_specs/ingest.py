@@ -1,0 +1,170 @@
+"""Ingest as plain functions: read a raw tree, plan shards, and write the manifest and report.
+
+`flows/ingest.py` runs these as a Prefect flow (one task per shard); nothing here imports Prefect.
+Outputs under the ingest folder DIR:
+
+    DIR/shards/<dataset>-<subset>-<split>-NNNNNN.tar (+ .json sidecar)
+    DIR/manifest.parquet        one row per kept clip
+    DIR/ingest_report.parquet   one row per finding
+    DIR/ingest.json             what was ingested from where, and the counts
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_specs.avsbench_v1 import read_ms3, read_s4
+from data_specs.avss import read_avss
+from data_specs.clip import Clip, Finding
+from data_specs.common import ReadResult, partition_clips
+from data_specs.refavs import read_refavs
+from data_specs.shards import MANIFEST_COLUMNS, ShardPlan, ShardResult, plan_shards
+
+READERS: dict[str, Callable[..., ReadResult]] = {
+    "avss": read_avss,
+    "avsbench-s4": read_s4,
+    "avsbench-ms3": read_ms3,
+    "refavs": read_refavs,
+}
+PALETTE_MASKS = {"avss"}  # datasets whose masks are RGB palette images
+REPORT_COLUMNS = ("dataset", "clip_key", "file", "kind", "severity", "message", "expression_uid")
+
+
+@dataclass
+class IngestPlan:
+    dataset: str
+    subset: str
+    root: str
+    out: str
+    read: ReadResult
+    quarantined: list[Clip]
+    shards: list[ShardPlan]
+
+
+@dataclass
+class IngestSummary:
+    dataset: str
+    subset: str
+    root: str
+    out: str
+    clips_read: int
+    clips_kept: int
+    clips_quarantined: int
+    expressions_read: int
+    expressions_kept: int
+    rows_skipped: int
+    shards: int
+    shards_written: int
+    shards_skipped: int
+    bytes: int
+    errors: int
+    warnings: int
+    findings_by_kind: dict[str, int] = field(default_factory=dict)
+    manifest: str = ""
+    report: str = ""
+    shards_dir: str = ""
+
+    def lines(self) -> list[str]:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.findings_by_kind.items())) or "none"
+        out = [
+            f"ingest {self.dataset} ({self.subset}) from {self.root}",
+            f"  clips: {self.clips_read} read = {self.clips_kept} kept + {self.clips_quarantined} quarantined",
+        ]
+        if self.expressions_read:
+            out.append(f"  expressions: {self.expressions_read} read, {self.expressions_kept} kept")
+        if self.rows_skipped:
+            out.append(f"  metadata rows skipped: {self.rows_skipped}")
+        out += [
+            f"  shards: {self.shards} ({self.shards_written} written, {self.shards_skipped} already complete), "
+            f"{self.bytes / 1e6:.1f} MB",
+            f"  findings: {self.errors} errors, {self.warnings} warnings ({kinds})",
+            f"  shards:   {self.shards_dir}",
+            f"  manifest: {self.manifest}",
+            f"  report:   {self.report}",
+        ]
+        return out
+
+
+def prepare(dataset: str, root: str | Path, out: str | Path, subset: str = "all", strict: bool = False,
+            clips_per_shard: int = 64) -> IngestPlan:
+    """Read and check the metadata and folders, and plan the shards (no file bytes read yet)."""
+    if dataset not in READERS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(READERS)}")
+    out = Path(out).resolve()
+    _claim(out, dataset, subset, Path(root).resolve())
+    read = READERS[dataset](root, subset=subset, strict=strict)
+    kept, quarantined = partition_clips(read.clips, read.findings)
+    shards = plan_shards(kept, read.findings, clips_per_shard)
+    return IngestPlan(dataset, subset, read.root, str(out), read, quarantined, shards)
+
+
+def _claim(out: Path, dataset: str, subset: str, root: Path) -> None:
+    """One ingest folder holds one (dataset, subset) ingest; refuse to mix two."""
+    record = out / "ingest.json"
+    if record.is_file():
+        previous = json.loads(record.read_text())
+        if (previous.get("dataset"), previous.get("subset")) != (dataset, subset):
+            raise ValueError(
+                f"{out} already holds an ingest of {previous.get('dataset')} ({previous.get('subset')}); "
+                f"use another --out for {dataset} ({subset})"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (out / "shards").glob(".*.tmp-*") if (out / "shards").is_dir() else []:
+        stale.unlink()  # left by an interrupted run
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def finalize(plan: IngestPlan, results: list[ShardResult]) -> IngestSummary:
+    """Write manifest, report and summary for a finished set of shards; drop stale shards."""
+    out = Path(plan.out)
+    rows = [row for r in sorted(results, key=lambda r: r.name) for row in r.rows]
+    findings: list[Finding] = list(plan.read.findings) + [f for r in results for f in r.findings]
+    manifest = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("key", pa.string()), ("dataset", pa.string()), ("subset", pa.string()), ("split", pa.string()),
+        ("uid", pa.string()), ("category", pa.string()), ("n_frames", pa.int32()), ("n_labelled_frames", pa.int32()),
+        ("n_expressions", pa.int32()), ("shard", pa.string()), ("bytes", pa.int64()), ("content_hash", pa.string()),
+    ]))
+    assert tuple(manifest.column_names) == MANIFEST_COLUMNS
+    report = pa.Table.from_pylist([asdict(f) for f in findings],
+                                  schema=pa.schema([(c, pa.string()) for c in REPORT_COLUMNS]))
+    _write_parquet(manifest, out / "manifest.parquet")
+    _write_parquet(report, out / "ingest_report.parquet")
+
+    planned = {f"{p.name}.tar" for p in plan.shards}
+    for tar in (out / "shards").glob("*.tar"):
+        if tar.name not in planned:
+            tar.unlink()
+            tar.with_suffix(".json").unlink(missing_ok=True)
+
+    deep_quarantined = sum(len(r.quarantined) for r in results)
+    expressions_read = sum(len(c.expressions) for c in plan.read.clips)
+    kinds = Counter(f.kind for f in findings)
+    summary = IngestSummary(
+        dataset=plan.dataset, subset=plan.subset, root=plan.root, out=plan.out,
+        clips_read=len(plan.read.clips), clips_kept=len(rows),
+        clips_quarantined=len(plan.quarantined) + deep_quarantined,
+        expressions_read=expressions_read, expressions_kept=sum(r["n_expressions"] for r in rows),
+        rows_skipped=plan.read.rows_skipped, shards=len(results),
+        shards_written=sum(not r.skipped for r in results), shards_skipped=sum(r.skipped for r in results),
+        bytes=sum(r.bytes for r in results),
+        errors=sum(f.severity == "error" for f in findings), warnings=sum(f.severity == "warning" for f in findings),
+        findings_by_kind=dict(kinds), manifest=str(out / "manifest.parquet"),
+        report=str(out / "ingest_report.parquet"), shards_dir=str(out / "shards"),
+    )
+    if summary.clips_read != summary.clips_kept + summary.clips_quarantined:
+        raise RuntimeError(f"ingest accounting does not add up: {summary}")  # would mean a lost clip
+    (out / "ingest.json").write_text(json.dumps(asdict(summary), indent=1, sort_keys=True))
+    return summary

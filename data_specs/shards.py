@@ -1,0 +1,316 @@
+"""WebDataset shards: one sample per Clip, original file bytes, a JSON meta record, a sidecar.
+
+Sample members (`<key>.<field>`; WebDataset splits at the first dot, and keys never contain one):
+
+    meta.json             the Clip record (all fields, expressions) and its findings
+    frameTT.<ext>         original encoded frame bytes (jpg or png), TT = 00, 01, ...
+    maskTT.png            ground-truth mask bytes for labelled frames (AVSS: the RGB palette mask)
+    semTT.png             AVSS class-id mask bytes (labels_semantic)
+    fidFF.maskTT.png      Ref-AVS: mask of object FF on frame TT
+    audio.wav             original audio bytes
+
+Each `<shard>.tar` has a sidecar `<shard>.json` with the sample count, keys, per-sample content
+hashes and the tar's sha256; readers check it, because a tar truncated inside a header loses
+samples silently. Tars are written deterministically (fixed member metadata) to a temporary name,
+fsynced and renamed, so an interrupted run never leaves a partial shard under the final name and a
+re-run writes byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_specs.clip import Clip, Finding
+from data_specs.common import FindingSink, StrictModeError, partition_clips
+from data_specs.validate import check_clip_bytes
+
+FORMAT_VERSION = 1
+MANIFEST_COLUMNS = ("key", "dataset", "subset", "split", "uid", "category", "n_frames", "n_labelled_frames",
+                    "n_expressions", "shard", "bytes", "content_hash")
+
+
+class ShardIntegrityError(RuntimeError):
+    """A shard does not match its sidecar (truncated, modified, or missing)."""
+
+
+@dataclass
+class ShardPlan:
+    """The clips one shard will hold, and a hash of everything that determines its bytes."""
+
+    name: str
+    clips: list[Clip]
+    findings: dict[str, list[Finding]]  # clip key -> findings from the metadata stage
+    plan_hash: str = ""
+
+
+@dataclass
+class ShardResult:
+    name: str
+    path: str
+    n_samples: int
+    sha256: str
+    bytes: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+    skipped: bool = False
+
+
+def clip_files(clip: Clip) -> list[str]:
+    files = [*clip.frame_paths, *[p for p in clip.mask_paths if p], *[p for p in clip.semantic_paths if p]]
+    for expression in clip.expressions:
+        files.extend(p for p in expression.mask_paths if p)
+    if clip.audio_path:
+        files.append(clip.audio_path)
+    return list(dict.fromkeys(files))
+
+
+def _stat_signature(clip: Clip) -> list[Any]:
+    signature = []
+    for rel in clip_files(clip):
+        try:
+            st = os.stat(clip.path(rel))
+            signature.append((rel, st.st_size, st.st_mtime_ns))
+        except OSError:
+            signature.append((rel, "missing"))
+    return signature
+
+
+def plan_shards(clips: list[Clip], findings: list[Finding], clips_per_shard: int = 64) -> list[ShardPlan]:
+    """Group clips by (dataset, subset, split), sorted by key, into shards of at most N clips.
+
+    The grouping is deterministic for a given input, so re-running plans the same shards; the plan
+    hash covers the clip records, their findings and every source file's size and mtime, so a re-run
+    on unchanged input recognises finished shards without reading a byte of them.
+    """
+    if clips_per_shard < 1:
+        raise ValueError(f"clips_per_shard must be >= 1, got {clips_per_shard}")
+    by_clip: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_clip.setdefault(f.clip_key, []).append(f)
+    groups: dict[tuple[str, str, str], list[Clip]] = {}
+    for clip in sorted(clips, key=lambda c: c.key):
+        groups.setdefault((clip.dataset, clip.subset, clip.split.replace("+", "_")), []).append(clip)
+    plans = []
+    for (dataset, subset, split), members in sorted(groups.items()):
+        for i in range(0, len(members), clips_per_shard):
+            chunk = members[i:i + clips_per_shard]
+            plan = ShardPlan(f"{dataset}-{subset}-{split}-{i // clips_per_shard:06d}", chunk,
+                             {c.key: by_clip.get(c.key, []) for c in chunk})
+            digest = hashlib.sha256(f"format={FORMAT_VERSION}".encode())
+            for clip in chunk:
+                digest.update(json.dumps([clip.to_json(), [asdict(f) for f in plan.findings[clip.key]],
+                                          _stat_signature(clip)], sort_keys=True, default=str).encode())
+            plan.plan_hash = digest.hexdigest()
+            plans.append(plan)
+    return plans
+
+
+def _members(clip: Clip, blobs: dict[str, bytes], findings: list[Finding]) -> list[tuple[str, bytes]]:
+    meta = {"format": FORMAT_VERSION, "clip": clip.to_json(), "findings": [asdict(f) for f in findings]}
+    members = [("meta.json", json.dumps(meta, sort_keys=True, indent=1).encode())]
+    for t, rel in enumerate(clip.frame_paths):
+        ext = Path(rel).suffix.lower().lstrip(".") or "jpg"
+        members.append((f"frame{t:02d}.{ext}", blobs[rel]))
+    for t, rel in enumerate(clip.mask_paths):
+        if rel:
+            members.append((f"mask{t:02d}.png", blobs[rel]))
+    for t, rel in enumerate(clip.semantic_paths):
+        if rel:
+            members.append((f"sem{t:02d}.png", blobs[rel]))
+    written: set[int] = set()
+    for expression in clip.expressions:
+        if expression.target_id in written:
+            continue
+        written.add(expression.target_id)
+        for t, rel in enumerate(expression.mask_paths):
+            if rel:
+                members.append((f"fid{expression.target_id:02d}.mask{t:02d}.png", blobs[rel]))
+    if clip.audio_path:
+        members.append(("audio.wav", blobs[clip.audio_path]))
+    return members
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0o444, 0, 0, "", ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def sidecar_path(tar_path: Path) -> Path:
+    return tar_path.with_suffix(".json")
+
+
+def write_shard(plan: ShardPlan, shards_dir: Path, strict: bool = False, palette_masks: bool = False) -> ShardResult:
+    """Read, check and write one shard; skip it when a verified shard of the same plan exists."""
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    tar_path = shards_dir / f"{plan.name}.tar"
+    existing = _finished(tar_path, plan.plan_hash)
+    if existing is not None:
+        return existing
+
+    sink = FindingSink(plan.clips[0].dataset if plan.clips else "", strict)
+    buffer = io.BytesIO()
+    rows, quarantined, keys, hashes = [], [], [], []
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for clip in plan.clips:
+            before = len(sink.findings)
+            blobs: dict[str, bytes] = {}
+            for rel in clip_files(clip):
+                try:
+                    blobs[rel] = clip.path(rel).read_bytes()
+                except OSError as exc:
+                    sink.error(clip.key, rel, "missing_file", f"cannot read: {exc}")
+            if len(blobs) == len(clip_files(clip)):
+                check_clip_bytes(clip, blobs, sink, palette_masks=palette_masks)
+            new = sink.findings[before:]
+            kept, _ = partition_clips([clip], new)
+            if not kept:
+                quarantined.append(clip.key)
+                continue
+            members = _members(clip, blobs, plan.findings.get(clip.key, []) + new)
+            digest = hashlib.sha256()
+            for suffix, data in members:
+                _add(tar, f"{clip.key}.{suffix}", data)
+                digest.update(suffix.encode() + b"\0" + hashlib.sha256(data).digest())
+            size = sum(len(d) for _, d in members)
+            keys.append(clip.key)
+            hashes.append(digest.hexdigest())
+            rows.append({
+                "key": clip.key, "dataset": clip.dataset, "subset": clip.subset, "split": clip.split,
+                "uid": clip.uid, "category": clip.category, "n_frames": clip.n_frames,
+                "n_labelled_frames": len(clip.labelled_frames), "n_expressions": len(clip.expressions),
+                "shard": f"shards/{tar_path.name}", "bytes": size, "content_hash": digest.hexdigest(),
+            })
+    data = buffer.getvalue()
+    sha = hashlib.sha256(data).hexdigest()
+    _atomic_write(tar_path, data)
+    sidecar = {
+        "format": FORMAT_VERSION, "shard": tar_path.name, "plan_hash": plan.plan_hash, "n_samples": len(keys),
+        "keys": keys, "content_hashes": hashes, "sha256": sha, "bytes": len(data), "rows": rows,
+        "findings": [asdict(f) for f in sink.findings], "quarantined": quarantined,
+    }
+    _atomic_write(sidecar_path(tar_path), json.dumps(sidecar, indent=1, sort_keys=True).encode())
+    return ShardResult(plan.name, str(tar_path), len(keys), sha, len(data), rows, sink.findings, quarantined)
+
+
+def _finished(tar_path: Path, plan_hash: str) -> ShardResult | None:
+    """The recorded result of a shard already written for this plan, if its tar is intact."""
+    side = sidecar_path(tar_path)
+    if not (tar_path.is_file() and side.is_file()):
+        return None
+    try:
+        record = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("plan_hash") != plan_hash or record.get("format") != FORMAT_VERSION:
+        return None
+    if tar_path.stat().st_size != record["bytes"] or file_sha256(tar_path) != record["sha256"]:
+        return None
+    return ShardResult(record["shard"].removesuffix(".tar"), str(tar_path), record["n_samples"], record["sha256"],
+                       record["bytes"], record["rows"], [Finding(**f) for f in record["findings"]],
+                       record["quarantined"], skipped=True)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_shard(tar_path: str | Path) -> list[str]:
+    """Problems with one shard against its sidecar (empty when intact)."""
+    tar_path = Path(tar_path)
+    side = sidecar_path(tar_path)
+    if not tar_path.is_file():
+        return [f"{tar_path}: missing"]
+    if not side.is_file():
+        return [f"{tar_path}: sidecar {side.name} missing"]
+    record = json.loads(side.read_text())
+    problems = []
+    if tar_path.stat().st_size != record["bytes"]:
+        problems.append(f"{tar_path}: {tar_path.stat().st_size} bytes, sidecar says {record['bytes']}")
+    elif file_sha256(tar_path) != record["sha256"]:
+        problems.append(f"{tar_path}: sha256 differs from the sidecar")
+    return problems
+
+
+@dataclass
+class ClipSample:
+    """One sample read back from a shard: the Clip record and its raw bytes."""
+
+    clip: Clip
+    findings: list[Finding]
+    frames: list[bytes]
+    masks: dict[int, bytes]                      # frame -> mask bytes (labelled frames only)
+    semantic: dict[int, bytes]
+    object_masks: dict[int, dict[int, bytes]]    # Ref-AVS: fid -> frame -> mask bytes
+    audio: bytes | None
+
+
+def sample_from_dict(sample: dict[str, Any]) -> ClipSample:
+    """Turn a raw WebDataset sample (field -> bytes) into a ClipSample."""
+    meta = json.loads(sample["meta.json"])
+    clip = Clip.from_json(meta["clip"])
+    frames, masks, semantic, objects = {}, {}, {}, {}
+    for name, data in sample.items():
+        if name.startswith("__"):
+            continue
+        if name.startswith("frame"):
+            frames[int(name[5:7])] = data
+        elif name.startswith("mask"):
+            masks[int(name[4:6])] = data
+        elif name.startswith("sem"):
+            semantic[int(name[3:5])] = data
+        elif name.startswith("fid"):
+            objects.setdefault(int(name[3:5]), {})[int(name.split(".")[1][4:6])] = data
+    return ClipSample(clip, [Finding(**f) for f in meta["findings"]], [frames[t] for t in sorted(frames)],
+                      masks, semantic, objects, sample.get("wav") or sample.get("audio.wav"))
+
+
+def iter_shard(tar_path: str | Path, verify: bool = True) -> Iterator[ClipSample]:
+    """Read a shard with WebDataset, checking it against its sidecar.
+
+    With `verify`, the tar's sha256 is checked before the first sample; in any case the sample keys
+    are compared with the sidecar's at the end, so a silently truncated tar raises instead of
+    yielding fewer clips.
+    """
+    import webdataset as wds
+
+    tar_path = Path(tar_path)
+    if verify and (problems := verify_shard(tar_path)):
+        raise ShardIntegrityError("; ".join(problems))
+    side = sidecar_path(tar_path)
+    expected = json.loads(side.read_text())["keys"] if side.is_file() else None
+    seen = []
+    for sample in wds.WebDataset(str(tar_path), shardshuffle=False, empty_check=False):
+        seen.append(sample["__key__"])
+        yield sample_from_dict(sample)
+    if expected is not None and seen != expected:
+        raise ShardIntegrityError(
+            f"{tar_path}: read {len(seen)} samples, sidecar lists {len(expected)}; the shard is truncated or "
+            "modified: re-run ingest to rewrite it"
+        )
+
+
+__all__ = ["ClipSample", "ShardIntegrityError", "ShardPlan", "ShardResult", "StrictModeError", "iter_shard",
+           "plan_shards", "sample_from_dict", "verify_shard", "write_shard"]
