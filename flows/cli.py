@@ -95,5 +95,68 @@ def demo(
     typer.echo(f"\nAll outputs are under {home}")
 
 
+@app.command()
+def query(
+    sql: str = typer.Argument(None, help="SQL over the views (runs, frame_metrics, clip_metrics, ablation_summary), "
+                              "or the name of a canned query (see --list)."),
+    csv_out: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
+    param: list[str] = typer.Option([], "--param", help="k=v parameter of a canned query (repeatable)."),
+    list_queries: bool = typer.Option(False, "--list", help="List the views and the canned queries."),
+    refresh_runs: bool = typer.Option(True, help="Export the MLflow runs table before querying."),
+) -> None:
+    """Query per-frame/per-clip metrics, runs and ablation summaries with DuckDB."""
+    from dashboards.queries import CANNED, resolve
+    from dashboards.views import connect
+
+    home = data_home()
+    if list_queries or not sql:
+        typer.echo("views: runs, frame_metrics, clip_metrics, ablation_summary")
+        for q in CANNED.values():
+            params = " ".join(f"--param {k}={v or '...'}" for k, v in q.params.items())
+            typer.echo(f"  {q.name} {params}\n      {q.description}")
+        return
+    if refresh_runs:
+        _refresh_runs(home)
+    con = connect(home)
+    overrides = dict(p.split("=", 1) for p in param)
+    try:
+        if sql in CANNED:
+            text, values = resolve(sql, overrides)
+            result = con.execute(text, values)
+        else:
+            result = con.execute(sql)
+    except Exception as exc:  # duckdb raises its own error types; show the message, not a traceback
+        _fail(str(exc))
+    columns = [d[0] for d in result.description]
+    rows = result.fetchall()
+    if csv_out:
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, show_lines=False)
+    for row in rows:
+        table.add_row(*("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    Console(width=max(120, 16 * len(columns))).print(table)
+    typer.echo(f"{len(rows)} row(s)")
+
+
+def _refresh_runs(home: Path) -> None:
+    """Export MLflow's runs when a store exists (never create an empty one just to query)."""
+    import os
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None and not (home / "mlflow" / "mlflow.db").is_file():
+        return
+    from flows.runs_export import export_runs
+
+    export_runs(home)
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

@@ -1,0 +1,72 @@
+"""Column layouts of the metrics tables, and the one writer every producer uses.
+
+Tables live under `<data>/metrics/<table>/<partition>=<value>/<name>.parquet` (hive layout), so
+DuckDB exposes the partition (`run_id` or `parent_run_id`) as a column and a new run never rewrites
+an old one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_ID_COLUMNS = [
+    ("run_id", pa.string()), ("dataset", pa.string()), ("subset", pa.string()), ("split", pa.string()),
+    ("clip_key", pa.string()), ("expression_uid", pa.string()),
+]
+_TAIL = [
+    ("protocol", pa.string()), ("decoding", pa.string()), ("J", pa.float64()), ("F", pa.float64()),
+    ("pred_area", pa.int64()), ("gt_area", pa.int64()), ("pixels", pa.int64()), ("object_score", pa.float64()),
+    ("category", pa.string()), ("is_null", pa.bool_()),
+]
+
+FRAME_METRICS = pa.schema([*_ID_COLUMNS, ("frame", pa.int32()), *_TAIL, ("labelled", pa.bool_())])
+CLIP_METRICS = pa.schema([*_ID_COLUMNS, ("n_frames", pa.int32()), *_TAIL])
+ABLATION_SUMMARY = pa.schema([
+    ("parent_run_id", pa.string()), ("row", pa.string()), ("dataset", pa.string()), ("split", pa.string()),
+    ("protocol", pa.string()), ("J", pa.float64()), ("F", pa.float64()), ("J_and_F", pa.float64()),
+    ("paper_J", pa.float64()), ("paper_F", pa.float64()), ("paper_table", pa.string()),
+])
+
+TABLES: dict[str, tuple[pa.Schema, str]] = {
+    "frame_metrics": (FRAME_METRICS, "run_id"),
+    "clip_metrics": (CLIP_METRICS, "run_id"),
+    "ablation_summary": (ABLATION_SUMMARY, "parent_run_id"),
+}
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def metrics_dir(data_home: str | Path) -> Path:
+    return Path(data_home) / "metrics"
+
+
+def write_table(rows: list[dict[str, Any]] | pa.Table, table: str, partition_value: str, data_home: str | Path,
+                name: str = "part-0") -> Path:
+    """Write rows of `table` for one run (or parent run) atomically; returns the Parquet path.
+
+    Rows must carry every column of the table's schema (extra keys are an error, so a typo never
+    silently drops a field). Re-writing the same (partition, name) replaces that file only.
+    """
+    schema, partition = TABLES[table]
+    if isinstance(rows, pa.Table):
+        data = rows.select(schema.names).cast(schema)
+    else:
+        for i, row in enumerate(rows):
+            unknown = set(row) - set(schema.names)
+            missing = set(schema.names) - set(row)
+            if unknown or missing:
+                raise ValueError(f"{table} row {i}: unknown columns {sorted(unknown)}, missing {sorted(missing)}")
+        data = pa.Table.from_pylist(rows, schema=schema)
+    folder = metrics_dir(data_home) / table / f"{partition}={_SAFE.sub('_', partition_value)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{_SAFE.sub('_', name)}.parquet"
+    tmp = folder / f".{path.name}.tmp-{os.getpid()}"
+    pq.write_table(data, tmp)
+    os.replace(tmp, path)
+    return path
