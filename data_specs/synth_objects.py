@@ -1,0 +1,55 @@
+"""Per-object video clips from the synthetic world, for pretraining the tiny SAM2 (issue 8).
+
+SAM2 is trained to segment *an object* given clicks or a box, and to track it with memory. The
+synthetic world's rendered clips know every object's pixels (the owner map), so each draw here is
+one rendered clip plus the mask of one on-screen object on every frame, regardless of whether it
+sounds. Clips are drawn from a seed range disjoint from the demo world's, so the pretraining never
+sees a demo evaluation clip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from data_specs.synth_plans import plan_avss_clip
+from data_specs.synth_render import render_clip
+from data_specs.synth_world import SynthConfig
+
+PRETRAIN_SEED_OFFSET = 1_000_003  # world seeds used by demos/tests are small integers
+
+
+@dataclass
+class ObjectClip:
+    frames: list[np.ndarray]  # T x (H, W, 3) uint8
+    masks: np.ndarray  # (T, H, W) bool: the object's pixels on each frame
+    category: str
+
+
+def object_clip(seed: int, index: int, size: int = 160, n_frames: int = 5, disappear_prob: float = 0.25) -> ObjectClip:
+    """The `index`-th pretraining clip of stream `seed`: a rendered multi-object clip, one object.
+
+    With probability `disappear_prob` the object leaves the scene after a random frame (the clip is
+    spliced with a render of the same scene without it), so SAM2's object-score head also learns
+    "no object here"; `masks` is empty on those frames. Frame 0 always shows the object.
+    """
+    cfg = SynthConfig(seed=PRETRAIN_SEED_OFFSET + seed, size=size)
+    subset = "v2" if n_frames > 5 else "v1m"
+    plan = plan_avss_clip(cfg, subset, index, "train")
+    frames, owners = render_clip(plan)
+    frames, owners = frames[:n_frames], owners[:n_frames]
+    on_screen = [i for i, o in enumerate(plan.objects) if o.on_screen]
+    rng = np.random.default_rng([seed, index])
+    target = int(rng.choice(on_screen))
+    masks = owners == target
+    if rng.random() < disappear_prob:
+        gone_from = int(rng.integers(1, n_frames))
+        objects = list(plan.objects)
+        objects[target] = dataclasses.replace(objects[target], on_screen=False)
+        # Same render seed and the same random draws: background and noise are identical.
+        without, _ = render_clip(dataclasses.replace(plan, objects=objects))
+        frames = frames[:gone_from] + without[gone_from:n_frames]
+        masks[gone_from:] = False
+    return ObjectClip(frames, masks, plan.objects[target].category.name)
