@@ -1,0 +1,174 @@
+"""Video propagation over one clip with SAM2's memory, in the released AuralSAM2 regime.
+
+Per clip of N frames (one clip per forward, batch 1 per frame, as released):
+
+* processing order `[cond_frame] + [other frames ascending]`;
+* the conditioning frame's image embedding is `s16 + no_mem_embed`; every other frame goes through
+  the stock memory attention over the conditioning frame's memory, up to `num_maskmem - 1` (6)
+  previous frames and the object pointers (`SAM2Base._prepare_memory_conditioned_features`);
+* each frame is decoded by `prompted_decode` with its dense/sparse prompts, always with multimask
+  output; the best-IoU mask and its token give the object pointer;
+* the memory of each frame is encoded (`SAM2Base._encode_new_memory`) from the raw s16 feature and
+  the best high-res mask, binarised and mapped to {-10, +10} (`is_mask_from_pts=True` with the
+  released `binarize_mask_from_pts_for_mem_enc=True`; SAM2 stays in eval, see `freeze_sam2`), so in
+  this regime gradients cross frames only through the object pointers.
+
+Conditioning-frame choice is the caller's (released: middle `N // 2` in training, 0 for AVSBench
+evaluation, middle for Ref-AVS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from auralsam2.sam2_decoder import PointInputs, prompted_decode
+from auralsam2.sam2_encoding import Pyramid, prepare_decoder_features
+
+
+class DecoderPrompts(NamedTuple):
+    """Per-frame AuralSAM2 prompts for a clip, in DECODER STAGE ORDER.
+
+    `dense[k]`: (N, HW, C) with HW = (S/16)², added to the image tokens at stage k; `sparse[k]`:
+    (N, C), added to the four mask tokens. Stage 0 = before block 0 (the deepest, s16 fuser
+    output), 1 = before block 1 (s8), 2 = before the final attention (s4). The fuser returns pyramid
+    order; the composed model reverses it. Either may be None (no prompt of that kind).
+    """
+
+    dense: Sequence[Tensor] | None = None
+    sparse: Sequence[Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class FrameOutput:
+    """Decoder outputs for one frame of a tracked clip (leading batch dim 1).
+
+    `high_res_masks` (1, 3, S, S) multimask logits; `low_res_masks` (1, 3, S/4, S/4); `ious` (1, 3);
+    `object_score_logits` (1, 1); `best_index` argmax of `ious` (the mask used for memory and the
+    object pointer); `obj_ptr` (1, C).
+    """
+
+    frame_idx: int
+    high_res_masks: Tensor
+    low_res_masks: Tensor
+    ious: Tensor
+    object_score_logits: Tensor
+    best_index: int
+    obj_ptr: Tensor
+
+
+def _unpack_prompts(prompts: Any) -> tuple[Sequence[Tensor] | None, Sequence[Tensor] | None]:
+    if prompts is None:
+        return None, None
+    if isinstance(prompts, Mapping):
+        return prompts.get("dense"), prompts.get("sparse")
+    return prompts.dense, prompts.sparse
+
+
+def _frame_prompts(prompts: Sequence[Tensor] | None, t: int) -> list[Tensor] | None:
+    if prompts is None:
+        return None
+    return [None if p is None else p[t : t + 1] for p in prompts]
+
+
+def track_clip(
+    model: nn.Module,
+    pyramid: Pyramid,
+    prompts: DecoderPrompts | Mapping[str, Any] | None,
+    cond_frame: int,
+    point_inputs: PointInputs | None = None,
+    *,
+    mask_inputs: Tensor | None = None,
+    official_query_pe: bool = True,
+    binarize_memory_masks: bool = True,
+) -> list[FrameOutput]:
+    """Segment one clip with SAM2 memory and AuralSAM2 prompts; returns N `FrameOutput`s by frame index.
+
+    `model`: a frozen SAM2Base (`build_sam2_model`/`freeze_sam2`), in eval. `pyramid`: the clip's
+    raw FPN levels (N frames; any float dtype, e.g. a bf16 cache). `prompts`: `DecoderPrompts` or a
+    mapping with "dense"/"sparse" (decoder stage order, see `DecoderPrompts`), or None for plain SAM2.
+    `cond_frame`: index of the conditioning frame. `point_inputs` (batch 1, model-input pixels,
+    `point_inputs_from_clicks`) and `mask_inputs` (1, 1, H, W) are SAM2 prompts for the
+    conditioning frame only (paper Table 6); they are decoded together with the audio prompts.
+    `official_query_pe`: see `prompted_two_way`. `binarize_memory_masks=False` feeds
+    `sigmoid(logits)` to the memory encoder instead (not the released regime; lets gradients
+    through spatial memory).
+
+    Runs under whatever autocast the caller set (the released model trains under bf16 autocast).
+    """
+    num_frames = pyramid.s16.shape[0]
+    if not 0 <= cond_frame < num_frames:
+        raise ValueError(f"cond_frame={cond_frame} is outside the clip's {num_frames} frames")
+    if model.training:
+        raise ValueError("SAM2 must be in eval mode for the released tracking regime: call freeze_sam2(model)")
+    if binarize_memory_masks and not model.binarize_mask_from_pts_for_mem_enc:
+        raise ValueError(
+            "this SAM2 does not binarise memory masks (binarize_mask_from_pts_for_mem_enc=False): "
+            "build it with build_sam2_model or call freeze_sam2(model)"
+        )
+    dense, sparse = _unpack_prompts(prompts)
+    for name, stage_prompts in (("dense", dense), ("sparse", sparse)):
+        for k, p in enumerate(stage_prompts or []):
+            if p is not None and p.shape[0] != num_frames:
+                raise ValueError(f"prompts.{name}[{k}] has {p.shape[0]} frames, the pyramid has {num_frames}")
+
+    feats = prepare_decoder_features(model, pyramid)
+    output_dict: dict[str, dict[int, dict[str, Any]]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    results: dict[int, FrameOutput] = {}
+    order = [cond_frame] + [t for t in range(num_frames) if t != cond_frame]
+    for t in order:
+        is_cond = t == cond_frame
+        cur_feats = [x[:, t : t + 1] for x in feats.vision_feats]
+        cur_pos = [x[:, t : t + 1] for x in feats.vision_pos_embeds]
+        pix_feat = model._prepare_memory_conditioned_features(
+            frame_idx=t,
+            is_init_cond_frame=is_cond,
+            current_vision_feats=cur_feats[-1:],
+            current_vision_pos_embeds=cur_pos[-1:],
+            feat_sizes=feats.feat_sizes[-1:],
+            output_dict=output_dict,
+            num_frames=num_frames,
+        )
+        high_res = [
+            x.permute(1, 2, 0).view(1, x.size(2), *size)
+            for x, size in zip(cur_feats[:-1], feats.feat_sizes[:-1], strict=True)
+        ]
+        out = prompted_decode(
+            model,
+            pix_feat,
+            high_res,
+            _frame_prompts(dense, t),
+            _frame_prompts(sparse, t),
+            point_inputs=point_inputs if is_cond else None,
+            mask_inputs=mask_inputs if is_cond else None,
+            multimask_output=True,
+            official_query_pe=official_query_pe,
+        )
+        best = int(torch.argmax(out.ious[0]).item())
+        maskmem_features, maskmem_pos_enc = model._encode_new_memory(
+            current_vision_feats=cur_feats,
+            feat_sizes=feats.feat_sizes,
+            pred_masks_high_res=out.high_res_masks[:, best : best + 1],
+            object_score_logits=out.object_score_logits,
+            is_mask_from_pts=binarize_memory_masks,
+        )
+        key = "cond_frame_outputs" if is_cond else "non_cond_frame_outputs"
+        output_dict[key][t] = {
+            "maskmem_features": maskmem_features,
+            "maskmem_pos_enc": maskmem_pos_enc,
+            "obj_ptr": out.obj_ptr,
+        }
+        results[t] = FrameOutput(
+            frame_idx=t,
+            high_res_masks=out.high_res_masks,
+            low_res_masks=out.low_res_masks,
+            ious=out.ious,
+            object_score_logits=out.object_score_logits,
+            best_index=best,
+            obj_ptr=out.obj_ptr,
+        )
+    return [results[t] for t in range(num_frames)]
