@@ -24,6 +24,9 @@ Config names accepted everywhere a SAM2 config is named (API and command line):
   checkpoints were trained on);
 * `tiny`: a TEST-ONLY SAM2 of ~0.65 M parameters at 128 px (`auralsam2/configs/sam2_tiny.yaml`);
   it never has a real checkpoint;
+* `synth`: the synthetic demo's small SAM2 (hidden 128, ~2.8 M parameters, 128 px;
+  `auralsam2/configs/sam2_synth.yaml`), pretrained by `auralsam2 pretrain-tiny-sam2` into the
+  committed `auralsam2/assets/sam2_tiny_synth.pt`;
 * a path to a SAM2 model YAML file of your own.
 """
 
@@ -63,6 +66,8 @@ from auralsam2.transforms import preprocess_frames, preprocess_masks
 __all__ = [
     "SAM2_CONFIGS",
     "SAM2_CONFIG_ALIASES",
+    "PROJECT_CONFIGS",
+    "SYNTH_CONFIG",
     "TINY_CONFIG",
     "CompactLevel",
     "CompactPyramid",
@@ -93,6 +98,9 @@ __all__ = [
 ]
 
 TINY_CONFIG = "tiny"
+SYNTH_CONFIG = "synth"
+# The project's own SAM2 configs (auralsam2/configs/): `tiny` for tests, `synth` for the demo.
+PROJECT_CONFIGS = {TINY_CONFIG: "sam2_tiny.yaml", SYNTH_CONFIG: "sam2_synth.yaml"}
 
 # The eight model configs the package ships, by their package name.
 SAM2_CONFIGS: tuple[str, ...] = tuple(
@@ -135,8 +143,8 @@ def resolve_sam2_config(config: str | os.PathLike) -> tuple[str, Path]:
     Raises `ValueError` listing the accepted names when `config` is none of them.
     """
     raw = str(config)
-    if raw == TINY_CONFIG:
-        return TINY_CONFIG, Path(str(importlib.resources.files("auralsam2") / "configs" / "sam2_tiny.yaml"))
+    if raw in PROJECT_CONFIGS:
+        return raw, Path(str(importlib.resources.files("auralsam2") / "configs" / PROJECT_CONFIGS[raw]))
     name = raw[: -len(".yaml")] if raw.endswith(".yaml") else raw
     name = name[len("configs/") :] if name.startswith("configs/") else name
     canonical = SAM2_CONFIG_ALIASES.get(name)
@@ -150,7 +158,8 @@ def resolve_sam2_config(config: str | os.PathLike) -> tuple[str, Path]:
     raise ValueError(
         f"unknown SAM2 config {raw!r}: use one of the package configs {list(SAM2_CONFIGS)}, "
         f"an alias such as 'sam2.1_hiera_b+' or 'hiera_l' (full list: "
-        f"auralsam2.sam2_backbone.SAM2_CONFIG_ALIASES), 'tiny' (tests only), or a path to a SAM2 model YAML"
+        f"auralsam2.sam2_backbone.SAM2_CONFIG_ALIASES), 'tiny' (tests only), 'synth' (the demo's), or a path "
+        f"to a SAM2 model YAML"
     )
 
 

@@ -24,16 +24,16 @@ PRETRAIN_SEED_OFFSET = 1_000_003  # world seeds used by demos/tests are small in
 @dataclass
 class ObjectClip:
     frames: list[np.ndarray]  # T x (H, W, 3) uint8
-    masks: np.ndarray  # (T, H, W) bool: the object's pixels on each frame
-    category: str
+    masks: np.ndarray  # (K, T, H, W) bool: each on-screen object's pixels on each frame
+    categories: list[str]
 
 
 def object_clip(seed: int, index: int, size: int = 160, n_frames: int = 5, disappear_prob: float = 0.25) -> ObjectClip:
-    """The `index`-th pretraining clip of stream `seed`: a rendered multi-object clip, one object.
+    """The `index`-th pretraining clip of stream `seed`: a rendered clip and every on-screen object's masks.
 
-    With probability `disappear_prob` the object leaves the scene after a random frame (the clip is
+    With probability `disappear_prob` one object leaves the scene after a random frame (the clip is
     spliced with a render of the same scene without it), so SAM2's object-score head also learns
-    "no object here"; `masks` is empty on those frames. Frame 0 always shows the object.
+    "no object here"; its masks are empty on those frames. Frame 0 shows every object.
     """
     cfg = SynthConfig(seed=PRETRAIN_SEED_OFFSET + seed, size=size)
     subset = "v2" if n_frames > 5 else "v1m"
@@ -42,8 +42,8 @@ def object_clip(seed: int, index: int, size: int = 160, n_frames: int = 5, disap
     frames, owners = frames[:n_frames], owners[:n_frames]
     on_screen = [i for i, o in enumerate(plan.objects) if o.on_screen]
     rng = np.random.default_rng([seed, index])
+    masks = np.stack([owners == i for i in on_screen])
     target = int(rng.choice(on_screen))
-    masks = owners == target
     if rng.random() < disappear_prob:
         gone_from = int(rng.integers(1, n_frames))
         objects = list(plan.objects)
@@ -51,5 +51,5 @@ def object_clip(seed: int, index: int, size: int = 160, n_frames: int = 5, disap
         # Same render seed and the same random draws: background and noise are identical.
         without, _ = render_clip(dataclasses.replace(plan, objects=objects))
         frames = frames[:gone_from] + without[gone_from:n_frames]
-        masks[gone_from:] = False
-    return ObjectClip(frames, masks, plan.objects[target].category.name)
+        masks[on_screen.index(target), gone_from:] = False
+    return ObjectClip(frames, masks, [plan.objects[i].category.name for i in on_screen])

@@ -95,6 +95,85 @@ def demo(
     typer.echo(f"\nAll outputs are under {home}")
 
 
+@app.command("pretrain-tiny-sam2")
+def pretrain_tiny_sam2(
+    out: Path = typer.Option(None, help="Checkpoint to write (default: the committed asset "
+                             "auralsam2/assets/sam2_tiny_synth.pt and its recipe .json beside it)."),
+    steps: int = typer.Option(2000, min=1, help="Training clips (one clip, all its objects, per step)."),
+    seed: int = typer.Option(0, help="Seed of the model init, the clip stream and the prompts."),
+    lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (cosine schedule, 100 warm-up steps)."),
+    image_size: int = typer.Option(128, help="Model input size of the tiny SAM2."),
+    eval_clips: int = typer.Option(64, help="Held-out clips for the prompted/tracked IoU report."),
+    threads: int = typer.Option(1, help="torch threads (1 makes the run reproducible bit for bit; 0: torch's default)."),
+    config: str = typer.Option("synth", help="SAM2 config to train (the demo's `synth`; `tiny` is too narrow to learn clicks)."),
+) -> None:
+    """Pretrain the demo's small SAM2 on synthetic-world clips with clicks and boxes, as SAM2 is trained.
+
+    The demo loads the result through the real SAM2 checkpoint path as its frozen SAM2. The recipe
+    (this command's arguments), the held-out IoU and the sha256 are written next to the checkpoint.
+    """
+    from flows.pretrain import run_pretrain_tiny_sam2
+
+    record = run_pretrain_tiny_sam2(out=out, steps=steps, seed=seed, lr=lr, image_size=image_size,
+                                    eval_clips=eval_clips, threads=threads, config=config)
+    typer.echo(f"wrote {record['checkpoint']} (sha256 {record['sha256'][:16]}...)")
+    typer.echo(f"held-out IoU: prompted frame {record['eval']['cond_iou']:.3f}, "
+               f"tracked frames {record['eval']['tracked_iou']:.3f}")
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(None, help="Experiment config YAML (presets in configs/); omit for all defaults."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: --set optim.lr=3e-4 (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue run_name (default: the latest unfinished run) "
+                                "from its last.ckpt, in the same MLflow run."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Processes (GPUs) for DDP via torchrun."),
+    parent_run_id: str = typer.Option(None, "--parent-run-id", help="Log as a nested run of this MLflow run."),
+    no_tracking: bool = typer.Option(False, "--no-tracking", help="Do not log to MLflow."),
+) -> None:
+    """Train AuralSAM2 on a feature cache (a Prefect flow; logs an MLflow run)."""
+    from auralsam2.config import ConfigError
+    from flows.train import run_train
+
+    try:
+        summary = run_train(config, set_, resume=resume, parent_run_id=parent_run_id, tracking=not no_tracking,
+                            nproc=nproc_per_node)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        _fail(str(exc))
+    state = "interrupted" if summary["interrupted"] else "finished"
+    typer.echo(f"training {state} after {summary['steps']}/{summary['total_steps']} steps: {summary['run_dir']}")
+    typer.echo(f"best {summary['selection']} = {summary['best_metric']:.4f} at step {summary['best_step']}"
+               f" -> {summary['best_checkpoint']}")
+    if summary["run_id"]:
+        typer.echo(f"MLflow run {summary['run_id']}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., exists=True, dir_okay=False, help="best.ckpt of a run, or a released "
+                                      "AuralSAM2 .pth (then --config is required)."),
+    config: Path = typer.Option(None, "--config", help="Experiment config (default: the one inside the checkpoint)."),
+    split: list[str] = typer.Option([], "--split", help="Split to evaluate (repeatable; default: eval.splits)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config field (repeatable)."),
+    run_id: str = typer.Option(None, "--run-id", help="MLflow run to log into (default: the checkpoint's run)."),
+    no_tracking: bool = typer.Option(False, "--no-tracking", help="Do not log to MLflow."),
+) -> None:
+    """Evaluate a checkpoint: official protocols, per-frame/per-clip Parquet, MLflow metrics and overlays."""
+    from auralsam2.config import ConfigError
+    from flows.evaluate import run_evaluate
+
+    try:
+        summary = run_evaluate(checkpoint, config, set_, splits=split or None, run_id=run_id,
+                               tracking=not no_tracking)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    for name, result in summary["splits"].items():
+        parts = [f"{k}={result[k]:.4f}" for k in ("J", "F", "S") if result[k] == result[k]]
+        typer.echo(f"{name}: {result['n_items']} items, {result['protocol']} {result['decoding']}: {' '.join(parts)}")
+    typer.echo(f"run_id {summary['run_id']}; per-clip metrics: auralsam2 query worst_clips --param "
+               f"run_id={summary['run_id']}")
+
+
 @app.command()
 def query(
     sql: str = typer.Argument(None, help="SQL over the views (runs, frame_metrics, clip_metrics, ablation_summary), "
@@ -156,6 +235,9 @@ def _refresh_runs(home: Path) -> None:
     from flows.runs_export import export_runs
 
     export_runs(home)
+
+
+app.add_typer(__import__("flows.cache", fromlist=["app"]).app, name="cache")  # auralsam2 cache [verify|size]
 
 
 def main() -> None:  # pragma: no cover

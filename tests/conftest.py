@@ -19,6 +19,18 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny-tensor tests are dominated by OpenMP spin-waits with several threads on a loaded 2-core
+    machine (measured ~50x slower); one thread keeps the suite fast and its numbers repeatable."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def session_home() -> Path:
     return _SESSION_HOME
