@@ -1,0 +1,458 @@
+"""Training losses: SAM2's multi-mask segmentation loss and the audio-guided contrastive loss.
+
+Segmentation (released `loss/training/sam2_training_loss.py`, SAM2's `MultiStepMultiMasksAndIous`
+with the AuralSAM2 yaml): per supervised frame, on the 3 multimask logits at model resolution
+`(3, S, S)` against the GT `(S, S)`:
+  * focal (alpha 0.25, gamma 2), mean over pixels, one value per mask;
+  * dice `1 - (2 sum(sigmoid*g) + 1) / (sum sigmoid + sum g + 1)` per mask;
+  * IoU loss: L1 between the predicted IoU and the IoU of `(logit > 0)` vs `(gt > 0)`, averaged
+    over the 3 masks (`supervise_all_iou`);
+  * only the mask with the lowest `20 focal + dice` contributes focal and dice;
+  * focal, dice and IoU are multiplied by `any(gt > 0)`: empty-GT frames get no mask loss;
+  * object score: plain BCE (focal with gamma 0, no alpha) against `any(gt > 0)`;
+  * everything is SUMMED over supervised frames (num_objects = 1); total =
+    20 focal + dice + iou + class.
+
+AudioCon (paper Eq. 8, supplement §6.4) and the released `ContrastLoss` are documented at
+`audiocon_paper`, `audiocon_official` and `supcon`; `audiocon_loss` dispatches on
+`AudioConConfig.mode`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+__all__ = [
+    "AudioConConfig",
+    "SegLossWeights",
+    "audiocon_loss",
+    "audiocon_official",
+    "audiocon_paper",
+    "dice_per_mask",
+    "focal_per_mask",
+    "info_nce_official",
+    "official_samples",
+    "iou_l1_per_mask",
+    "segmentation_loss",
+    "supcon",
+    "supervised_frames",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Segmentation loss
+# --------------------------------------------------------------------------------------------
+
+
+class SegLossWeights(BaseModel):
+    """Weights of the released segmentation loss terms (SAM2 training yaml used by AuralSAM2)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    focal: float = Field(20.0, description="weight of the focal term (`loss_mask`)")
+    dice: float = Field(1.0, description="weight of the dice term")
+    iou: float = Field(1.0, description="weight of the L1 IoU-prediction term")
+    object_score: float = Field(1.0, description="weight of the object-score BCE (`loss_class`)")
+    focal_alpha: float = Field(0.25, description="focal alpha (SAM2 constructor default)")
+    focal_gamma: float = Field(2.0, description="focal gamma (SAM2 constructor default)")
+
+
+def focal_per_mask(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Sigmoid focal loss averaged over pixels: `(F, M, H, W)` logits/targets -> `(F, M)`.
+
+    `alpha < 0` disables the alpha weighting (then gamma 0 gives plain BCE).
+    """
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss.flatten(2).mean(-1)
+
+
+def dice_per_mask(logits: Tensor, targets: Tensor) -> Tensor:
+    """Dice loss with +1 smoothing: `(F, M, H, W)` -> `(F, M)`."""
+    prob = logits.sigmoid().flatten(2)
+    targets = targets.flatten(2)
+    return 1 - (2 * (prob * targets).sum(-1) + 1) / (prob.sum(-1) + targets.sum(-1) + 1)
+
+
+def iou_l1_per_mask(logits: Tensor, targets: Tensor, pred_ious: Tensor) -> Tensor:
+    """|predicted IoU - IoU((logit > 0), (gt > 0))|: `(F, M, H, W)`, `(F, M)` -> `(F, M)`."""
+    pred = logits.flatten(2) > 0
+    gt = targets.flatten(2) > 0
+    inter = (pred & gt).sum(-1).float()
+    union = (pred | gt).sum(-1).float()
+    return (pred_ious - inter / union.clamp(min=1.0)).abs()
+
+
+def segmentation_loss(
+    masks: Tensor,
+    ious: Tensor,
+    object_score_logits: Tensor,
+    targets: Tensor,
+    weights: SegLossWeights | None = None,
+) -> dict[str, Tensor]:
+    """The released multimask loss summed over the given (supervised) frames.
+
+    `masks` `(F, 3, S, S)` high-res multimask logits, `ious` `(F, 3)`, `object_score_logits`
+    `(F, 1)`, `targets` `(F, S, S)` (or `(F, 1, S, S)`) binary GT at the same resolution.
+    Returns `focal`, `dice`, `iou`, `object_score` (unweighted sums over frames) and `total`
+    (weighted sum). Per frame the mask minimising `w_focal * focal + w_dice * dice` is the one
+    supervised; mask terms are zero for frames whose GT is empty.
+    """
+    w = weights or SegLossWeights()
+    if targets.ndim == 3:
+        targets = targets[:, None]
+    targets = targets.to(masks.dtype)
+    if targets.shape[-2:] != masks.shape[-2:]:
+        raise ValueError(f"targets {tuple(targets.shape)} and masks {tuple(masks.shape)} differ in size")
+    expanded = targets.expand_as(masks)
+    focal = focal_per_mask(masks, expanded, w.focal_alpha, w.focal_gamma)
+    dice = dice_per_mask(masks, expanded)
+    iou = iou_l1_per_mask(masks, expanded, ious)
+    has_object = (targets[:, 0] > 0).flatten(1).any(-1).to(masks.dtype)  # (F,)
+    best = torch.argmin(w.focal * focal + w.dice * dice, dim=-1)
+    rows = torch.arange(masks.shape[0], device=masks.device)
+    focal_term = (focal[rows, best] * has_object).sum()
+    dice_term = (dice[rows, best] * has_object).sum()
+    iou_term = (iou.mean(-1) * has_object).sum()
+    obj_term = F.binary_cross_entropy_with_logits(
+        object_score_logits.reshape(-1), has_object, reduction="none"
+    ).sum()
+    total = w.focal * focal_term + w.dice * dice_term + w.iou * iou_term + w.object_score * obj_term
+    return {"focal": focal_term, "dice": dice_term, "iou": iou_term, "object_score": obj_term, "total": total}
+
+
+def supervised_frames(
+    subset: str,
+    num_frames: int,
+    split: str = "train",
+    batch_subsets: Sequence[str] | None = None,
+) -> list[int]:
+    """Which frames of a clip the training loss supervises (released rule).
+
+    AVSBench v1s (release-1 name S4) TRAIN clips have a mask for frame 0 only: supervise `[0]`.
+    v1m/MS3, v2, Ref-AVS and the synthetic world: every frame. The v2 "merged pool" (v1s + v1m +
+    v2 trained together) supervises all frames unless ANY clip of the batch is v1s, then only
+    frame 0 (released: `outputs[0:1]`); pass the batch's subsets as `batch_subsets`. Validation and
+    test splits are labelled on every frame.
+    """
+    single = {"v1s", "s4"}
+    if split != "train":
+        return list(range(num_frames))
+    batch = {s.lower() for s in (batch_subsets or [])} | {subset.lower()}
+    if batch & single:
+        return [0]
+    return list(range(num_frames))
+
+
+# --------------------------------------------------------------------------------------------
+# AudioCon
+# --------------------------------------------------------------------------------------------
+
+
+class AudioConConfig(BaseModel):
+    """Audio-guided contrastive loss settings (`mode` picks the formulation)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["paper", "official", "supcon", "off"] = Field(
+        "paper", description="paper Eq. 8 | released ContrastLoss with its quirks | SupCon baseline | off"
+    )
+    weight: float = Field(1.0, description="weight of the contrastive term in the total loss")
+    temperature: float = Field(0.1, description="InfoNCE temperature tau")
+    samples_per_level: int = Field(512, description="paper/supcon: pixels sampled per level per frame")
+    hard_fraction: float = Field(0.5, description="paper/supcon: share of hard (mispredicted) samples")
+    sample_limits: int = Field(128, description="official: L per class and set (128 AVS, 64 Ref-AVS)")
+    total_limits: int = Field(15240, description="official: cap on visual samples (prefix-cut quirk)")
+    official_quirks: bool = Field(
+        True, description="official: reproduce label-indexing, empty-easy-set and prefix-cap quirks"
+    )
+
+
+def _grid_targets(masks: Tensor, predictions: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """GT `(F, S, S)` -> nearest `(F, G*G)`; best low-res logits `(F, 1, h, w)` -> bilinear `(F, G*G)`."""
+    m = F.interpolate(masks[:, None].float(), size=grid, mode="nearest")[:, 0].flatten(1)
+    p = F.interpolate(predictions.float(), size=grid, mode="bilinear", align_corners=False)[:, 0].flatten(1)
+    return m, p
+
+
+def _balanced_sample(hard: Tensor, easy: Tensor, total: int, hard_fraction: float, gen) -> Tensor:
+    """Random pixel indices: `hard_fraction` of `total` from `hard`, the rest from `easy`; a short
+    side is topped up from the other."""
+    want_h = int(round(total * hard_fraction))
+    n_h = min(hard.numel(), max(want_h, total - easy.numel()))
+    n_e = min(easy.numel(), total - n_h)
+    pick_h = hard[torch.randperm(hard.numel(), generator=gen, device="cpu")[:n_h].to(hard.device)]
+    pick_e = easy[torch.randperm(easy.numel(), generator=gen, device="cpu")[:n_e].to(easy.device)]
+    return torch.cat([pick_h, pick_e])
+
+
+def _used_levels(
+    proj_visual: Sequence[Tensor | None], proj_audio: Sequence[Tensor | None] | None, needs_audio: bool
+) -> tuple[list[Tensor], list[Tensor] | None]:
+    """Drop the levels the fuser did not compute (None entries); check audio is there when needed."""
+    if needs_audio and (proj_audio is None or len(proj_audio) != len(proj_visual)):
+        raise ValueError("AudioCon needs one audio projection per visual projection level (fuser modalities "
+                         "without audio cannot use audiocon paper/official; use supcon or off)")
+    keep = [k for k, v in enumerate(proj_visual) if v is not None]
+    if not keep:
+        raise ValueError("no visual projection level to compute a contrastive loss on")
+    visual = [proj_visual[k] for k in keep]
+    audio = None if proj_audio is None else [proj_audio[k] for k in keep]
+    return visual, audio
+
+
+def audiocon_paper(
+    proj_visual: Sequence[Tensor | None],
+    proj_audio: Sequence[Tensor | None],
+    masks: Tensor,
+    predictions: Tensor,
+    frames: Sequence[int],
+    config: AudioConConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """AudioCon as the paper states it (Eq. 8, supplement §6.4).
+
+    Tensors: `proj_visual[k]` `(N, P, G, G)` and `proj_audio[k]` `(N, P)` (L2-normalised; None
+    entries, levels the fuser did not compute, are skipped), `masks` `(F, S, S)` GT of the supervised `frames` (F of
+    them, in that order), `predictions` `(F, 1, h, w)` best-IoU low-res logits of those frames.
+    GT is resized nearest and predictions bilinearly to the G x G embedding grid; labels are
+    binarised (foreground = GT > 0, the sounding object).
+
+    For each supervised frame t and level k: sample `samples_per_level` pixels, half hard
+    (`(logit > 0) != gt`) and half easy (correct), topping up from the other side when one is
+    short. Anchors are the sampled foreground pixels v_i; the positive is the frame's own audio
+    embedding a_t^k (the prototype); negatives are the sampled background pixels v_j of the same
+    frame and level:
+        l_i = -log( exp(v_i.a/tau) / (exp(v_i.a/tau) + sum_j exp(v_i.v_j/tau)) ).
+    The loss is the mean of l_i over all anchors (0 when no frame has foreground).
+    """
+    cfg = config or AudioConConfig()
+    proj_visual, proj_audio = _used_levels(proj_visual, proj_audio, True)
+    grid = tuple(proj_visual[0].shape[-2:])
+    gt, logits = _grid_targets(masks, predictions, grid)
+    terms = []
+    for row, t in enumerate(frames):
+        fg = gt[row] > 0
+        correct = (logits[row] > 0) == fg
+        idx = _balanced_sample(
+            (~correct).nonzero()[:, 0], correct.nonzero()[:, 0], cfg.samples_per_level, cfg.hard_fraction, generator
+        )
+        pos_idx, neg_idx = idx[fg[idx]], idx[~fg[idx]]
+        if pos_idx.numel() == 0:
+            continue
+        for v_map, a in zip(proj_visual, proj_audio, strict=True):
+            v = v_map[t].flatten(1).T  # (G*G, P)
+            anchors = v[pos_idx]
+            s_pos = anchors @ a[t] / cfg.temperature  # (A,)
+            s_neg = anchors @ v[neg_idx].T / cfg.temperature  # (A, B)
+            if neg_idx.numel() == 0:
+                terms.append(s_pos * 0.0)
+                continue
+            # log(1 + sum_j e^{s_j - s_p}) as softplus(logsumexp): accurate when the loss is tiny
+            terms.append(F.softplus(torch.logsumexp(s_neg - s_pos[:, None], dim=1)))
+    if not terms:
+        return proj_visual[0].sum() * 0.0
+    return torch.cat(terms).mean()
+
+
+def supcon(
+    proj_visual: Sequence[Tensor | None],
+    masks: Tensor,
+    predictions: Tensor,
+    frames: Sequence[int],
+    config: AudioConConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Supervised contrastive baseline (Khosla et al. 2020) on visual pixels only, no audio.
+
+    Same sampling as `audiocon_paper` (per frame and level, hard/easy balanced, binary labels).
+    Within each (frame, level) sample set, for every anchor i with at least one positive:
+        l_i = -1/|P(i)| sum_{p in P(i)} log( exp(v_i.v_p/tau) / sum_{a != i} exp(v_i.v_a/tau) ),
+    P(i) = other samples with the same label. The loss is the mean over those anchors.
+    """
+    cfg = config or AudioConConfig()
+    proj_visual, _ = _used_levels(proj_visual, None, False)
+    grid = tuple(proj_visual[0].shape[-2:])
+    gt, logits = _grid_targets(masks, predictions, grid)
+    terms = []
+    for row, t in enumerate(frames):
+        fg = gt[row] > 0
+        correct = (logits[row] > 0) == fg
+        idx = _balanced_sample(
+            (~correct).nonzero()[:, 0], correct.nonzero()[:, 0], cfg.samples_per_level, cfg.hard_fraction, generator
+        )
+        labels = fg[idx]
+        same = labels[:, None] == labels[None, :]
+        eye = torch.eye(idx.numel(), dtype=torch.bool, device=idx.device)
+        pos = same & ~eye
+        has_pos = pos.any(1)
+        if not has_pos.any():
+            continue
+        for v_map in proj_visual:
+            v = v_map[t].flatten(1).T[idx]
+            sim = (v @ v.T / cfg.temperature).masked_fill(eye, float("-inf"))
+            log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+            mean_pos = (log_prob.masked_fill(~pos, 0.0)).sum(1)[has_pos] / pos.sum(1)[has_pos]
+            terms.append(-mean_pos)
+    if not terms:
+        return proj_visual[0].sum() * 0.0
+    return torch.cat(terms).mean()
+
+
+def info_nce_official(
+    anchors: Tensor, anchor_labels: Tensor, audio: Tensor, audio_labels: Tensor, temperature: float
+) -> Tensor:
+    """The released `info_nce`: visual anchors `(n, P)` against `[visual; audio]` `(n + m, P)`.
+
+    `mask[i, j] = label_i == label_j` over the contrast set; negatives are every sample with a
+    different label (visual or audio); positives are `mask` minus the visual-visual pairs whose
+    label product `(l_i + 1)(l_j + 1)` is 1 or 4 (i.e. equal labels 0 or 1) minus the diagonal,
+    so in practice visual -> same-label audio. Per anchor and positive p:
+    `log(e^{s_ip} / (e^{s_ip} + sum_neg e^{s_in}))` with a row-max shift; mean over positives,
+    then over ALL anchors (an anchor without positives adds 0 and still counts).
+    """
+    labels = torch.cat([anchor_labels, audio_labels])
+    contrast = torch.cat([anchors, audio])
+    same = (anchor_labels[:, None] == labels[None, :]).float()  # (n, n+m)
+    logits = anchors @ contrast.T / temperature
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+    neg_mask = 1 - same
+    pos = same.clone()
+    shifted = anchor_labels.float() + 1
+    product = shifted[:, None] * shifted[None, :]
+    n = anchors.shape[0]
+    block = pos[:, :n]
+    block[(product == 1.0) | (product == 4.0)] = 0.0
+    pos.fill_diagonal_(0.0)
+    exp_logits = logits.exp()
+    neg_sum = (exp_logits * neg_mask).sum(1, keepdim=True)
+    log_prob = logits - torch.log(exp_logits + neg_sum)
+    count = pos.sum(1)
+    count = torch.where(count < 1e-6, torch.ones_like(count), count)
+    return -((pos * log_prob).sum(1) / count).mean()
+
+
+def official_samples(
+    proj_visual: Sequence[Tensor | None],
+    proj_audio: Sequence[Tensor | None],
+    masks: Tensor,
+    predictions: Tensor,
+    frames: Sequence[int],
+    config: AudioConConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The released sample selection: `(anchors (n, P), labels (n,), audio (m, P), audio_labels (m,))`.
+
+    See `audiocon_official` for the rules; the cap is applied here too.
+    """
+    cfg = config or AudioConConfig(mode="official")
+    proj_visual, proj_audio = _used_levels(proj_visual, proj_audio, True)
+    grid = tuple(proj_visual[0].shape[-2:])
+    gt, logits = _grid_targets(masks, predictions, grid)
+    quirks = cfg.official_quirks
+    limit = cfg.sample_limits
+    vis, vis_labels, aud, aud_labels = [], [], [], []
+    dev = gt.device
+    for row, t in enumerate(frames):
+        mask = gt[row]
+        pred = logits[row] if quirks else (logits[row] > 0).to(mask.dtype)
+        classes = torch.unique(mask)
+        for v_map, a_all in zip(proj_visual, proj_audio, strict=True):
+            emb = v_map[t].flatten(1).T  # (G*G, P)
+            if classes.numel() > 1:
+                for c in classes[1:]:
+                    aud.append(a_all[t][None])
+                    aud_labels.append(c[None])
+            else:
+                aud.append(a_all[t][None])
+                aud_labels.append(torch.zeros(1, device=dev))
+            for c in classes:
+                hard = ((mask != pred) & (mask == c)).nonzero()[:, 0]
+                easy = ((mask == pred) & (mask == c)).nonzero()[:, 0]
+                n_h, n_e = min(limit, hard.numel()), min(limit, easy.numel())
+                if n_h + n_e < 2 * limit:
+                    if n_h > n_e:
+                        n_h += 2 * limit - n_e
+                    else:
+                        n_e += 2 * limit - n_h
+                for subset, count in ((hard, n_h), (easy, n_e)):
+                    local = torch.randperm(subset.numel(), generator=generator)[:count].to(dev)
+                    vis.append(emb[subset[local]])
+                    vis_labels.append(mask[local] if quirks else c.expand(local.numel()))
+    anchors = torch.cat(vis)
+    labels = torch.cat(vis_labels)
+    if anchors.shape[0] > cfg.total_limits:
+        if quirks:
+            keep = int(torch.randperm(anchors.shape[0], generator=generator)[cfg.total_limits])
+            anchors, labels = anchors[:keep], labels[:keep]
+        else:
+            keep_idx = torch.randperm(anchors.shape[0], generator=generator)[: cfg.total_limits].to(dev)
+            anchors, labels = anchors[keep_idx], labels[keep_idx]
+    return anchors, labels, torch.cat(aud), torch.cat(aud_labels)
+
+
+def audiocon_official(
+    proj_visual: Sequence[Tensor | None],
+    proj_audio: Sequence[Tensor | None],
+    masks: Tensor,
+    predictions: Tensor,
+    frames: Sequence[int],
+    config: AudioConConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The released `ContrastLoss` (reference §5.2), quirks reproduced when `official_quirks`.
+
+    Same tensors as `audiocon_paper` (the released heads give P = 128 and 3 levels). For each
+    supervised frame t (in `frames` order) and each level k, with the frame's classes
+    `U = unique(gt)` on the G x G grid:
+      * audio samples: `a_t^k` once per non-zero class in U, labelled with the class, or once
+        labelled 0 when U has one value (silent frame, or all-foreground frame);
+      * for each class c in U: hard set H = {gt == c and gt != prediction}, easy set
+        E = {gt == c and gt == prediction} where `prediction` is the real-valued LOGIT (quirk:
+        E is practically empty); `n_h = min(L, |H|)`, `n_e = min(L, |E|)`, and if
+        `n_h + n_e < 2L` the larger gets `2L - other` added, so up to `min(|H|, n_h + 2L)` random
+        pixels are drawn from H (3L with E empty) and `n_e` from E;
+      * label quirk: the sampled pixels are labelled `gt[perm]`, i.e. the full flattened GT
+        indexed with positions LOCAL to H (or E), instead of c;
+      * cap quirk: if more than `total_limits` visual samples, keep the first `R` where
+        `R = randperm(n)[total_limits]` (a random prefix length), not a random subset.
+    Then `info_nce_official` over all samples of all frames and levels. With
+    `official_quirks=False`: predictions are binarised (`logit > 0`) before the H/E split, labels
+    are c, and the cap keeps a random subset of `total_limits`.
+    """
+    anchors, labels, audio, audio_labels = official_samples(
+        proj_visual, proj_audio, masks, predictions, frames, config, generator
+    )
+    if anchors.shape[0] == 0:
+        return proj_visual[0].sum() * 0.0
+    cfg = config or AudioConConfig(mode="official")
+    return info_nce_official(anchors, labels, audio, audio_labels, cfg.temperature)
+
+
+def audiocon_loss(
+    proj_visual: Sequence[Tensor | None],
+    proj_audio: Sequence[Tensor | None] | None,
+    masks: Tensor,
+    predictions: Tensor,
+    frames: Sequence[int],
+    config: AudioConConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Dispatch on `config.mode`; returns the UNWEIGHTED contrastive loss (scalar)."""
+    cfg = config or AudioConConfig()
+    if cfg.mode == "off":
+        return next(v for v in proj_visual if v is not None).sum() * 0.0
+    if cfg.mode == "supcon":
+        return supcon(proj_visual, masks, predictions, frames, cfg, generator)
+    fn = audiocon_paper if cfg.mode == "paper" else audiocon_official
+    return fn(proj_visual, proj_audio, masks, predictions, frames, cfg, generator)

@@ -1,0 +1,324 @@
+"""The composed AuralSAM2 (paper Fig. 2; released `model/mymodel.py`): frozen SAM2 + AuralFuser.
+
+One forward path per clip (N frames, one clip per forward as released):
+
+    frames (N, 3, S, S) --frozen image encoder--> Pyramid   (or a cached Pyramid / CompactPyramid)
+    log-mel (N, Ch, 96, 64) --AudioEncoder (VGGish)--> (N, Ch*E)   (or precomputed embeddings)
+    expression --frozen TextEncoder--> (25, H)              (Ref-AVS; or precomputed hidden states)
+    AuralFuser(pyramid, audio, text) --> prompts (pyramid order) --reversed--> decoder stage order
+    track_clip (SAM2 memory over the clip, prompted decoder) --> N FrameOutputs
+
+SAM2 (and the text encoder) stay frozen and in eval mode even after `.train()`, the released
+regime; only the fuser and, when `trainable`, VGGish learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from auralsam2.audio import AudioEncoder
+from auralsam2.fuser import AuralFuser, FuserOutput
+from auralsam2.losses import AudioConConfig, SegLossWeights, audiocon_loss, segmentation_loss
+from auralsam2.sam2_backbone import (
+    CompactPyramid,
+    DecoderPrompts,
+    FrameOutput,
+    PointInputs,
+    Pyramid,
+    encode_frames,
+    expand_compact,
+    freeze_sam2,
+    point_inputs_from_clicks,
+    track_clip,
+)
+from auralsam2.text import TextEmbeddings, TextEncoder
+
+__all__ = ["AuralSAM2", "ClipOutput", "ClipPrediction", "DecodeMode", "clip_loss", "decode_masks"]
+
+DecodeMode = Literal["first", "iou_select", "iou_occ_select"]
+
+
+class ClipOutput(NamedTuple):
+    """`forward_clip` result: per-frame decoder outputs (frame-index order) and the fuser outputs."""
+
+    frames: list[FrameOutput]
+    fuser: FuserOutput
+    cond_frame: int
+
+    @property
+    def high_res_masks(self) -> Tensor:
+        """(N, 3, S, S) multimask logits."""
+        return torch.cat([f.high_res_masks for f in self.frames])
+
+    @property
+    def ious(self) -> Tensor:
+        """(N, 3) predicted IoUs."""
+        return torch.cat([f.ious for f in self.frames])
+
+    @property
+    def object_score_logits(self) -> Tensor:
+        """(N, 1)."""
+        return torch.cat([f.object_score_logits for f in self.frames])
+
+    @property
+    def best_low_res_masks(self) -> Tensor:
+        """(N, 1, S/4, S/4) best-IoU low-res logits (the released `multistep_pred_masks`)."""
+        return torch.cat([f.low_res_masks[:, f.best_index : f.best_index + 1] for f in self.frames])
+
+
+class ClipPrediction(NamedTuple):
+    """`predict_clip` result: `logits` (N, S, S) of the decoded mask, `ious` (N, 3),
+    `object_score_logits` (N, 1), `mode` the decoding mode used. Foreground = `logits > 0`."""
+
+    logits: Tensor
+    ious: Tensor
+    object_score_logits: Tensor
+    mode: str
+
+
+def decode_masks(frames: Sequence[FrameOutput], mode: DecodeMode = "iou_select") -> Tensor:
+    """Pick one (S, S) logit map per frame from the 3 multimask outputs -> (N, S, S).
+
+    `first`: mask 0. `iou_select`: argmax predicted IoU (released model selection and Ref-AVS).
+    `iou_occ_select`: `iou_select`, and the whole map set to 0 where the object score is negative
+    (an empty mask; sigmoid 0.5 everywhere for F-score thresholds, as released).
+    """
+    masks = torch.cat([f.high_res_masks for f in frames])  # (N, 3, S, S)
+    if mode == "first":
+        return masks[:, 0]
+    if mode not in ("iou_select", "iou_occ_select"):
+        raise ValueError(f"decoding mode must be first, iou_select or iou_occ_select, got {mode!r}")
+    ious = torch.cat([f.ious for f in frames])
+    picked = masks[torch.arange(masks.shape[0], device=masks.device), ious.argmax(dim=1)]
+    if mode == "iou_occ_select":
+        present = torch.cat([f.object_score_logits for f in frames]).reshape(-1, 1, 1) >= 0
+        picked = torch.where(present, picked, torch.zeros_like(picked))
+    return picked
+
+
+def clip_loss(
+    out: ClipOutput,
+    masks: Tensor,
+    supervised_frames: Sequence[int],
+    audiocon: AudioConConfig | None = None,
+    seg_weights: SegLossWeights | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Named loss terms of one clip; `total` is what to back-propagate.
+
+    `masks` (N, S, S) GT of every frame at model resolution (foreground = value > 0; rows of
+    unsupervised frames are never read), `supervised_frames` from `losses.supervised_frames`.
+    Returns `focal`, `dice`, `iou`, `object_score` (unweighted, summed over supervised frames),
+    `seg` (weighted segmentation total), `audiocon` (unweighted contrastive term, computed on the
+    supervised frames) and `total = seg + audiocon.weight * audiocon`.
+    """
+    cfg = audiocon or AudioConConfig()
+    frames = list(supervised_frames)
+    if not frames:
+        raise ValueError("supervised_frames is empty: at least one frame must be supervised")
+    size = out.frames[0].high_res_masks.shape[-2:]
+    if masks.shape[0] != len(out.frames) or masks.shape[-2:] != size:
+        raise ValueError(
+            f"masks must be ({len(out.frames)}, {size[0]}, {size[1]}) (every frame at model resolution), "
+            f"got {tuple(masks.shape)}"
+        )
+    rows = torch.as_tensor(frames, device=masks.device)
+    targets = (masks[rows] > 0).float()
+    seg = segmentation_loss(out.high_res_masks[rows], out.ious[rows], out.object_score_logits[rows], targets,
+                            seg_weights)
+    terms = {k: seg[k] for k in ("focal", "dice", "iou", "object_score")}
+    terms["seg"] = seg["total"]
+    if cfg.mode == "off" or cfg.weight == 0:
+        terms["audiocon"] = seg["total"].new_zeros(())
+    else:
+        terms["audiocon"] = audiocon_loss(
+            out.fuser.proj_visual, out.fuser.proj_audio, targets, out.best_low_res_masks[rows], frames, cfg,
+            generator,
+        )
+    terms["total"] = terms["seg"] + cfg.weight * terms["audiocon"]
+    return terms
+
+
+class AuralSAM2(nn.Module):
+    """SAM2 that hears: `forward_clip` for training, `predict_clip` for inference.
+
+    `sam2_model`: a SAM2Base (`build_sam2_model`); it is frozen and pinned to eval here.
+    `fuser`: `AuralFuser` with `config.dim == sam2_model.hidden_dim`. `audio_encoder`: its
+    `output_dim` must equal `fuser.config.audio_dim`. `text_encoder`: optional frozen encoder for
+    expressions given as strings (precomputed hidden states need none).
+    """
+
+    def __init__(
+        self,
+        sam2_model: nn.Module,
+        fuser: AuralFuser,
+        audio_encoder: AudioEncoder | None,
+        text_encoder: TextEncoder | None = None,
+        official_query_pe: bool = True,
+    ) -> None:
+        super().__init__()
+        cfg = fuser.config
+        if cfg.dim != sam2_model.hidden_dim:
+            raise ValueError(f"fuser dim {cfg.dim} must equal the SAM2 hidden dim {sam2_model.hidden_dim}")
+        if cfg.uses_audio:
+            if audio_encoder is None:
+                raise ValueError(f"fuser modalities={cfg.modalities!r} needs an audio encoder")
+            if audio_encoder.output_dim != cfg.audio_dim:
+                raise ValueError(
+                    f"audio encoder gives {audio_encoder.output_dim}-d embeddings, the fuser expects "
+                    f"audio_dim={cfg.audio_dim}"
+                )
+        if text_encoder is not None and cfg.uses_text and text_encoder.hidden_size != cfg.text_dim:
+            raise ValueError(f"text encoder hidden {text_encoder.hidden_size} != fuser text_dim {cfg.text_dim}")
+        self.sam2 = freeze_sam2(sam2_model)
+        self.fuser = fuser
+        self.audio_encoder = audio_encoder
+        self.text_encoder = text_encoder
+        self.official_query_pe = official_query_pe
+
+    @property
+    def image_size(self) -> int:
+        return int(self.sam2.image_size)
+
+    def train(self, mode: bool = True) -> AuralSAM2:
+        """Train the fuser (and VGGish); SAM2 and the text encoder stay in eval (released regime)."""
+        super().train(mode)
+        nn.Module.train(self.sam2, False)
+        if self.text_encoder is not None:
+            self.text_encoder.train(False)
+        return self
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Named parameters the optimiser should get: the fuser's and, if trainable, VGGish's."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    # ----------------------------------------------------------------------------------------
+
+    def pyramid_of(self, visual: Tensor | Pyramid | CompactPyramid | Sequence[Tensor]) -> Pyramid:
+        """Frames `(N, 3, S, S)` (preprocessed) are encoded; cached pyramids are used as given."""
+        if isinstance(visual, CompactPyramid):
+            return expand_compact(self.sam2, visual)
+        if isinstance(visual, Tensor):
+            return encode_frames(self.sam2, visual)
+        if len(visual) != 3:
+            raise ValueError(f"a pyramid has 3 levels (s4, s8, s16), got {len(visual)}")
+        device = self.sam2.device
+        return Pyramid(*(x.to(device) for x in visual))
+
+    def audio_embeddings(self, audio: Tensor | None) -> Tensor | None:
+        """Log-mel examples `(N, Ch, 96, 64)` -> `(N, audio_dim)`; 2-D input is taken as embeddings."""
+        if audio is None:
+            return None
+        if audio.ndim == 2:
+            return audio.to(self.sam2.device)
+        if self.audio_encoder is None:
+            raise ValueError("log-mel examples given but the model has no audio encoder")
+        return self.audio_encoder(audio.to(self.sam2.device))
+
+    def text_hidden(self, text: Tensor | TextEmbeddings | str | Sequence[str] | None) -> Tensor | None:
+        """One expression (string) or its hidden states `(L, H)`/`(1, L, H)` -> `(L, H)`."""
+        if text is None:
+            return None
+        device = self.sam2.device
+        if isinstance(text, TextEmbeddings):
+            return text.hidden.to(device)
+        if isinstance(text, Tensor):
+            return text.to(device)
+        if self.text_encoder is None:
+            raise ValueError("an expression string was given but the model has no text encoder")
+        expressions = [text] if isinstance(text, str) else list(text)
+        if len(expressions) != 1:
+            raise ValueError(f"one expression per clip forward (released), got {len(expressions)}")
+        return self.text_encoder(expressions).hidden.to(device)
+
+    def forward_clip(
+        self,
+        visual: Tensor | Pyramid | CompactPyramid | Sequence[Tensor],
+        audio: Tensor | None,
+        text: Tensor | TextEmbeddings | str | Sequence[str] | None = None,
+        cond_frame: int | None = None,
+        point_inputs: PointInputs | None = None,
+        mask_inputs: Tensor | None = None,
+    ) -> ClipOutput:
+        """Run one clip. `visual`: frames or a (cached) pyramid; `audio`: log-mel examples or
+        embeddings; `text`: expression or its hidden states. `cond_frame` defaults to the released
+        rule: N // 2 in training, 0 in eval (AVSBench; Ref-AVS uses N // 2 always: pass it).
+        `point_inputs`/`mask_inputs` prompt the conditioning frame (SAM2 format)."""
+        pyramid = self.pyramid_of(visual)
+        n = pyramid.s16.shape[0]
+        if cond_frame is None:
+            cond_frame = n // 2 if self.training else 0
+        dtype = next(self.fuser.parameters()).dtype
+        levels = [x.to(dtype) for x in pyramid]
+        fused = self.fuser(levels, self.audio_embeddings(audio), self.text_hidden(text))
+        prompts = DecoderPrompts(
+            dense=None if fused.dense is None else fused.dense[::-1],
+            sparse=None if fused.sparse is None else fused.sparse[::-1],
+        )
+        frames = track_clip(
+            self.sam2,
+            pyramid,
+            prompts,
+            cond_frame,
+            point_inputs,
+            mask_inputs=mask_inputs,
+            official_query_pe=self.official_query_pe,
+        )
+        return ClipOutput(frames, fused, cond_frame)
+
+    forward = forward_clip
+
+    def loss(
+        self,
+        out: ClipOutput,
+        masks: Tensor,
+        supervised_frames: Sequence[int],
+        audiocon: AudioConConfig | None = None,
+        seg_weights: SegLossWeights | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """See `clip_loss`."""
+        return clip_loss(out, masks, supervised_frames, audiocon, seg_weights, generator)
+
+    @torch.no_grad()
+    def predict_clip(
+        self,
+        visual: Tensor | Pyramid | CompactPyramid | Sequence[Tensor],
+        audio: Tensor | None,
+        text: Tensor | TextEmbeddings | str | Sequence[str] | None = None,
+        cond_frame: int = 0,
+        mode: DecodeMode = "iou_select",
+        clicks: tuple[Tensor, Tensor] | None = None,
+        box: Tensor | None = None,
+        orig_hw: tuple[int, int] | None = None,
+        point_inputs: PointInputs | None = None,
+    ) -> ClipPrediction:
+        """Inference on one clip in eval mode (restores the previous mode afterwards).
+
+        Optional SAM2 prompts on the conditioning frame: `clicks = (points (P, 2) (x, y),
+        labels (P,) 1/0)` and/or `box (4,) (x0, y0, x1, y1)` in original-frame pixels of size
+        `orig_hw = (H, W)` (default: model-input pixels), or ready `point_inputs`.
+        """
+        if clicks is not None or box is not None:
+            if point_inputs is not None:
+                raise ValueError("give clicks/box or point_inputs, not both")
+            hw = orig_hw or (self.image_size, self.image_size)
+            points, labels = clicks if clicks is not None else (None, None)
+            point_inputs = point_inputs_from_clicks(self.image_size, hw, points, labels, box)
+        if point_inputs is not None:
+            device = self.sam2.device
+            point_inputs = PointInputs(
+                point_coords=point_inputs["point_coords"].to(device),
+                point_labels=point_inputs["point_labels"].to(device),
+            )
+        was_training = self.training
+        self.train(False)
+        try:
+            out = self.forward_clip(visual, audio, text, cond_frame=cond_frame, point_inputs=point_inputs)
+        finally:
+            self.train(was_training)
+        return ClipPrediction(decode_masks(out.frames, mode), out.ious, out.object_score_logits, mode)

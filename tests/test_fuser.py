@@ -1,0 +1,276 @@
+"""AuralFuser: released layout, fusion semantics, shapes at tiny and 1024^2 geometry, ablation switches."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from auralsam2.checkpoints import is_released_unused
+from auralsam2.fuser import AuralFuser, FuserConfig, pe1d
+from auralsam2.fuser_blocks import FusionModule
+
+KEYS = Path("/work/shared/reference/released_checkpoint_keys")
+N = 5
+
+
+def tiny_pyramid(n: int = N, c: int = 32, size: int = 128, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, c, size // s, size // s, generator=g) for s in (4, 8, 16)]
+
+
+def run(cfg: FuserConfig, size: int = 128, seed: int = 0, train: bool = False):
+    torch.manual_seed(seed)
+    fuser = AuralFuser(cfg).train(train)
+    audio = torch.randn(N, cfg.audio_dim)
+    text = torch.randn(25, cfg.text_dim)
+    return fuser, fuser(tiny_pyramid(size=size, c=cfg.dim), audio, text)
+
+
+def shapes(xs):
+    return None if xs is None else [tuple(x.shape) for x in xs]
+
+
+@pytest.mark.parametrize("size", [128, 256])
+def test_tiny_shapes_follow_the_input_size(size):
+    g = size // 16
+    _, out = run(FuserConfig.tiny(), size=size)
+    assert shapes(out.dense) == [(N, g * g, 32)] * 3
+    assert shapes(out.sparse) == [(N, 32)] * 3
+    assert shapes(out.proj_visual) == [(N, 128, g, g)] * 3
+    assert shapes(out.proj_audio) == [(N, 128)] * 3
+    for v in out.proj_visual:  # AVS heads normalise over channels
+        assert torch.allclose(v.norm(dim=1), torch.ones(N, g, g), atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["avs", "refavs"])
+def test_default_config_is_the_released_layout(variant):
+    entries = json.loads((KEYS / f"auralfuser_{variant}.json").read_text())["keys"]
+    released = {e["key"]: e["shape"] for e in entries if not e["key"].startswith("vgg.")}
+    fuser = AuralFuser(FuserConfig(variant=variant))
+    ours = {k: list(v.shape) for k, v in fuser.state_dict().items()}
+    unused = {k for k in released if is_released_unused(k)}
+    assert len(unused) == 66
+    assert ours == {k: v for k, v in released.items() if k not in unused}
+    unused_values = sum(math.prod(released[k]) for k in unused)
+    assert unused_values == 9_733_632
+    n_params = sum(p.numel() for p in fuser.parameters())
+    expected = 58_279_424 if variant == "avs" else 59_329_280
+    assert n_params + unused_values == expected
+
+
+def test_every_built_parameter_is_used():
+    fuser, out = run(FuserConfig.tiny(), train=True)
+    total = sum(x.sum() for x in out.dense) + sum(x.sum() for x in out.sparse)
+    total = total + sum(x.sum() for x in out.proj_visual) + sum(x.sum() for x in out.proj_audio)
+    total.backward()
+    assert [n for n, p in fuser.named_parameters() if p.grad is None] == []
+
+
+def test_pe1d_is_the_released_constant():
+    assert pe1d(6).tolist() == [0, 1, 0, 1, 0, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fusion module semantics
+# ---------------------------------------------------------------------------------------------
+
+
+def literal_official(fm: FusionModule, frame: torch.Tensor, tokens: torch.Tensor, h: int, w: int):
+    """Reference §2.5 restated with explicit numpy memory walks instead of reshapes."""
+    n, hw, c = frame.shape
+    inter = fm.inter
+    fmap = frame.transpose(1, 2).reshape(n, c, 1, h, w)
+    aligned = fm.align_channel(tokens[..., None])
+
+    def raw_rows(t: torch.Tensor) -> np.ndarray:  # row r = memory values [r*inter, (r+1)*inter)
+        flat = t.detach().numpy().ravel(order="C")
+        return np.stack([flat[r * inter : (r + 1) * inter] for r in range(flat.size // inter)])
+
+    qf, kf, vf = (raw_rows(conv(fmap)) for conv in (fm.q_frame, fm.k_frame, fm.v_frame))
+    qa, ka, va = (conv(aligned)[..., 0].detach().numpy() for conv in (fm.q_audio, fm.k_audio, fm.v_audio))
+    att_f = (qf @ ka.T / (n * hw)) @ va  # (N*HW, inter), no softmax
+    # permute to (inter, N*HW), then read the memory as (N, inter, 1, H, W)
+    att_f = np.ascontiguousarray(att_f.T).ravel().reshape(n, inter, 1, h, w)
+    att_a = (qa @ kf.T / (n * hw)) @ vf  # (Na, inter)
+    att_a = np.ascontiguousarray(att_a.T).ravel().reshape(tokens.shape[0], inter, 1)
+    frame_attn = fm.W_z(torch.from_numpy(att_f).float())
+    out_f = fm.norm_layer((frame_attn + fmap).permute(0, 2, 3, 4, 1)).reshape(n, hw, c)
+    out_a = fm.norm_layer2((fm.W_z2(torch.from_numpy(att_a).float()) + aligned)[..., 0])
+    return out_f, out_a
+
+
+def randomise_bn(fm: FusionModule, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for bn in (fm.W_z[1], fm.W_z2[1]):
+        bn.weight.data = torch.randn(bn.weight.shape, generator=g)
+        bn.bias.data = torch.randn(bn.bias.shape, generator=g)
+        bn.running_mean.data = torch.randn(bn.running_mean.shape, generator=g)
+        bn.running_var.data = torch.rand(bn.running_var.shape, generator=g) + 0.5
+
+
+@pytest.mark.parametrize("na", [N, N + 25])
+def test_official_fusion_matches_the_literal_memory_semantics(na):
+    torch.manual_seed(0)
+    fm = FusionModule(32, 16, "official").eval()
+    randomise_bn(fm, 1)
+    frame, tokens = torch.randn(N, 64, 32), torch.randn(na, 32)
+    got_f, got_a, _, _ = fm(frame, tokens, 8, 8)
+    want_f, want_a = literal_official(fm, frame, tokens, 8, 8)
+    assert torch.allclose(got_f, want_f, atol=1e-5)
+    assert torch.allclose(got_a, want_a, atol=1e-5)
+
+
+def test_fusion_starts_as_identity_plus_layernorm():
+    torch.manual_seed(0)
+    for mode in ("official", "paper"):
+        fm = FusionModule(32, 16, mode).train()
+        frame, tokens = torch.randn(N, 64, 32), torch.randn(N, 32)
+        out_f, out_a, _, _ = fm(frame, tokens, 8, 8)
+        assert torch.allclose(out_f, fm.norm_layer(frame), atol=1e-6)
+        assert torch.allclose(out_a, fm.norm_layer2(fm.align_channel(tokens[..., None])[..., 0]), atol=1e-6)
+
+
+def test_paper_fusion_is_per_pixel_and_official_is_not():
+    # Paper fusion treats each pixel as a C-vector: permuting pixels permutes the output.
+    # The official raw reshapes mix pixels and channels, so it is not permutation-equivariant.
+    torch.manual_seed(0)
+    frame, tokens = torch.randn(N, 64, 32), torch.randn(N, 32)
+    perm = torch.randperm(64)
+    for mode, equivariant in (("paper", True), ("official", False)):
+        fm = FusionModule(32, 16, mode).eval()
+        randomise_bn(fm, 2)
+        a, _, _, _ = fm(frame, tokens, 8, 8)
+        b, _, _, _ = fm(frame[:, perm], tokens, 8, 8)
+        assert torch.allclose(a[:, perm], b, atol=1e-5) is equivariant, mode
+
+
+def test_paper_fusion_uses_a_softmax_over_tokens():
+    # With a single token, softmax weights are 1: every pixel receives exactly v_a.
+    torch.manual_seed(0)
+    fm = FusionModule(32, 16, "paper").eval()
+    randomise_bn(fm, 3)
+    frame, token = torch.randn(1, 64, 32), torch.randn(1, 32)
+    _, _, frame_attn, _ = fm(frame, token, 8, 8)
+    v_a = fm.v_audio(fm.align_channel(token[..., None]))  # (1, inter, 1)
+    want = fm.W_z(v_a[..., None, None].expand(1, 16, 1, 8, 8))
+    assert torch.allclose(frame_attn, want, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablation switches
+# ---------------------------------------------------------------------------------------------
+
+
+def test_levels_use_the_deepest_pyramid_levels_only():
+    cfg = FuserConfig.tiny(levels=1)
+    torch.manual_seed(0)
+    fuser = AuralFuser(cfg).eval()
+    audio = torch.randn(N, 32)
+    pyr = tiny_pyramid()
+    out = fuser(pyr, audio)
+    assert out.proj_visual[:2] == [None, None] and out.proj_audio[:2] == [None, None]
+    assert out.proj_visual[2].shape == (N, 128, 8, 8)
+    assert torch.all(out.dense[0] == 0) and torch.all(out.dense[1] == 0) and torch.all(out.sparse[0] == 0)
+    changed = fuser([pyr[0] + 1, pyr[1] + 1, pyr[2]], audio)  # s4/s8 are not read at all
+    assert torch.equal(changed.dense[2], out.dense[2])
+    assert not any(k.startswith(("f_blocks.0", "f_blocks.1", "smooth_convs")) for k in fuser.state_dict())
+
+    full = AuralFuser(FuserConfig.tiny()).eval()
+    base = full(pyr, audio)
+    moved = full([pyr[0] + 1, pyr[1], pyr[2]], audio)  # s4 flows into deeper levels via the chain
+    assert not torch.allclose(base.dense[2], moved.dense[2])
+    two = AuralFuser(FuserConfig.tiny(levels=2))
+    assert two.config.used_levels == (1, 2)
+    assert [k for k in two.state_dict() if k.startswith("smooth_convs")] == [
+        "smooth_convs.1.weight",
+        "smooth_convs.1.bias",
+    ]
+
+
+def test_prompt_switches():
+    fuser, out = run(FuserConfig.tiny(sparse_prompts=False))
+    assert len(fuser(tiny_pyramid(), torch.randn(N, 32))) == 4  # (dense, sparse, proj_visual, proj_audio)
+    assert out.sparse is None and out.dense is not None
+    _, out = run(FuserConfig.tiny(dense_prompts=False))
+    assert out.dense is None and out.sparse is not None
+    with pytest.raises(ValueError, match="at least one"):
+        FuserConfig.tiny(sparse_prompts=False, dense_prompts=False)
+
+
+def test_visual_only_takes_no_tokens():
+    cfg = FuserConfig.tiny(modalities="visual")
+    assert cfg.sparse_prompts is False
+    torch.manual_seed(0)
+    fuser = AuralFuser(cfg).eval()
+    assert not any(k.startswith(("a_blocks", "fusion_modules", "train_proj_a1")) for k in fuser.state_dict())
+    out = fuser(tiny_pyramid(), None)
+    assert out.sparse is None and out.proj_audio is None and shapes(out.dense) == [(N, 64, 32)] * 3
+
+
+def test_text_only_gives_one_clip_level_sparse_prompt():
+    cfg = FuserConfig.tiny(modalities="text")
+    torch.manual_seed(0)
+    fuser = AuralFuser(cfg).eval()
+    out = fuser(tiny_pyramid(), None, torch.randn(1, 25, 32))
+    for s in out.sparse:
+        assert torch.equal(s, s[:1].expand(N, -1))
+    assert out.proj_audio is None
+    with pytest.raises(ValueError, match="text_embeddings"):
+        fuser(tiny_pyramid(), None, None)
+
+
+def test_refavs_tokens_mix_audio_and_text_and_frames():
+    cfg = FuserConfig.tiny(variant="refavs")
+    torch.manual_seed(0)
+    fuser = AuralFuser(cfg).eval()
+    pyr, audio, text = tiny_pyramid(), torch.randn(N, 32), torch.randn(25, 32)
+    base = fuser(pyr, audio, text)
+    other_text = fuser(pyr, audio, text + 1)
+    assert not torch.allclose(base.sparse[2], other_text.sparse[2])  # text reaches the audio tokens
+    audio2 = audio.clone()
+    audio2[0] += torch.randn(32)  # (a constant shift would vanish in the pre-norm LayerNorm)
+    moved = fuser(pyr, audio2, text)
+    assert not torch.allclose(base.sparse[0][1], moved.sparse[0][1])  # frame 0's audio reaches frame 1
+    for v in base.proj_visual:  # released Ref-AVS head normalises over the spatial axis
+        assert torch.allclose(v.flatten(2).norm(dim=2), torch.ones(N, 128), atol=1e-5)
+
+
+def test_audio_projection_only_when_sizes_differ():
+    assert not hasattr(AuralFuser(FuserConfig.tiny()), "audio_proj")
+    fuser, out = run(FuserConfig.tiny(audio_dim=64))
+    assert fuser.audio_proj.in_features == 64 and shapes(out.sparse) == [(N, 32)] * 3
+
+
+def test_paper_heads():
+    _, out = run(FuserConfig.tiny(audiocon="paper"))
+    assert shapes(out.proj_visual) == [(N, 64, 8, 8)] * 3 and shapes(out.proj_audio) == [(N, 64)] * 3
+    assert torch.allclose(out.proj_visual[0].norm(dim=1), torch.ones(N, 8, 8), atol=1e-5)
+
+
+def test_input_errors_name_the_problem():
+    fuser = AuralFuser(FuserConfig.tiny()).eval()
+    pyr = tiny_pyramid()
+    with pytest.raises(ValueError, match="pyramid level 1"):
+        fuser([pyr[0], pyr[1][..., :-1, :], pyr[2]], torch.randn(N, 32))
+    with pytest.raises(ValueError, match=r"audio_embeddings must be \(5, 32\)"):
+        fuser(pyr, torch.randn(N, 16))
+    with pytest.raises(ValueError, match="divisible"):
+        FuserConfig(dim=30, heads=4)
+
+
+@pytest.mark.slow
+def test_shapes_at_1024_geometry_with_b_plus_sizes():
+    torch.manual_seed(0)
+    fuser = AuralFuser(FuserConfig()).eval()
+    pyr = [torch.randn(N, 256, 256, 256), torch.randn(N, 256, 128, 128), torch.randn(N, 256, 64, 64)]
+    with torch.no_grad():
+        out = fuser(pyr, torch.randn(N, 256))
+    assert shapes(out.dense) == [(N, 4096, 256)] * 3
+    assert shapes(out.sparse) == [(N, 256)] * 3
+    assert shapes(out.proj_visual) == [(N, 128, 64, 64)] * 3
+    assert shapes(out.proj_audio) == [(N, 128)] * 3
