@@ -44,7 +44,7 @@ def object_clip(seed: int, index: int, size: int = 160, n_frames: int = 5, disap
     rng = np.random.default_rng([seed, index])
     masks = np.stack([owners == i for i in on_screen])
     target = int(rng.choice(on_screen))
-    if rng.random() < disappear_prob:
+    if n_frames > 1 and rng.random() < disappear_prob:
         gone_from = int(rng.integers(1, n_frames))
         objects = list(plan.objects)
         objects[target] = dataclasses.replace(objects[target], on_screen=False)

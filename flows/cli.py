@@ -99,13 +99,15 @@ def demo(
 def pretrain_tiny_sam2(
     out: Path = typer.Option(None, help="Checkpoint to write (default: the committed asset "
                              "auralsam2/assets/sam2_tiny_synth.pt and its recipe .json beside it)."),
-    steps: int = typer.Option(2000, min=1, help="Training clips (one clip, all its objects, per step)."),
+    steps: int = typer.Option(6000, min=1, help="Training clips (one clip, all its objects, per step)."),
     seed: int = typer.Option(0, help="Seed of the model init, the clip stream and the prompts."),
-    lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (cosine schedule, 100 warm-up steps)."),
+    lr: float = typer.Option(3e-3, help="Peak AdamW learning rate (cosine schedule, 100 warm-up steps)."),
     image_size: int = typer.Option(128, help="Model input size of the tiny SAM2."),
     eval_clips: int = typer.Option(64, help="Held-out clips for the prompted/tracked IoU report."),
     threads: int = typer.Option(1, help="torch threads (1 makes the run reproducible bit for bit; 0: torch's default)."),
-    config: str = typer.Option("synth", help="SAM2 config to train (the demo's `synth`; `tiny` is too narrow to learn clicks)."),
+    config: str = typer.Option("tiny", help="SAM2 config to train (`tiny`, or the wider `synth`)."),
+    image_fraction: float = typer.Option(0.6, min=0, max=1, help="Share of steps on single frames before the "
+                                         "5-frame video steps (segmenting is learnt cheaply on images first)."),
 ) -> None:
     """Pretrain the demo's small SAM2 on synthetic-world clips with clicks and boxes, as SAM2 is trained.
 
@@ -115,7 +117,8 @@ def pretrain_tiny_sam2(
     from flows.pretrain import run_pretrain_tiny_sam2
 
     record = run_pretrain_tiny_sam2(out=out, steps=steps, seed=seed, lr=lr, image_size=image_size,
-                                    eval_clips=eval_clips, threads=threads, config=config)
+                                    eval_clips=eval_clips, threads=threads, config=config,
+                                    image_fraction=image_fraction)
     typer.echo(f"wrote {record['checkpoint']} (sha256 {record['sha256'][:16]}...)")
     typer.echo(f"held-out IoU: prompted frame {record['eval']['cond_iou']:.3f}, "
                f"tracked frames {record['eval']['tracked_iou']:.3f}")

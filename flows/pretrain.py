@@ -24,20 +24,22 @@ ASSET = Path(__file__).resolve().parent.parent / "auralsam2" / "assets" / "sam2_
 EVAL_STREAM = 999  # held-out clip stream (training uses stream `seed`)
 
 
-def _clips(stream: int, image_size: int) -> Iterator:
+def _clips(stream: int, image_size: int, image_steps: int = 0) -> Iterator:
+    """Pretraining clips: `image_steps` single frames first (cheap: learns to segment), then 5-frame
+    clips (learns to track through memory)."""
     from auralsam2.sam2_pretrain import make_clip
 
     rng = np.random.default_rng([stream, 1])
     index = 0
     while True:
-        clip = object_clip(stream, index)
+        clip = object_clip(stream, index, n_frames=1 if index < image_steps else 5)
         index += 1
         yield make_clip(clip.frames, clip.masks, image_size, rng)
 
 
-def run_pretrain_tiny_sam2(out: Path | None = None, steps: int = 2000, seed: int = 0, lr: float = 1e-3,
+def run_pretrain_tiny_sam2(out: Path | None = None, steps: int = 6000, seed: int = 0, lr: float = 3e-3,
                            image_size: int = 128, eval_clips: int = 64, threads: int = 1,
-                           config: str = "synth", log=print) -> dict:
+                           config: str = "tiny", image_fraction: float = 0.6, log=print) -> dict:
     from auralsam2.sam2_backbone import build_sam2_model, save_sam2_checkpoint
     from auralsam2.sam2_pretrain import evaluate_prompted, pretrain_sam2
 
@@ -48,7 +50,7 @@ def run_pretrain_tiny_sam2(out: Path | None = None, steps: int = 2000, seed: int
     model = build_sam2_model(config, image_size=image_size)
     started = time.time()
     history = pretrain_sam2(
-        model, _clips(seed, image_size), steps=steps, lr=lr,
+        model, _clips(seed, image_size, int(image_fraction * steps)), steps=steps, lr=lr,
         on_log=lambda step, stats: log(f"step {step}/{steps}: loss {stats['total']:.3f}, "
                                        f"IoU prompted {stats['cond_iou']:.3f}, tracked {stats['tracked_iou']:.3f}"),
     )
@@ -61,7 +63,9 @@ def run_pretrain_tiny_sam2(out: Path | None = None, steps: int = 2000, seed: int
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
         "bytes": out.stat().st_size,
         "command": f"auralsam2 pretrain-tiny-sam2 --steps {steps} --seed {seed} --lr {lr} "
-                   f"--image-size {image_size} --eval-clips {eval_clips} --threads {threads}",
+                   f"--image-size {image_size} --eval-clips {eval_clips} --threads {threads} --config {config} "
+                   f"--image-fraction {image_fraction}",
+        "image_fraction": image_fraction,
         "config": config, "image_size": image_size, "steps": steps, "seed": seed, "lr": lr,
         "eval": evaluation, "history": history[-5:],
         "torch": torch.__version__, "machine": platform.machine(), "wall_s": round(time.time() - started, 1),
