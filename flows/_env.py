@@ -15,6 +15,8 @@ from auralsam2.paths import data_home
 
 def configure() -> None:
     home = data_home()
+    # Prefect cannot create its home under a missing folder, and then only reports a timeout.
+    home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

@@ -17,11 +17,9 @@ torch are imported when the flow is first used (`cache_flow`, `cache_shard_task`
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import zlib
-from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -125,36 +123,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@contextlib.contextmanager
-def _workers_share_the_api(local_cluster: bool) -> Iterator[None]:
-    """Point the workers of a local Dask cluster at this process's Prefect API.
-
-    Worker processes inherit this process's environment but not its ephemeral Prefect server, so
-    without PREFECT_API_URL each worker starts a temporary server of its own (10-15 s each, all on one
-    SQLite file). When no API URL is configured, start (or reuse) this process's ephemeral server and
-    export its URL for the workers the cluster is about to spawn. Workers of an existing cluster
-    (--dask) must be started with PREFECT_API_URL set to a real server by whoever starts them.
-    """
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    if not local_cluster or PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        yield
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
-
-
 def run_cache(ingest: str | Path, out: str | Path, settings=None, *, workers: int | None = None,
               dask_address: str | None = None, rebuild: bool = False, created: str | None = None,
               recheck: bool = True, progress: bool = True, **settings_fields: Any):
@@ -168,7 +136,7 @@ def run_cache(ingest: str | Path, out: str | Path, settings=None, *, workers: in
     import torch
 
     from feature_cache.schema import CacheSettings
-    from flows.runners import task_runner
+    from flows.runners import task_runner, workers_share_the_api
 
     if settings is None:
         settings = CacheSettings(**settings_fields)
@@ -181,7 +149,7 @@ def run_cache(ingest: str | Path, out: str | Path, settings=None, *, workers: in
     flow_ = _build_prefect()["cache_flow"]
     threads = torch.get_num_threads()
     try:
-        with _workers_share_the_api(bool(workers) and not dask_address):
+        with workers_share_the_api(bool(workers) and not dask_address):
             return flow_.with_options(task_runner=task_runner(workers, dask_address))(
                 ingest=str(ingest), out=str(out), settings=settings, rebuild=rebuild, created=created,
                 recheck=recheck, progress=progress)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from data_specs.ingest import PALETTE_MASKS, IngestSummary, finalize, prepare
 from data_specs.shards import ShardPlan, ShardResult, write_shard
-from flows.runners import task_runner
+from flows.runners import task_runner, workers_share_the_api
 
 
 def _retry_on_io(task, task_run, state) -> bool:  # noqa: ARG001 (Prefect's signature)
@@ -52,7 +52,8 @@ def run_ingest(dataset: str, root: str | Path, out: str | Path, subset: str = "a
                progress: bool = True) -> IngestSummary:
     """Run the ingest flow with the requested task runner (threads, local Dask, or a Dask cluster)."""
     runner = task_runner(workers, dask_address)
-    return ingest_flow.with_options(task_runner=runner)(
-        dataset=dataset, root=str(root), out=str(out), subset=subset, strict=strict,
-        clips_per_shard=clips_per_shard, progress=progress,
-    )
+    with workers_share_the_api(bool(workers) and not dask_address):
+        return ingest_flow.with_options(task_runner=runner)(
+            dataset=dataset, root=str(root), out=str(out), subset=subset, strict=strict,
+            clips_per_shard=clips_per_shard, progress=progress,
+        )

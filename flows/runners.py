@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -26,3 +29,33 @@ def task_runner(workers: int | None = None, dask_address: str | None = None) -> 
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=2)
+
+
+@contextlib.contextmanager
+def workers_share_the_api(local_cluster: bool) -> Iterator[None]:
+    """Point the workers of a local Dask cluster at this process's Prefect API.
+
+    Worker processes inherit this process's environment but not its ephemeral Prefect server, so
+    without PREFECT_API_URL each worker starts a temporary server of its own (10-15 s each, all on one
+    SQLite file). When no API URL is configured, start (or reuse) this process's ephemeral server and
+    export its URL for the workers the cluster is about to spawn. Workers of an existing cluster
+    (--dask) must be started with PREFECT_API_URL set to a real server by whoever starts them.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if not local_cluster or PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous

@@ -1,0 +1,272 @@
+"""MLflow tracking for training and evaluation runs, and the figures logged with them.
+
+Embedded default: an absolute SQLite store under the data folder (`auralsam2.paths.mlflow_tracking_uri`,
+overridden by `MLFLOW_TRACKING_URI`), artifacts under `<data>/mlflow/artifacts/<experiment>` (not
+MLflow's cwd-relative `./mlruns`). One experiment per dataset preset (`cfg.experiment`). Everything
+goes through an explicit `MlflowClient` (no global active run), so runs can be logged from Prefect
+task threads and nested (`parent_run_id`) for the ablation grid:
+
+    with parent_run("avss_v1s_hiera_l", "ablation-grid") as parent:
+        run_train(cfg_row, parent_run_id=parent)     # each row: a child run (tag mlflow.parentRunId)
+
+A run carries: params = the flattened resolved config + the cache fingerprint fields + the ingest
+manifest hash + the git commit; metrics per step (batched, `MlflowLogger`) and per epoch; tags
+(selection split, DDP settings); artifacts: the resolved config YAML, best checkpoint, per-clip
+Parquet, overlay PNGs of the best and worst clips (frame | gt | prediction), loss/metric curves PNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from auralsam2.config import PROJECT_ROOT, ExperimentConfig, flatten_config
+from auralsam2.paths import data_home, mlflow_tracking_uri
+
+__all__ = [
+    "MlflowLogger",
+    "client",
+    "curves_png",
+    "end_run",
+    "ensure_experiment",
+    "git_commit",
+    "log_artifact",
+    "log_params",
+    "overlay_png",
+    "parent_run",
+    "run_params",
+    "start_run",
+]
+
+PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
+METRIC_BATCH = 1000
+
+
+def client(tracking_uri: str | None = None):
+    """An `MlflowClient` on the project's store (or `tracking_uri`)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri or mlflow_tracking_uri())
+
+
+def ensure_experiment(name: str, mlflow_client=None) -> str:
+    """The experiment id of `name`, created with its artifacts under the data folder if new."""
+    c = mlflow_client or client()
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    root = data_home() / "mlflow" / "artifacts" / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        return c.create_experiment(name, artifact_location=root.as_uri())
+    except Exception:  # created concurrently by another process
+        found = c.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def start_run(experiment: str, run_name: str, *, parent_run_id: str | None = None,
+              tags: Mapping[str, str] | None = None, description: str = "", mlflow_client=None) -> str:
+    """Create a run (a child of `parent_run_id` when given) and return its id."""
+    c = mlflow_client or client()
+    all_tags = {"mlflow.source.name": "auralsam2", **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    if description:
+        all_tags["mlflow.note.content"] = description
+    run = c.create_run(ensure_experiment(experiment, c), tags=all_tags, run_name=run_name)
+    return run.info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED", mlflow_client=None) -> None:
+    (mlflow_client or client()).set_terminated(run_id, status)
+
+
+@contextlib.contextmanager
+def parent_run(experiment: str, run_name: str, *, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    """A parent run for a grid of nested runs: yields its id; FINISHED on exit (FAILED on error)."""
+    run_id = start_run(experiment, run_name, tags={"auralsam2.kind": "grid", **(tags or {})})
+    try:
+        yield run_id
+    except BaseException:
+        end_run(run_id, "FAILED")
+        raise
+    end_run(run_id, "FINISHED")
+
+
+def run_exists(run_id: str, mlflow_client=None) -> bool:
+    try:
+        (mlflow_client or client()).get_run(run_id)
+    except Exception:
+        return False
+    return True
+
+
+class MlflowLogger:
+    """`auralsam2.engine.RunLogger` for MLflow: step metrics are buffered and sent with `log_batch`
+    (one database round trip per `flush_every` values instead of one per value)."""
+
+    def __init__(self, run_id: str, mlflow_client=None, flush_every: int = 200) -> None:
+        self.run_id = run_id
+        self.client = mlflow_client or client()
+        self.flush_every = flush_every
+        self._buffer: list[Any] = []
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(key, float(value), now, int(step)) for key, value in metrics.items())
+        if len(self._buffer) >= self.flush_every:
+            self.flush()
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def flush(self) -> None:
+        while self._buffer:
+            chunk, self._buffer = self._buffer[:METRIC_BATCH], self._buffer[METRIC_BATCH:]
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+
+def git_commit() -> str:
+    """`<sha>` of the project checkout (`+dirty` when it has uncommitted changes), or "unknown"."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_params(cfg: ExperimentConfig, cache_info: Mapping[str, Any] | None = None,
+               cache_root: Path | None = None) -> dict[str, str]:
+    """Params of a run: the flattened config, the cache fingerprint (id + fields), the ingest
+    manifest's sha256 (the data fingerprint) and the git commit."""
+    params: dict[str, Any] = dict(flatten_config(cfg))
+    if cache_info is not None:
+        params["cache.fingerprint_id"] = cache_info.get("fingerprint_id", "")
+        for key, value in flatten_config(cache_info.get("fingerprint", {}), "cache.fingerprint.").items():
+            if not key.startswith("cache.fingerprint.views.recipe"):
+                params[key] = value
+    if cache_root is not None and (cache_root / "manifest.parquet").is_file():
+        params["data.manifest_sha256"] = _file_sha256(cache_root / "manifest.parquet")
+    params["git.commit"] = git_commit()
+    return {k: ("None" if v is None else str(v))[:6000] for k, v in params.items()}
+
+
+# Params a resumed run may change (MLflow params are immutable: the first value stays logged).
+RESUME_MUTABLE = ("train.stop_after_steps", "train.progress", "eval.progress", "git.commit")
+
+
+def log_params(run_id: str, params: Mapping[str, str], mlflow_client=None) -> None:
+    """Log params in batches; a param already logged with the same value (a resumed run) is skipped,
+    one in `RESUME_MUTABLE` keeps its first value, any other change is an error."""
+    from mlflow.entities import Param
+
+    c = mlflow_client or client()
+    existing = c.get_run(run_id).data.params
+    fresh = [Param(k, v) for k, v in params.items()
+             if existing.get(k) != v and not (k in existing and k in RESUME_MUTABLE)]
+    clash = [p.key for p in fresh if p.key in existing]
+    if clash:
+        raise ValueError(f"MLflow run {run_id}: params {clash[:5]} were logged with other values; a resumed run "
+                         "must use its own config (the run folder's config.yaml)")
+    for start in range(0, len(fresh), PARAM_BATCH):
+        c.log_batch(run_id, params=fresh[start : start + PARAM_BATCH])
+
+
+def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None, mlflow_client=None) -> None:
+    (mlflow_client or client()).log_artifact(run_id, str(path), artifact_path)
+
+
+# ------------------------------------------------------------------ figures
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """The engine's `history.jsonl` (one dict per logging event, with `step`)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def curves_png(history: Sequence[Mapping[str, float]], out: Path, title: str = "") -> Path | None:
+    """Loss curves (train total and its terms) and the selection metric over steps, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [h for h in history if "train/total" in h]
+    select = [h for h in history if "select/J" in h]
+    if not train:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("train/total", "train/seg", "train/audiocon"):
+        points = [(h["step"], h[key]) for h in train if key in h]
+        if points:
+            axes[0].plot(*zip(*points, strict=True), label=key.split("/", 1)[1])
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("loss (window mean)")
+    axes[0].legend()
+    if select:
+        steps = [h["step"] for h in select]
+        axes[1].plot(steps, [h["select/J"] for h in select], marker="o", label="selection J")
+        axes[1].plot(steps, [h.get("select/best_J", float("nan")) for h in select], linestyle="--", label="best J")
+        axes[1].legend()
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("J")
+    fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def overlay_png(frames, gt, pred, title: str = "") -> bytes:
+    """One clip as a PNG grid: a row per frame, columns frame | GT (green) | prediction (red).
+
+    `frames` (T, H, W, 3) uint8, `gt`/`pred` (T, H, W) bool, all at the same size.
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    frames = np.asarray(frames, dtype=np.uint8)
+    t, h, w, _ = frames.shape
+    header = 14 if title else 0
+    canvas = Image.new("RGB", (3 * w + 4, t * h + 2 * (t - 1) + header), (255, 255, 255))
+    for i in range(t):
+        base = frames[i].astype(np.float32)
+        cells = [base]
+        for mask, colour in ((np.asarray(gt[i], bool), (0, 220, 0)), (np.asarray(pred[i], bool), (230, 0, 0))):
+            tinted = base.copy()
+            tinted[mask] = 0.45 * tinted[mask] + 0.55 * np.asarray(colour, np.float32)
+            cells.append(tinted)
+        for j, cell in enumerate(cells):
+            canvas.paste(Image.fromarray(cell.clip(0, 255).astype(np.uint8)), (j * (w + 2), header + i * (h + 2)))
+    if title:
+        ImageDraw.Draw(canvas).text((2, 1), title[:120], fill=(0, 0, 0))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,225 @@
+"""The train flow: experiment config -> `auralsam2.engine.train` on the feature cache -> MLflow run.
+
+    run_train("configs/demo.yaml", ["optim.lr=3e-4"])      # a real Prefect flow: one task = one run
+    auralsam2 train configs/demo.yaml --set optim.lr=3e-4 [--resume] [--nproc-per-node 2]
+
+The run folder is `<data>/<runs_dir>/<experiment>/<run_name>/`: `config.yaml` (resolved),
+`last.ckpt`, `best.ckpt`, `history.jsonl`, `curves.png`, `run.json` (MLflow run id, status).
+`--resume` continues the run named by `run_name` (default: the latest unfinished run of the
+experiment) from its `last.ckpt`, in the same MLflow run.
+
+Multi-process: `nproc > 1` launches `torchrun --standalone --nproc-per-node N -m flows.train
+--run-dir DIR` from the task (gloo on CPU, NCCL on GPU); rank 0 logs to the MLflow run the flow
+created. The same entry point serves a hand-started `torchrun` on a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from auralsam2.config import ExperimentConfig, config_from_mapping, config_to_yaml, load_config, resolve_path
+from auralsam2.paths import data_home
+
+__all__ = ["latest_run_dir", "run_dir_for", "run_train", "train_flow", "train_run"]
+
+RUN_JSON = "run.json"
+
+
+def run_dir_for(cfg: ExperimentConfig) -> Path:
+    """`<data>/<runs_dir>/<experiment>/<run_name>` (run_name must be set)."""
+    if not cfg.run_name:
+        raise ValueError("run_name is not set; call cfg.with_run_name() first")
+    return resolve_path(cfg.runs_dir, data_home()) / cfg.experiment / cfg.run_name
+
+
+def latest_run_dir(cfg: ExperimentConfig) -> Path | None:
+    """The most recently modified run folder of the experiment with an unfinished `last.ckpt`."""
+    root = resolve_path(cfg.runs_dir, data_home()) / cfg.experiment
+    candidates = []
+    for run in root.glob("*/last.ckpt") if root.is_dir() else []:
+        info = _read_run_json(run.parent)
+        if info.get("status") != "FINISHED":
+            candidates.append(run.parent)
+    return max(candidates, key=lambda p: (p / "last.ckpt").stat().st_mtime) if candidates else None
+
+
+def _read_run_json(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RUN_JSON
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_run_json(run_dir: Path, **fields: Any) -> None:
+    info = {**_read_run_json(run_dir), **fields}
+    tmp = run_dir / f".{RUN_JSON}.tmp"
+    tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
+    os.replace(tmp, run_dir / RUN_JSON)
+
+
+def _resolve_run(cfg: ExperimentConfig, resume: bool) -> tuple[ExperimentConfig, Path]:
+    if resume and not cfg.run_name:
+        found = latest_run_dir(cfg)
+        if found is None:
+            raise FileNotFoundError(f"--resume: no unfinished run of experiment {cfg.experiment!r} under "
+                                    f"{resolve_path(cfg.runs_dir, data_home()) / cfg.experiment}; set run_name")
+        cfg = cfg.with_run_name(found.name)
+    cfg = cfg.with_run_name()
+    run_dir = run_dir_for(cfg)
+    if resume:
+        saved = run_dir / "config.yaml"
+        if saved.is_file() and _comparable(load_config(saved)) != _comparable(cfg):
+            raise ValueError(f"--resume: the config differs from the run's {saved}; resume with that file "
+                             "(`auralsam2 train <run folder>/config.yaml --resume`)")
+    elif (run_dir / "last.ckpt").is_file():
+        raise FileExistsError(f"run folder {run_dir} already holds a run; pass --resume to continue it or choose "
+                              "another run_name")
+    return cfg, run_dir
+
+
+def _comparable(cfg: ExperimentConfig) -> str:
+    """The config without the fields a resume may change (the interruption hook, the progress bar)."""
+    return config_to_yaml(cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"stop_after_steps": None, "progress": True})}))
+
+
+def _train_process(cfg: ExperimentConfig, run_dir: Path, resume: bool, run_id: str | None) -> dict[str, Any]:
+    """One process of a run (the only one, or one torchrun rank): data, engine, tracker on rank 0."""
+    from auralsam2.engine import train
+    from feature_cache.dataset import open_reader, training_data
+    from flows.tracking import MlflowLogger
+
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = cfg.train.device
+    if device == "auto":
+        import torch
+
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    reader = open_reader(cfg, device)
+    data = training_data(cfg, reader)
+    logger = MlflowLogger(run_id) if run_id and rank == 0 else None
+    try:
+        result = train(cfg, data, run_dir, resume=resume, logger=logger,
+                       checkpoint_extra={"mlflow_run_id": run_id or "", "experiment": cfg.experiment,
+                                         "run_name": cfg.run_name or ""})
+    finally:
+        if logger is not None:
+            logger.flush()
+    summary = {"run_dir": str(run_dir), "run_id": run_id, "steps": result.steps, "total_steps": result.total_steps,
+               "interrupted": result.interrupted, "best_metric": result.best_metric, "best_step": result.best_step,
+               "selection": result.selection,
+               "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+               "last_checkpoint": str(result.last_checkpoint)}
+    if rank == 0:
+        (run_dir / "result.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def train_run(cfg: ExperimentConfig, *, resume: bool = False, parent_run_id: str | None = None,
+              tracking: bool = True, nproc: int = 1) -> dict[str, Any]:
+    """Train one run (plain Python; the flow's task calls this). Returns a summary dict with the
+    run folder, MLflow run id, steps, best metric and checkpoint paths."""
+    from feature_cache.dataset import open_reader
+    from flows import tracking as mlf
+
+    cfg, run_dir = _resolve_run(cfg, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    run_id = _read_run_json(run_dir).get("run_id") if resume else None
+    if tracking:
+        c = mlf.client()
+        if run_id is None or not mlf.run_exists(run_id, c):
+            tags = {"auralsam2.kind": "train", "dataset": cfg.data.dataset, "selection_split": cfg.train.select_on}
+            run_id = mlf.start_run(cfg.experiment, cfg.run_name, parent_run_id=parent_run_id, tags=tags,
+                                   description=cfg.description, mlflow_client=c)
+        else:
+            c.update_run(run_id, status="RUNNING")
+        reader = open_reader(cfg, "cpu")
+        mlf.log_params(run_id, mlf.run_params(cfg, reader.info, reader.root), c)
+        mlf.log_artifact(run_id, run_dir / "config.yaml", None, c)
+    _write_run_json(run_dir, run_id=run_id, status="RUNNING", experiment=cfg.experiment, run_name=cfg.run_name)
+    try:
+        if nproc > 1:
+            summary = _launch_torchrun(run_dir, nproc, resume, run_id)
+        else:
+            summary = _train_process(cfg, run_dir, resume, run_id)
+    except BaseException:
+        _write_run_json(run_dir, status="FAILED")
+        if tracking and run_id:
+            mlf.end_run(run_id, "FAILED")
+        raise
+    status = "KILLED" if summary["interrupted"] else "FINISHED"
+    _write_run_json(run_dir, status=status)
+    if tracking and run_id:
+        curves = mlf.curves_png(mlf.read_history(run_dir / "history.jsonl"), run_dir / "curves.png",
+                                f"{cfg.experiment} / {cfg.run_name}")
+        if curves is not None:
+            mlf.log_artifact(run_id, curves, None, c)
+        if summary["best_checkpoint"] and not summary["interrupted"]:
+            mlf.log_artifact(run_id, summary["best_checkpoint"], "checkpoints", c)
+        mlf.end_run(run_id, status, c)
+    return summary
+
+
+def _launch_torchrun(run_dir: Path, nproc: int, resume: bool, run_id: str | None) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "flows.train", "--run-dir", str(run_dir)]
+    if resume:
+        cmd.append("--resume")
+    if run_id:
+        cmd += ["--run-id", run_id]
+    subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
+    return json.loads((run_dir / "result.json").read_text())
+
+
+# ------------------------------------------------------------------ Prefect
+
+
+@task(name="train-run", cache_policy=NO_CACHE)
+def train_task(config_yaml: str, resume: bool = False, parent_run_id: str | None = None, tracking: bool = True,
+               nproc: int = 1) -> dict[str, Any]:
+    """One training run (a run is one task: never a step or a clip)."""
+    import yaml
+
+    cfg = config_from_mapping(yaml.safe_load(config_yaml), "<train flow config>")
+    return train_run(cfg, resume=resume, parent_run_id=parent_run_id, tracking=tracking, nproc=nproc)
+
+
+@flow(name="train")
+def train_flow(config_yaml: str, resume: bool = False, parent_run_id: str | None = None, tracking: bool = True,
+               nproc: int = 1) -> dict[str, Any]:
+    """Train one experiment config (resolved YAML text, so the Prefect UI shows exactly what ran)."""
+    return train_task(config_yaml, resume, parent_run_id, tracking, nproc)
+
+
+def run_train(config_path: str | os.PathLike | None = None, overrides: Sequence[str] = (), *,
+              config: ExperimentConfig | None = None, resume: bool = False, parent_run_id: str | None = None,
+              tracking: bool = True, nproc: int = 1) -> dict[str, Any]:
+    """Load a config (file + `--set` overrides, or `config`) and run the train flow."""
+    cfg = config if config is not None else load_config(config_path, overrides)
+    return train_flow(config_yaml=config_to_yaml(cfg), resume=resume, parent_run_id=parent_run_id,
+                      tracking=tracking, nproc=nproc)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """torchrun entry: every rank trains the run folder's config; rank 0 logs to `--run-id`."""
+    parser = argparse.ArgumentParser(prog="python -m flows.train", description=main.__doc__)
+    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--run-id", default=None)
+    args = parser.parse_args(argv)
+    cfg = load_config(args.run_dir / "config.yaml")
+    _train_process(cfg, args.run_dir, args.resume, args.run_id)
+
+
+if __name__ == "__main__":
+    main()
