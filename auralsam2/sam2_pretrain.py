@@ -36,11 +36,13 @@ from auralsam2.transforms import preprocess_frames, preprocess_masks
 
 @dataclass
 class PromptedObject:
-    """One object to segment in a clip: masks (T, S, S) {0,1}, its conditioning frame and prompts."""
+    """One object to segment in a clip: masks (T, S, S) {0,1}, its conditioning frame and prompts
+    (clicks/box as `point_inputs`, or a coarse mask as `mask_inputs` (1, 1, S, S), or both None-free)."""
 
     masks: Tensor
     cond_frame: int
-    point_inputs: PointInputs
+    point_inputs: PointInputs | None
+    mask_inputs: Tensor | None = None
 
 
 @dataclass
@@ -55,13 +57,36 @@ class PretrainClip:
     objects: list[PromptedObject]
 
 
-def sample_prompts(mask: np.ndarray, rng: np.random.Generator, image_size: int) -> PointInputs:
-    """SAM-style prompts for one object mask (H, W) bool, in model-input coordinates."""
+def coarse_mask(mask: np.ndarray, rng: np.random.Generator, image_size: int) -> Tensor:
+    """A degraded copy of an object mask as a SAM2 mask prompt (1, 1, S, S) in {0, 1}: grown or
+    shrunk by a few pixels, or its (jittered) bounding box, as SAM's previous-iteration masks are."""
+    m = torch.from_numpy(mask.astype(np.float32))[None, None]
+    kind = rng.choice(["grow", "shrink", "box"])
+    if kind == "box":
+        ys, xs = np.nonzero(mask)
+        pad = rng.integers(0, 4, 4)
+        out = torch.zeros_like(m)
+        out[..., max(0, ys.min() - pad[0]): ys.max() + 1 + pad[1], max(0, xs.min() - pad[2]): xs.max() + 1 + pad[3]] = 1
+        m = out
+    else:
+        r = int(rng.integers(1, 4))
+        pooled = F.max_pool2d(m if kind == "grow" else 1 - m, 2 * r + 1, stride=1, padding=r)
+        m = pooled if kind == "grow" else 1 - pooled
+    return F.interpolate(m, size=(image_size, image_size), mode="nearest")
+
+
+def sample_prompts(mask: np.ndarray, rng: np.random.Generator, image_size: int
+                   ) -> tuple[PointInputs | None, Tensor | None]:
+    """SAM-style prompts for one object mask (H, W) bool: (point_inputs, mask_inputs) in model-input
+    coordinates. Clicks, a box, box + click, or a coarse mask (the dense path, which is also how
+    AuralSAM2's dense prompts reach the decoder: added to the image tokens)."""
     h, w = mask.shape
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         raise ValueError("cannot prompt an empty mask")
-    kind = rng.choice(["clicks", "box", "box+click"], p=[0.5, 0.3, 0.2])
+    kind = rng.choice(["clicks", "box", "box+click", "mask"], p=[0.35, 0.2, 0.1, 0.35])
+    if kind == "mask":
+        return None, coarse_mask(mask, rng, image_size)
     points, labels, box = [], [], None
     if kind in ("box", "box+click"):
         x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
@@ -87,7 +112,7 @@ def sample_prompts(mask: np.ndarray, rng: np.random.Generator, image_size: int) 
         points=torch.tensor(points, dtype=torch.float32) if points else None,
         labels=torch.tensor(labels, dtype=torch.int32) if points else None,
         box=torch.tensor(box, dtype=torch.float32) if box is not None else None,
-    )
+    ), None
 
 
 def make_clip(frames: list[np.ndarray], masks: np.ndarray, image_size: int, rng: np.random.Generator) -> PretrainClip:
@@ -100,10 +125,10 @@ def make_clip(frames: list[np.ndarray], masks: np.ndarray, image_size: int, rng:
     for object_masks in masks:
         visible = [t for t in range(len(frames)) if object_masks[t].any()]
         cond = int(rng.choice(visible))
+        point_inputs, mask_inputs = sample_prompts(object_masks[cond], rng, image_size)
         objects.append(PromptedObject(
             masks=preprocess_masks(object_masks.astype(np.uint8), image_size).float(),
-            cond_frame=cond,
-            point_inputs=sample_prompts(object_masks[cond], rng, image_size),
+            cond_frame=cond, point_inputs=point_inputs, mask_inputs=mask_inputs,
         ))
     return PretrainClip(images=preprocess_frames(np.stack(frames), image_size), objects=objects)
 
@@ -125,7 +150,8 @@ def clip_loss(model: nn.Module, clip: PretrainClip) -> tuple[Tensor, dict[str, f
 
 
 def object_loss(model: nn.Module, pyramid: Pyramid, clip: PromptedObject) -> tuple[Tensor, dict[str, float]]:
-    outputs = track_clip(model, pyramid, None, clip.cond_frame, point_inputs=clip.point_inputs)
+    outputs = track_clip(model, pyramid, None, clip.cond_frame, point_inputs=clip.point_inputs,
+                         mask_inputs=clip.mask_inputs)
     masks = torch.cat([o.high_res_masks for o in outputs])
     ious = torch.cat([o.ious for o in outputs])
     scores = torch.cat([o.object_score_logits for o in outputs])

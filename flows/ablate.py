@@ -1,0 +1,254 @@
+"""The ablation grid: every row of `configs/ablations.yaml` as a nested MLflow run under one parent.
+
+    auralsam2 ablate CONFIG [--grid paper|demo|smoke] [--rows a,b] [--set key=value ...]
+
+Each row applies its overrides to the experiment config, trains (one Prefect task per row) and
+evaluates on the summary split. A row's run folder is named after its config hash, so a finished
+row with the same config is reused instead of retrained (the `full` row is the pipeline's own
+training run when the configs agree). The parent run gets the summary table as Parquet (also the
+DuckDB view `ablation_summary`), Markdown and a PNG bar chart, with the paper's number for the same
+dataset and backbone beside ours where the grid file has it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from auralsam2.config import (
+    PROJECT_ROOT,
+    ExperimentConfig,
+    apply_overrides,
+    config_from_mapping,
+    config_to_yaml,
+    load_config,
+)
+from auralsam2.paths import data_home
+
+GRID_FILE = PROJECT_ROOT / "configs" / "ablations.yaml"
+
+
+@dataclass
+class AblationRow:
+    name: str
+    description: str
+    table: str
+    overrides: dict[str, Any]
+    datasets: list[str] = field(default_factory=list)
+    paper: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def applies_to(self, dataset: str) -> bool:
+        return not self.datasets or dataset in self.datasets
+
+
+@dataclass
+class SummarySelection:
+    """Which numbers the summary table reports for each row."""
+
+    split: str = "test"
+    protocol: str = ""        # default: the config's headline protocol
+    decoding: str = ""        # default: the config's primary decoding
+    subsets: list[str] = field(default_factory=list)  # e.g. the multi-source subsets; [] = all
+
+
+def load_grid(grid: str = "paper", rows: Sequence[str] | None = None, path: str | os.PathLike = GRID_FILE
+              ) -> list[AblationRow]:
+    """The rows of a named grid (or the explicitly named rows), in grid order."""
+    data = yaml.safe_load(Path(path).read_text())
+    known = data["rows"]
+    names = list(rows) if rows else data["grids"].get(grid)
+    if names is None:
+        raise ValueError(f"{path}: no grid {grid!r}; grids: {sorted(data['grids'])}")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"{path}: unknown row(s) {unknown}; rows: {sorted(known)}")
+    return [AblationRow(name=n, description=known[n].get("description", ""), table=known[n].get("table", ""),
+                        overrides=dict(known[n].get("overrides") or {}), datasets=list(known[n].get("datasets") or []),
+                        paper=dict(known[n].get("paper") or {})) for n in names]
+
+
+def _override_strings(overrides: dict[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()]
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """Hash of everything that determines a run's result (the config minus its run name)."""
+    text = config_to_yaml(cfg.model_copy(update={"run_name": None}))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def row_config(base: ExperimentConfig, row: AblationRow) -> ExperimentConfig:
+    """The base config with the row's overrides, named `<row>-<config hash>`."""
+    raw = yaml.safe_load(config_to_yaml(base.model_copy(update={"run_name": None})))
+    cfg = config_from_mapping(apply_overrides(raw, _override_strings(row.overrides), f"ablation row {row.name!r}"),
+                              f"ablation row {row.name!r}")
+    return cfg.with_run_name(f"{row.name}-{config_hash(cfg)}")
+
+
+def finished_run(cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """The result of an earlier finished run of exactly this config, if its checkpoint is still there."""
+    from flows.train import run_dir_for
+
+    run_dir = run_dir_for(cfg)
+    info = run_dir / "run.json"
+    result = run_dir / "result.json"
+    if not (info.is_file() and result.is_file()):
+        return None
+    if json.loads(info.read_text()).get("status") != "FINISHED":
+        return None
+    summary = json.loads(result.read_text())
+    best = summary.get("best_checkpoint")
+    if not best or not Path(best).is_file():
+        return None
+    summary.setdefault("run_id", json.loads(info.read_text()).get("run_id"))
+    return summary
+
+
+def selection_metrics(run_id: str, cfg: ExperimentConfig, sel: SummarySelection) -> dict[str, float]:
+    """J and F of one evaluated run for the summary selection, from its clip_metrics Parquet.
+
+    For the one-clip-per-call protocols (AVSBench official, AuralSAM2 released on AVS) the mean
+    over clips of the per-clip J and F is exactly the protocol's J and F, also over a subset of clips.
+    """
+    from dashboards.views import connect
+
+    protocol = sel.protocol or cfg.eval.headline_protocol
+    decoding = sel.decoding or cfg.eval.primary_decoding
+    con = connect(data_home())
+    where = ["run_id = $run", "split = $split", "protocol = $protocol", "decoding = $decoding", "not is_null"]
+    params: dict[str, Any] = {"run": run_id, "split": sel.split, "protocol": protocol, "decoding": decoding}
+    if sel.subsets:
+        where.append("list_contains($subsets, subset)")
+        params["subsets"] = list(sel.subsets)
+    j, f, n = con.execute(f"select avg(J), avg(F), count(*) from clip_metrics where {' and '.join(where)}",
+                          params).fetchone()
+    return {"J": float("nan") if j is None else float(j), "F": float("nan") if f is None else float(f),
+            "clips": int(n), "protocol": protocol, "decoding": decoding}
+
+
+@task(name="ablation-row", cache_policy=NO_CACHE)
+def ablation_row_task(config_yaml: str, row_name: str, parent_run_id: str | None, sel: SummarySelection,
+                      tracking: bool = True) -> dict[str, Any]:
+    """Train (or reuse) and evaluate one row; returns paths, hashes and the summary numbers."""
+    from flows.evaluate import evaluate_split
+    from flows.train import train_run
+
+    cfg = config_from_mapping(yaml.safe_load(config_yaml), f"ablation row {row_name!r}")
+    done = finished_run(cfg)
+    reused = done is not None
+    summary = done if reused else train_run(cfg, parent_run_id=parent_run_id, tracking=tracking)
+    if not summary.get("best_checkpoint"):
+        raise RuntimeError(f"ablation row {row_name!r}: training produced no best checkpoint ({summary})")
+    run_id = summary.get("run_id") or f"local-{cfg.run_name}"
+    evaluate_split(summary["best_checkpoint"], cfg, sel.split, run_id, tracking)
+    return {"row": row_name, "run_name": cfg.run_name, "run_id": run_id, "reused": reused,
+            "checkpoint": summary["best_checkpoint"], **selection_metrics(run_id, cfg, sel)}
+
+
+def summary_rows(results: list[dict[str, Any]], rows: list[AblationRow], base: ExperimentConfig,
+                 parent_run_id: str, sel: SummarySelection) -> list[dict[str, Any]]:
+    backbone = base.model.sam2.config
+    key = f"{base.experiment}/{backbone}"
+    out = []
+    for result, row in zip(results, rows, strict=True):
+        paper = row.paper.get(key) or {}
+        j, f = result["J"], result["F"]
+        out.append({
+            "parent_run_id": parent_run_id, "row": row.name, "dataset": base.data.dataset, "split": sel.split,
+            "protocol": result["protocol"], "J": j, "F": f, "J_and_F": (j + f) / 2,
+            "paper_J": paper.get("J"), "paper_F": paper.get("F"), "paper_table": paper.get("table") or row.table,
+        })
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def summary_markdown(rows: list[dict[str, Any]], title: str) -> str:
+    lines = [f"### {title}", "", "| row | J | F | J&F | paper J | paper F | ΔJ vs paper | source |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        dj = None if r["paper_J"] is None else r["J"] - r["paper_J"]
+        lines.append(f"| {r['row']} | {_fmt(r['J'])} | {_fmt(r['F'])} | {_fmt(r['J_and_F'])} | {_fmt(r['paper_J'])} | "
+                     f"{_fmt(r['paper_F'])} | {_fmt(dj)} | {r['paper_table']} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_png(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["row"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows)), 3.2), dpi=110)
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["J"] for r in rows], width=0.4, label="J (ours)")
+    ax.bar([x + 0.2 for x in xs], [r["F"] for r in rows], width=0.4, label="F (ours)")
+    for x, r in zip(xs, rows, strict=True):
+        if r["paper_J"] is not None:
+            ax.plot([x - 0.4, x], [r["paper_J"]] * 2, color="black", lw=1.5)
+    ax.set_xticks(list(xs), names, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+@flow(name="ablate")
+def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = None,
+                selection: SummarySelection | None = None, tracking: bool = True) -> dict[str, Any]:
+    """Train and evaluate every row of a grid under one parent MLflow run; write the summary."""
+    from dashboards.schema import write_table
+    from flows import tracking as mlf
+
+    base = config_from_mapping(yaml.safe_load(config_yaml), "ablation base config")
+    sel = selection or SummarySelection()
+    grid_rows = [r for r in load_grid(grid, rows) if r.applies_to(base.data.dataset)]
+    title = f"{base.experiment}: ablation grid {grid!r} ({sel.split}, {', '.join(sel.subsets) or 'all subsets'})"
+    parent_name = f"ablate-{grid}-{config_hash(base)}"
+    parent_id = mlf.start_run(base.experiment, parent_name, tags={"auralsam2.kind": "ablation", "grid": grid}) \
+        if tracking else f"local-{parent_name}"
+    try:
+        results = [ablation_row_task(config_to_yaml(row_config(base, row)), row.name, parent_id if tracking else None,
+                                     sel, tracking) for row in grid_rows]
+        table = summary_rows(results, grid_rows, base, parent_id, sel)
+        home = data_home()
+        parquet = write_table(table, "ablation_summary", parent_id, home, "summary")
+        folder = parquet.parent
+        md = folder / "summary.md"
+        md.write_text(summary_markdown(table, title))
+        png = summary_png(table, folder / "summary.png", title)
+        (folder / "rows.json").write_text(json.dumps(results, indent=1, default=str))
+        if tracking:
+            for path in (parquet, md, png):
+                mlf.log_artifact(parent_id, path, "ablation", mlf.client())
+            mlf.end_run(parent_id, "FINISHED")
+    except BaseException:
+        if tracking:
+            mlf.end_run(parent_id, "FAILED")
+        raise
+    return {"parent_run_id": parent_id, "rows": table, "results": results, "markdown": md.read_text(),
+            "summary": str(parquet), "png": str(png)}
+
+
+def run_ablate(config_path: str | os.PathLike, overrides: Sequence[str] = (), *, grid: str = "paper",
+               rows: Sequence[str] | None = None, selection: SummarySelection | None = None,
+               tracking: bool = True) -> dict[str, Any]:
+    cfg = load_config(config_path, overrides)
+    return ablate_flow(config_yaml=config_to_yaml(cfg), grid=grid, rows=list(rows) if rows else None,
+                       selection=selection, tracking=tracking)
