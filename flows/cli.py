@@ -74,25 +74,62 @@ def ingest(
     typer.echo("\n".join(summary.lines()))
 
 
+DEMO_SELECTION = {"split": "test", "protocol": "avsbench_official", "decoding": "iou_select", "subsets": ["v1m", "v2"]}
+
+
 @app.command()
 def demo(
-    clips: int = typer.Option(None, help="Clips per subset of the synthetic world (default: the demo size)."),
+    clips: int = typer.Option(None, help="Clips per subset of the synthetic world (default: the world's default)."),
     seed: int = typer.Option(0, help="World seed."),
+    grid: str = typer.Option("demo", help="Ablation grid of configs/ablations.yaml to run after the full model."),
 ) -> None:
-    """Run the whole chain on the built-in synthetic world and print where everything is."""
-    from data_specs.synth import SynthConfig, generate_world
-    from flows.ingest import run_ingest
+    """The whole chain on the built-in synthetic world: world -> shards -> cache -> train -> evaluate ->
+    MLflow -> Parquet, plus a mini ablation grid; prints the table and where everything is."""
+    import time
 
+    from auralsam2.config import demo_config_path
+    from data_specs.synth import SynthConfig, generate_world
+    from flows.ablate import SummarySelection
+    from flows.pipeline import run_pipeline
+
+    started = time.perf_counter()
     home = data_home()
     world = home / "world"
     config = SynthConfig(seed=seed, **({"clips": clips} if clips else {}))
-    typer.echo(f"[1/2] synthetic world -> {world}")
-    generate_world(world, config)
-    typer.echo("[2/2] ingest -> WebDataset shards")
-    for dataset, folder in (("avss", "AVSBench"), ("refavs", "REFAVS")):
-        summary = run_ingest(dataset, world / folder, home / "ingest" / dataset)
-        typer.echo("\n".join(summary.lines()))
-    typer.echo(f"\nAll outputs are under {home}")
+    typer.echo(f"[1/3] synthetic world -> {world}")
+    generate_world(world, config, progress=False)
+    world_s = time.perf_counter() - started
+    config_path = demo_config_path()
+    typer.echo(f"[2/3] pipeline ({config_path.name}): ingest -> cache -> train -> evaluate, then the "
+               f"'{grid}' ablation grid")
+    result = run_pipeline(config_path, raw=world / "AVSBench", ablate_grid=grid,
+                          selection=SummarySelection(**DEMO_SELECTION))
+    total = time.perf_counter() - started
+    typer.echo("[3/3] results")
+    ablation = result["ablation"]
+    typer.echo(ablation["markdown"])
+    rows = {r["row"]: r for r in ablation["rows"]}
+    if "full" in rows and "visual_only" in rows:
+        full, visual = rows["full"]["J"], rows["visual_only"]["J"]
+        hears = full >= 0.6 and full - visual >= 0.15
+        typer.echo(f"Does it hear? Multi-source test split (v1m + v2), AVSBench protocol: full J = {full:.3f}, "
+                   f"visual-only J = {visual:.3f}, difference {full - visual:+.3f} "
+                   f"(target: J >= 0.6 and difference >= 0.15): {'YES' if hears else 'NOT YET'}")
+    timings = {"world": world_s, **result["timings"]}
+    typer.echo("time per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s")
+    uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    typer.echo(f"""
+Outputs (all under {home}):
+  world          {world}
+  shards         {home / 'ingest'}
+  feature cache  {home / 'cache'}
+  runs           {home / 'runs'}
+  metrics        {home / 'metrics'}   (Parquet: frame_metrics, clip_metrics, ablation_summary)
+Next:
+  MLflow UI      .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000
+  DuckDB query   .venv/bin/auralsam2 query worst_clips --param limit=10
+                 .venv/bin/auralsam2 query "select row, J, F, J_and_F from ablation_summary order by J desc"
+""")
 
 
 @app.command("pretrain-tiny-sam2")
@@ -175,6 +212,78 @@ def evaluate(
         typer.echo(f"{name}: {result['n_items']} items, {result['protocol']} {result['decoding']}: {' '.join(parts)}")
     typer.echo(f"run_id {summary['run_id']}; per-clip metrics: auralsam2 query worst_clips --param "
                f"run_id={summary['run_id']}")
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Experiment config YAML (presets in configs/)."),
+    raw: Path = typer.Option(None, exists=True, file_okay=False, help="Raw dataset folder to ingest first (omit "
+                             "when data.ingest already holds the shards)."),
+    subset: str = typer.Option("all", help="AVSS subset to ingest (v1s, v1m, v2, all)."),
+    ablate: str = typer.Option(None, "--ablate", help="Also run this ablation grid of configs/ablations.yaml."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config field (repeatable)."),
+    workers: int = typer.Option(None, help="Local Dask cluster of N workers for the ingest and cache steps."),
+    dask: str = typer.Option(None, help="Existing Dask scheduler (tcp://host:8786) for the ingest and cache steps."),
+) -> None:
+    """Run the pipeline once: ingest -> cache -> train -> evaluate (-> ablate), skipping finished steps."""
+    from auralsam2.config import ConfigError
+    from flows.pipeline import run_pipeline
+
+    try:
+        result = run_pipeline(config, set_, raw=raw, subset=subset, ablate_grid=ablate, workers=workers,
+                              dask_address=dask)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{result['experiment']}: run {result['run_name']}, best checkpoint {result['train']['best_checkpoint']}")
+    for split, r in result["evaluate"]["splits"].items():
+        typer.echo(f"  {split}: {r['protocol']} {r['decoding']} J={r['J']:.4f} F={r['F']:.4f}")
+    if result["ablation"]:
+        typer.echo(result["ablation"]["markdown"])
+    typer.echo("time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["timings"].items()))
+
+
+@app.command()
+def serve(
+    config: Path = typer.Argument(..., help="Experiment config YAML."),
+    cron: str = typer.Option(..., help='Cron schedule, e.g. "0 3 * * *" (every day at 03:00).'),
+    raw: Path = typer.Option(None, exists=True, file_okay=False, help="Raw dataset folder to (re)ingest each run."),
+    ablate: str = typer.Option(None, "--ablate", help="Also run this ablation grid each time."),
+    name: str = typer.Option(None, help="Deployment name (default: <experiment>-pipeline)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config field (repeatable)."),
+) -> None:
+    """Schedule the pipeline on a Prefect server and serve it (blocks until interrupted).
+
+    Start a server first: `prefect server start --host 127.0.0.1` and
+    `export PREFECT_API_URL=http://127.0.0.1:4200/api`.
+    """
+    from flows.pipeline import serve_pipeline
+
+    try:
+        serve_pipeline(config, cron, set_, raw=raw, ablate_grid=ablate, name=name)
+    except RuntimeError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def ablate(
+    config: Path = typer.Argument(..., help="Experiment config YAML the rows modify."),
+    grid: str = typer.Option("paper", help="Grid of configs/ablations.yaml (paper, demo, smoke)."),
+    rows: str = typer.Option(None, help="Comma-separated row names instead of a grid."),
+    split: str = typer.Option("test", help="Split of the summary numbers."),
+    subsets: str = typer.Option("", help="Comma-separated subsets of the summary numbers (default: all)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config field (repeatable)."),
+) -> None:
+    """Train and evaluate an ablation grid as nested MLflow runs; write the summary table."""
+    from auralsam2.config import ConfigError
+    from flows.ablate import SummarySelection, run_ablate
+
+    selection = SummarySelection(split=split, subsets=[s for s in subsets.split(",") if s])
+    try:
+        result = run_ablate(config, set_, grid=grid, rows=rows.split(",") if rows else None, selection=selection)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(result["markdown"])
+    typer.echo(f"parent run {result['parent_run_id']}; summary {result['summary']}")
 
 
 @app.command()

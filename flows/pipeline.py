@@ -1,0 +1,232 @@
+"""The whole pipeline as one Prefect flow: ingest -> cache -> train -> evaluate (-> ablate).
+
+    auralsam2 run CONFIG [--raw RAW_DATASET_DIR] [--ablate GRID] [--set key=value ...]
+    auralsam2 serve CONFIG --cron "0 3 * * *" [...]     # against a Prefect server
+
+Each step is one Prefect task whose cache key is the hash of its inputs (Prefect's
+`INPUTS + TASK_SOURCE` policy, results persisted under the data folder): the raw tree's
+signature for ingest, the ingest manifest's sha256 and the cache settings for the cache, the
+config hash and the cache fingerprint for training, the checkpoint's sha256 for evaluation. Tasks
+return paths and hashes, never tensors. A step whose cached result points at outputs that no longer
+exist (or no longer match) is re-run (`refresh_cache`), and every step is idempotent on its own
+(finished shards, cache files and runs are recognised and reused), so re-running the pipeline
+skips finished work and never duplicates it. I/O failures are retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from auralsam2.config import ExperimentConfig, config_from_mapping, config_to_yaml, load_config, resolve_path
+from auralsam2.paths import data_home
+from flows.ablate import SummarySelection, config_hash, finished_run
+
+STEP_CACHE = INPUTS + TASK_SOURCE
+
+
+def _retry_on_io(task, task_run, state) -> bool:  # noqa: ARG001 (Prefect's signature)
+    try:
+        state.result()
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_signature(root: str | os.PathLike) -> str:
+    """A cheap fingerprint of a raw dataset tree: every file's relative path, size and mtime."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            st = os.stat(os.path.join(dirpath, name))
+            digest.update(f"{os.path.relpath(os.path.join(dirpath, name), root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def cache_settings(cfg: ExperimentConfig):
+    """The feature-cache settings an experiment config implies."""
+    from feature_cache.schema import CacheSettings
+
+    checkpoint = cfg.model.sam2.checkpoint
+    return CacheSettings(
+        sam2_config=cfg.model.sam2.config,
+        checkpoint=str(resolve_path(checkpoint, data_home())) if checkpoint else None,
+        image_size=cfg.model.sam2.image_size,
+        views=cfg.data.cache_views,
+        text_encoder=getattr(cfg.data, "text_encoder", None) if cfg.data.dataset == "refavs" else None,
+    )
+
+
+# ------------------------------------------------------------------------------ steps
+
+
+@task(name="ingest-step", cache_policy=STEP_CACHE, persist_result=True, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=_retry_on_io)
+def ingest_step(dataset: str, raw: str, out: str, subset: str, raw_signature: str,
+                workers: int | None = None, dask_address: str | None = None) -> dict[str, Any]:
+    """Raw tree -> shards + manifest (reuses finished shards). Returns the manifest path and sha256."""
+    from flows.ingest import run_ingest
+
+    summary = run_ingest(dataset, raw, out, subset=subset, workers=workers, dask_address=dask_address,
+                         progress=False)
+    manifest = Path(summary.manifest)
+    return {"out": out, "manifest": str(manifest), "manifest_sha256": _sha256(manifest),
+            "clips_kept": summary.clips_kept, "clips_quarantined": summary.clips_quarantined}
+
+
+@task(name="cache-step", cache_policy=STEP_CACHE, persist_result=True, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=_retry_on_io)
+def cache_step(ingest: str, manifest_sha256: str, out: str, settings_json: str,
+               workers: int | None = None, dask_address: str | None = None) -> dict[str, Any]:
+    """Shards -> Arrow feature cache (reuses verified shard files). Returns the cache fingerprint."""
+    from feature_cache.schema import CacheSettings
+    from flows.cache import run_cache
+
+    settings = CacheSettings.model_validate_json(settings_json)
+    run_cache(ingest, out, settings, workers=workers, dask_address=dask_address, progress=False)
+    info = json.loads((Path(out) / "cache.json").read_text())
+    return {"cache": out, "fingerprint": info.get("fingerprint_id") or _sha256(Path(out) / "cache.json"),
+            "manifest_sha256": manifest_sha256}
+
+
+@task(name="train-step", cache_policy=STEP_CACHE, persist_result=True)
+def train_step(config_yaml: str, cache_fingerprint: str) -> dict[str, Any]:
+    """Config + cache -> trained run (reuses a finished run of the same config). Returns the best
+    checkpoint's path and sha256."""
+    from flows.train import run_dir_for, train_run
+
+    cfg = config_from_mapping(yaml.safe_load(config_yaml), "pipeline config")
+    summary = finished_run(cfg) or train_run(cfg)
+    best = summary["best_checkpoint"]
+    return {"run_dir": str(run_dir_for(cfg)), "run_id": summary.get("run_id"), "best_checkpoint": best,
+            "checkpoint_sha256": _sha256(Path(best)), "cache_fingerprint": cache_fingerprint}
+
+
+@task(name="evaluate-step", cache_policy=STEP_CACHE, persist_result=True)
+def evaluate_step(checkpoint: str, checkpoint_sha256: str, config_yaml: str, run_id: str | None,
+                  splits: list[str]) -> dict[str, Any]:
+    """Checkpoint -> metrics Parquet + MLflow metrics for each split. Returns the headline numbers."""
+    from flows.evaluate import evaluate_split
+
+    cfg = config_from_mapping(yaml.safe_load(config_yaml), "pipeline config")
+    run_id = run_id or f"local-{cfg.run_name}"
+    results = {split: evaluate_split(checkpoint, cfg, split, run_id, tracking=True) for split in splits}
+    return {"run_id": run_id, "checkpoint_sha256": checkpoint_sha256,
+            "splits": {s: {k: r[k] for k in ("J", "F", "S", "protocol", "decoding", "n_items")} for s, r in results.items()}}
+
+
+def _run(step, outputs_ok: bool, **kwargs):
+    """Call a cached step; when its outputs are gone, refresh the cache entry instead of trusting it."""
+    return (step if outputs_ok else step.with_options(refresh_cache=True))(**kwargs)
+
+
+# ------------------------------------------------------------------------------ the flow
+
+
+@flow(name="pipeline")
+def pipeline_flow(config_yaml: str, raw: str | None = None, subset: str = "all", ablate_grid: str | None = None,
+                  selection: SummarySelection | None = None, workers: int | None = None,
+                  dask_address: str | None = None) -> dict[str, Any]:
+    """Run (or skip, when up to date) every step for one experiment config."""
+    from feature_cache.build import cache_is_current
+    from flows.ablate import ablate_flow
+
+    cfg = config_from_mapping(yaml.safe_load(config_yaml), "pipeline config")
+    cfg = cfg.with_run_name(cfg.run_name or f"{cfg.experiment}-{config_hash(cfg)}")
+    home = data_home()
+    timings: dict[str, float] = {}
+    ingest_dir = resolve_path(cfg.data.ingest, home)
+    cache_dir = resolve_path(cfg.data.cache, home)
+
+    t = time.perf_counter()
+    if raw is not None:
+        signature = tree_signature(raw)
+        ingest = _run(ingest_step, (ingest_dir / "manifest.parquet").is_file(), dataset=cfg.data.dataset, raw=str(raw),
+                      out=str(ingest_dir), subset=subset, raw_signature=signature, workers=workers,
+                      dask_address=dask_address)
+    else:
+        if not (ingest_dir / "manifest.parquet").is_file():
+            raise FileNotFoundError(f"{ingest_dir} has no manifest.parquet: give --raw RAW_DATASET_DIR to ingest it")
+        ingest = {"out": str(ingest_dir), "manifest_sha256": _sha256(ingest_dir / "manifest.parquet")}
+    timings["ingest"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    settings = cache_settings(cfg)
+    cached = _run(cache_step, cache_is_current(ingest_dir, cache_dir, settings), ingest=str(ingest_dir),
+                  manifest_sha256=ingest["manifest_sha256"], out=str(cache_dir), settings_json=settings.model_dump_json(),
+                  workers=workers, dask_address=dask_address)
+    timings["cache"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    trained = _run(train_step, finished_run(cfg) is not None, config_yaml=config_to_yaml(cfg),
+                   cache_fingerprint=cached["fingerprint"])
+    timings["train"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    splits = list(cfg.eval.splits)
+    metrics_dir = home / "metrics" / "clip_metrics" / f"run_id={trained['run_id'] or f'local-{cfg.run_name}'}"
+    evaluated = _run(evaluate_step, metrics_dir.is_dir() and any(metrics_dir.glob("*.parquet")),
+                     checkpoint=trained["best_checkpoint"], checkpoint_sha256=trained["checkpoint_sha256"],
+                     config_yaml=config_to_yaml(cfg), run_id=trained["run_id"], splits=splits)
+    timings["evaluate"] = time.perf_counter() - t
+
+    ablation = None
+    if ablate_grid:
+        t = time.perf_counter()
+        ablation = ablate_flow(config_yaml=config_to_yaml(cfg.model_copy(update={"run_name": None})),
+                               grid=ablate_grid, selection=selection)
+        timings["ablate"] = time.perf_counter() - t
+    return {"experiment": cfg.experiment, "run_name": cfg.run_name, "ingest": ingest, "cache": cached,
+            "train": trained, "evaluate": evaluated, "ablation": ablation, "timings": timings}
+
+
+def run_pipeline(config_path: str | os.PathLike, overrides: Sequence[str] = (), *, raw: str | os.PathLike | None = None,
+                 subset: str = "all", ablate_grid: str | None = None, selection: SummarySelection | None = None,
+                 workers: int | None = None, dask_address: str | None = None) -> dict[str, Any]:
+    cfg = load_config(config_path, overrides)
+    return pipeline_flow(config_yaml=config_to_yaml(cfg), raw=str(Path(raw).resolve()) if raw else None,
+                         subset=subset, ablate_grid=ablate_grid, selection=selection, workers=workers,
+                         dask_address=dask_address)
+
+
+def serve_pipeline(config_path: str | os.PathLike, cron: str, overrides: Sequence[str] = (), *,
+                   raw: str | os.PathLike | None = None, ablate_grid: str | None = None,
+                   name: str | None = None) -> None:
+    """Register the pipeline as a scheduled deployment and serve it (blocks; needs a Prefect server:
+    `prefect server start --host 127.0.0.1` and PREFECT_API_URL)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise RuntimeError(
+            "scheduling needs a Prefect server: run `prefect server start --host 127.0.0.1` and "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api (the ephemeral API cannot run schedules)"
+        )
+    cfg = load_config(config_path, overrides)
+    pipeline_flow.serve(
+        name=name or f"{cfg.experiment}-pipeline",
+        cron=cron,
+        parameters={"config_yaml": config_to_yaml(cfg), "raw": str(Path(raw).resolve()) if raw else None,
+                    "ablate_grid": ablate_grid},
+        pause_on_shutdown=False,
+    )
