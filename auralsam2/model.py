@@ -210,8 +210,12 @@ class AuralSAM2(nn.Module):
         return Pyramid(*(x.to(device) for x in visual))
 
     def audio_embeddings(self, audio: Tensor | None) -> Tensor | None:
-        """Log-mel examples `(N, Ch, 96, 64)` -> `(N, audio_dim)`; 2-D input is taken as embeddings."""
-        if audio is None:
+        """Log-mel examples `(N, Ch, 96, 64)` -> `(N, audio_dim)`; 2-D input is taken as embeddings.
+
+        A fuser that does not listen (the `visual` / `text` ablations) gets None whatever is given,
+        so one data pipeline serves every ablation row.
+        """
+        if audio is None or not self.fuser.config.uses_audio:
             return None
         if audio.ndim == 2:
             return audio.to(self.sam2.device)

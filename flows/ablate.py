@@ -78,7 +78,8 @@ def load_grid(grid: str = "paper", rows: Sequence[str] | None = None, path: str 
 
 
 def _override_strings(overrides: dict[str, Any]) -> list[str]:
-    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()]
+    # JSON is YAML: quoting keeps strings such as "off" from being read as booleans.
+    return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
@@ -96,22 +97,23 @@ def row_config(base: ExperimentConfig, row: AblationRow) -> ExperimentConfig:
 
 
 def finished_run(cfg: ExperimentConfig) -> dict[str, Any] | None:
-    """The result of an earlier finished run of exactly this config, if its checkpoint is still there."""
+    """The result of an earlier finished run of exactly this config (any run named `*-<config hash>`
+    in the experiment's run folder, e.g. the pipeline's run for the grid's `full` row), if its best
+    checkpoint is still there."""
     from flows.train import run_dir_for
 
-    run_dir = run_dir_for(cfg)
-    info = run_dir / "run.json"
-    result = run_dir / "result.json"
-    if not (info.is_file() and result.is_file()):
-        return None
-    if json.loads(info.read_text()).get("status") != "FINISHED":
-        return None
-    summary = json.loads(result.read_text())
-    best = summary.get("best_checkpoint")
-    if not best or not Path(best).is_file():
-        return None
-    summary.setdefault("run_id", json.loads(info.read_text()).get("run_id"))
-    return summary
+    experiment_dir = run_dir_for(cfg.with_run_name("x")).parent
+    for run_dir in sorted(experiment_dir.glob(f"*-{config_hash(cfg)}")) if experiment_dir.is_dir() else []:
+        info, result = run_dir / "run.json", run_dir / "result.json"
+        if not (info.is_file() and result.is_file()):
+            continue
+        meta = json.loads(info.read_text())
+        summary = json.loads(result.read_text())
+        best = summary.get("best_checkpoint")
+        if meta.get("status") == "FINISHED" and best and Path(best).is_file():
+            summary.setdefault("run_id", meta.get("run_id"))
+            return summary
+    return None
 
 
 def selection_metrics(run_id: str, cfg: ExperimentConfig, sel: SummarySelection) -> dict[str, float]:

@@ -1,0 +1,149 @@
+"""The whole pipeline through real Prefect, real MLflow nested runs and real DuckDB, and its schedule."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from auralsam2.config import PROJECT_ROOT
+from data_specs.synth import SynthConfig, generate_world
+from flows.ablate import SummarySelection, load_grid
+
+TINY_RUN = ["train.max_steps=2", "train.epochs=1", "data.max_val_items=2", "eval.splits=[test]",
+            "eval.decodings=[iou_select]", "eval.overlays=1", "experiment=pipeline_test"]
+DEMO_TINY = PROJECT_ROOT / "configs" / "demo_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    generate_world(out, SynthConfig(seed=11, clips=4, size=96), progress=False)
+    return out
+
+
+def _mlflow_runs(experiment: str):
+    import mlflow
+
+    from auralsam2.paths import mlflow_tracking_uri
+
+    mlflow.set_tracking_uri(mlflow_tracking_uri())
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+def test_pipeline_with_a_two_row_grid_then_rerun_skips(world: Path) -> None:
+    from auralsam2.paths import data_home
+    from dashboards.views import connect
+    from flows.pipeline import run_pipeline
+
+    selection = SummarySelection(split="test", protocol="avsbench_official", decoding="iou_select", subsets=["v1m", "v2"])
+    result = run_pipeline(DEMO_TINY, TINY_RUN, raw=world / "AVSBench", ablate_grid="smoke", selection=selection)
+    assert result["ingest"]["clips_quarantined"] == 0
+    assert Path(result["train"]["best_checkpoint"]).is_file()
+    assert set(result["evaluate"]["splits"]) == {"test"}
+
+    ablation = result["ablation"]
+    assert [r["row"] for r in ablation["rows"]] == [r.name for r in load_grid("smoke")] == ["full", "visual_only"]
+    # The grid's `full` row is the pipeline's own training run (same config), not a second training.
+    full = next(r for r in ablation["results"] if r["row"] == "full")
+    assert full["reused"] and full["checkpoint"] == result["train"]["best_checkpoint"]
+
+    runs = _mlflow_runs("pipeline_test")
+    parent = ablation["parent_run_id"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert {r.info.run_name.split("-")[0] for r in children} == {"visual_only"}
+    assert any(r.info.run_id == parent and r.info.status == "FINISHED" for r in runs)
+
+    con = connect(data_home())
+    rows = con.execute("select row, J, F, J_and_F from ablation_summary where parent_run_id = ? order by row",
+                       [parent]).fetchall()
+    assert [r[0] for r in rows] == ["full", "visual_only"]
+    assert all(0.0 <= r[1] <= 1.0 and abs(r[3] - (r[1] + r[2]) / 2) < 1e-12 for r in rows)
+    n_clip_rows = con.execute("select count(*) from clip_metrics where run_id = ?", [result["train"]["run_id"]]).fetchone()[0]
+    assert n_clip_rows > 0
+
+    # Re-running skips every finished step: no new training run, identical outputs.
+    ckpt = Path(result["train"]["best_checkpoint"])
+    mtime = ckpt.stat().st_mtime_ns
+    n_runs = len(runs)
+    again = run_pipeline(DEMO_TINY, TINY_RUN, raw=world / "AVSBench")
+    assert again["train"]["best_checkpoint"] == str(ckpt) and ckpt.stat().st_mtime_ns == mtime
+    assert again["cache"]["fingerprint"] == result["cache"]["fingerprint"]
+    assert len(_mlflow_runs("pipeline_test")) == n_runs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 150) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"prefect server at {url} not healthy after {timeout} s")
+
+
+def test_serve_registers_a_schedule_on_a_local_prefect_server(tmp_path: Path) -> None:
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-server"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve = None
+    try:
+        _wait_healthy(api, server)
+        serve = subprocess.Popen([sys.executable, "-m", "flows", "serve", str(DEMO_TINY), "--cron", "0 3 * * *",
+                                  "--name", "nightly-test"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 cwd=PROJECT_ROOT)
+        deployment = _poll_deployment(env, "pipeline/nightly-test", serve)
+        crons = [s.schedule.cron for s in deployment.schedules]
+        assert crons == ["0 3 * * *"]
+        assert "config_yaml" in deployment.parameters
+    finally:
+        for proc in (serve, server):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def _poll_deployment(env: dict, name: str, serve: subprocess.Popen, timeout: float = 150):
+    code = (
+        "import asyncio, sys\n"
+        "from prefect.client.orchestration import get_client\n"
+        "async def main():\n"
+        "    async with get_client() as c:\n"
+        f"        d = await c.read_deployment_by_name({name!r})\n"
+        "        print(d.model_dump_json())\n"
+        "asyncio.run(main())\n"
+    )
+    from prefect.client.schemas.responses import DeploymentResponse
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if serve.poll() is not None:
+            raise RuntimeError(f"auralsam2 serve exited with {serve.returncode}: {serve.stderr.read().decode()[-2000:]}")
+        probe = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        if probe.returncode == 0:
+            return DeploymentResponse.model_validate_json(probe.stdout.strip().splitlines()[-1])
+        time.sleep(2)
+    raise TimeoutError(f"deployment {name} not registered after {timeout} s")
