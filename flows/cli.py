@@ -173,12 +173,13 @@ def train(
 ) -> None:
     """Train AuralSAM2 on a feature cache (a Prefect flow; logs an MLflow run)."""
     from auralsam2.config import ConfigError
+    from feature_cache.schema import CacheError
     from flows.train import run_train
 
     try:
         summary = run_train(config, set_, resume=resume, parent_run_id=parent_run_id, tracking=not no_tracking,
                             nproc=nproc_per_node)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (ConfigError, CacheError, FileNotFoundError, FileExistsError, ValueError) as exc:
         _fail(str(exc))
     state = "interrupted" if summary["interrupted"] else "finished"
     typer.echo(f"training {state} after {summary['steps']}/{summary['total_steps']} steps: {summary['run_dir']}")
@@ -200,12 +201,13 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint: official protocols, per-frame/per-clip Parquet, MLflow metrics and overlays."""
     from auralsam2.config import ConfigError
+    from feature_cache.schema import CacheError
     from flows.evaluate import run_evaluate
 
     try:
         summary = run_evaluate(checkpoint, config, set_, splits=split or None, run_id=run_id,
                                tracking=not no_tracking)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, CacheError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     for name, result in summary["splits"].items():
         parts = [f"{k}={result[k]:.4f}" for k in ("J", "F", "S") if result[k] == result[k]]

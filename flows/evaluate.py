@@ -247,6 +247,10 @@ def run_evaluate(checkpoint: str | os.PathLike, config_path: str | os.PathLike |
             config = config_from_mapping(apply_overrides(yaml.safe_load(config_to_yaml(cfg_ckpt)), overrides))
         else:
             config = load_config(config_path, overrides)
+    from feature_cache.dataset import open_reader
+
+    resolved, _ = checkpoint_config(checkpoint, config)  # fail fast, before the flow starts
+    open_reader(resolved, "cpu")
     return evaluate_flow(checkpoint=str(Path(checkpoint).resolve()),
                          config_yaml=None if config is None else config_to_yaml(config),
                          splits=list(splits) if splits else None, run_id=run_id, tracking=tracking)

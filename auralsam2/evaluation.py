@@ -1,0 +1,411 @@
+"""Decode a split and score it under the official protocols, one item at a time.
+
+An *item* is what one forward sees: an AVSBench clip, or one Ref-AVS expression of a clip
+(`ClipItem`). A split is an `ItemSource` (random access by index; `feature_cache.dataset` serves one
+from the feature cache). For every item this module runs ONE forward (eval mode, no grad, bf16
+autocast on GPU), decodes the three released mask modes from it (`first`, `iou_select`,
+`iou_occ_select`; `auralsam2.model.decode_masks`), and feeds one `StreamingEvaluator` per decoding.
+Nothing but the current item is held: rows are handed to `rows_sink` every `flush_every` items.
+
+Conditioning frame (released): 0 for AVSBench evaluation, N // 2 for Ref-AVS (train and test),
+N // 2 in AVSBench training. Frames without ground truth are not scored; Ref-AVS null expressions
+feed only the null metric S.
+
+Under DDP each rank scores whole metric *calls* (1 AVS clip; 4 Ref-AVS expressions for the
+Ref-AVS protocols), assigned round-robin, with no padding: every item is scored exactly once (the
+released `DistributedSampler` pads with duplicates, which are counted). The per-rank evaluators'
+sums are then added, which gives the single-process aggregates exactly up to float summation order.
+
+Rows follow `dashboards/schema.py` (`frame_metrics`, `clip_metrics`) column for column
+(`schema_rows`); this module does not import `dashboards` (the library never imports the tools).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from auralsam2.evaluator import Rows, StreamingEvaluator
+from auralsam2.metrics import AVSSAccumulator, get_protocol
+from auralsam2.model import AuralSAM2, decode_masks
+
+__all__ = [
+    "ClipItem",
+    "EvalResult",
+    "ItemSource",
+    "avss_oracle_semantic",
+    "cond_frame_for",
+    "evaluate_source",
+    "predict_item",
+    "schema_rows",
+    "shard_indices",
+]
+
+DECODINGS = ("first", "iou_select", "iou_occ_select")
+SEMANTIC_SIZE = 224  # the AVSS protocol's resolution
+
+
+@dataclass
+class ClipItem:
+    """One forward's worth of data: an AVS clip, or one Ref-AVS expression of a clip, in one view.
+
+    `pyramid`: 3 raw FPN levels (N, C, S/4, S/4), (N, C, S/8, S/8), (N, C, S/16, S/16).
+    `log_mel` (N, Ch, 96, 64) or None; `text` (L, H) expression hidden states or None.
+    `masks` (N, S, S) bool binary GT of the item (the referred object for Ref-AVS; all False for a
+    null expression or a frame without GT); `labelled` (N,) bool: frames with GT in the release.
+    `supervised`: frames the training loss supervises (released per-subset rule; empty for eval).
+    `labels` (N, S, S) uint8 AVSS class ids (for the semantic metric) or None.
+    """
+
+    key: str
+    clip_key: str
+    dataset: str
+    subset: str
+    split: str
+    category: str
+    pyramid: Sequence[Tensor]
+    log_mel: Tensor | None
+    text: Tensor | None
+    masks: Tensor
+    labelled: Tensor
+    supervised: list[int] = field(default_factory=list)
+    expression_uid: str = ""
+    is_null: bool = False
+    labels: Tensor | None = None
+    view: int = 0
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.masks.shape[0])
+
+
+class ItemSource(Protocol):
+    """A split as random-access items (`feature_cache.dataset.CacheItems` implements it)."""
+
+    def __len__(self) -> int: ...
+
+    def item_keys(self) -> list[str]:
+        """Unique item ids in order (clip keys for AVS, expression uids for Ref-AVS)."""
+        ...
+
+    def null_flags(self) -> list[bool]:
+        """Per item: True for a Ref-AVS null expression (scored by S only)."""
+        ...
+
+    def item(self, index: int, epoch: int = 0) -> ClipItem: ...
+
+
+@dataclass
+class EvalResult:
+    """Aggregates of one split: `metrics[decoding][protocol][metric]` (StreamingEvaluator names:
+    J, F, J&F, S, diag_*, counts), `semantic` (AVSS oracle-class metric, may be empty), `n_items`."""
+
+    split: str
+    metrics: dict[str, dict[str, dict[str, float]]]
+    semantic: dict[str, float] = field(default_factory=dict)
+    n_items: int = 0
+
+    def value(self, protocol: str, decoding: str = "iou_select", metric: str = "J") -> float:
+        """One number, NaN when absent (e.g. J of a null-only split)."""
+        return float(self.metrics.get(decoding, {}).get(protocol, {}).get(metric, math.nan))
+
+    def flat(self, prefix: str = "") -> dict[str, float]:
+        """`{"<prefix><split>/<protocol>/<decoding>/<metric>": value}` for MLflow (finite values only)."""
+        out = {}
+        for decoding, per_protocol in self.metrics.items():
+            for protocol, values in per_protocol.items():
+                for metric, value in values.items():
+                    name = f"{prefix}{self.split}/{protocol}/{decoding}/{metric.replace('&', '_and_')}"
+                    if isinstance(value, int | float) and math.isfinite(value):
+                        out[name] = float(value)
+        out.update({f"{prefix}{self.split}/{k}": v for k, v in self.semantic.items() if math.isfinite(v)})
+        return out
+
+
+def cond_frame_for(task: Literal["avs", "ref"], n_frames: int, rule: str = "auto") -> int:
+    """Conditioning frame at evaluation: `auto` = 0 for AVSBench, N // 2 for Ref-AVS (released)."""
+    if rule == "first":
+        return 0
+    if rule == "middle" or (rule == "auto" and task == "ref"):
+        return n_frames // 2
+    if rule == "auto":
+        return 0
+    raise ValueError(f"cond_frame rule must be auto, first or middle, got {rule!r}")
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA unless fp32 is asked for; nothing on CPU (released: fp32 on CPU)."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict_item(
+    model: AuralSAM2,
+    item: ClipItem,
+    cond_frame: int,
+    decodings: Sequence[str] = DECODINGS,
+    precision: str = "auto",
+) -> tuple[dict[str, Tensor], Tensor]:
+    """One eval forward -> ({decoding: logits (N, S, S) float32}, object-score logits (N,) float32)."""
+    device = model.sam2.device
+    was_training = model.training
+    model.train(False)
+    try:
+        with _autocast(device, precision):
+            out = model.forward_clip(
+                [x.to(device) for x in item.pyramid],
+                None if item.log_mel is None else item.log_mel.to(device),
+                None if item.text is None else item.text.to(device),
+                cond_frame=cond_frame,
+            )
+    finally:
+        model.train(was_training)
+    logits = {mode: decode_masks(out.frames, mode).float() for mode in decodings}
+    return logits, out.object_score_logits.float().reshape(-1)
+
+
+def avss_oracle_semantic(
+    accumulator: AVSSAccumulator, logits: Tensor, labels: Tensor, frames: Sequence[int]
+) -> None:
+    """The AVSS 71-class metric for a class-agnostic model, with the oracle class: the predicted
+    foreground (logit > 0) of frame t gets the most frequent non-background GT class of frame t.
+
+    A diagnostic only (named `avss_semantic_oracle_*`): AuralSAM2 predicts no classes, so its
+    masks can only be scored semantically with the class given. Both maps at 224 x 224 (AVSS
+    protocol; logits bilinear, labels nearest); label 255 (unknown palette colour) counts as
+    background.
+    """
+    idx = torch.as_tensor(list(frames), dtype=torch.long)
+    lg = F.interpolate(logits[idx].float()[:, None], size=(SEMANTIC_SIZE, SEMANTIC_SIZE), mode="bilinear",
+                       align_corners=False)[:, 0]
+    gt = F.interpolate(labels[idx].to(torch.uint8)[:, None].float(), size=(SEMANTIC_SIZE, SEMANTIC_SIZE),
+                       mode="nearest-exact")[:, 0].long().cpu()
+    gt[gt >= accumulator.num_classes] = 0
+    pred = torch.zeros_like(gt)
+    for row in range(gt.shape[0]):
+        present = gt[row][gt[row] > 0]
+        if present.numel():
+            cls = int(torch.bincount(present).argmax())
+            pred[row][lg[row].cpu() > 0] = cls
+    accumulator.update(pred, gt)
+
+
+# --------------------------------------------------------------------------------------------
+# DDP sharding and merging
+# --------------------------------------------------------------------------------------------
+
+
+def _calls_size(task: str, protocols: Sequence[str]) -> int:
+    size = 1
+    for name in protocols:
+        size = math.lcm(size, get_protocol(name).calls_of(task))
+    return size
+
+
+def shard_indices(null_flags: Sequence[bool], task: str, protocols: Sequence[str], rank: int, world: int) -> list[int]:
+    """The item indices rank `rank` of `world` scores: whole metric calls, round-robin, no padding.
+
+    The segmentation and null streams are cut separately into chunks of lcm(items per call) so
+    that every call of the single-process evaluation lands, complete and in order, on one rank.
+    """
+    if world <= 1:
+        return list(range(len(null_flags)))
+    size = _calls_size(task, protocols)
+    mine: list[int] = []
+    for want_null in (False, True):
+        stream = [i for i, flag in enumerate(null_flags) if bool(flag) == want_null]
+        for c, start in enumerate(range(0, len(stream), size)):
+            if c % world == rank:
+                mine.extend(stream[start : start + size])
+    return sorted(mine)
+
+
+def _add_states(into: StreamingEvaluator, other: StreamingEvaluator) -> None:
+    """Add `other`'s closed-call sums into `into` (same protocols, both finished)."""
+    for mine, theirs in zip(into._states, other._states, strict=True):  # noqa: SLF001 (see module doc)
+        if mine.protocol.name != theirs.protocol.name:
+            raise ValueError("evaluators to merge must have the same protocols in the same order")
+        for f in dataclasses.fields(mine):
+            if f.name in ("protocol", "per_call", "seg", "null"):
+                continue
+            a, b = getattr(mine, f.name), getattr(theirs, f.name)
+            if isinstance(b, Tensor) or isinstance(a, Tensor):
+                setattr(mine, f.name, b if a is None else a if b is None else a + b)
+            else:
+                setattr(mine, f.name, a + b)
+
+
+def _merge_across_ranks(evaluators: dict[str, StreamingEvaluator]) -> dict[str, StreamingEvaluator]:
+    import torch.distributed as dist
+
+    for ev in evaluators.values():
+        ev.finish()
+        ev.pop_rows()
+        ev._seen = set()  # noqa: SLF001 (keys are not needed to merge; keeps the gather small)
+    gathered: list[dict[str, StreamingEvaluator] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, evaluators)
+    merged = gathered[0]
+    for part in gathered[1:]:
+        for mode, ev in merged.items():
+            _add_states(ev, part[mode])
+    return merged
+
+
+def _distributed() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# --------------------------------------------------------------------------------------------
+# The evaluation loop
+# --------------------------------------------------------------------------------------------
+
+
+def schema_rows(
+    rows: Rows, decoding: str, run_id: str, labelled: dict[str, set[int]] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Evaluator rows -> (frame_metrics rows, clip_metrics rows), exactly the columns of
+    `dashboards.schema.FRAME_METRICS` / `CLIP_METRICS`. Missing J/F (null expressions, empty-GT
+    frames' F) become NaN. Per-frame F is the frame's best-threshold F (a diagnostic); clip F is the
+    official call value when a call is one clip, else the clip's own max-of-mean F."""
+    nan = math.nan
+
+    def ids(r: dict[str, Any]) -> dict[str, Any]:
+        return {"run_id": run_id, "dataset": r["dataset"], "subset": r["subset"], "split": r["split"],
+                "clip_key": r["clip_key"], "expression_uid": r["expression_uid"]}
+
+    def tail(r: dict[str, Any], f_key: str, score_key: str) -> dict[str, Any]:
+        return {"protocol": r["protocol"], "decoding": decoding,
+                "J": nan if r["J"] is None else float(r["J"]),
+                "F": nan if r[f_key] is None else float(r[f_key]),
+                "pred_area": int(r["pred_area"]), "gt_area": int(r["gt_area"] or 0), "pixels": int(r["pixels"]),
+                "object_score": nan if r[score_key] is None else float(r[score_key]),
+                "category": r["category"], "is_null": bool(r["null"])}
+
+    frames = []
+    for r in rows.frames:
+        done = labelled.get(r["key"]) if labelled is not None else None
+        frames.append({**ids(r), "frame": int(r["frame"]), **tail(r, "F_best", "object_score"),
+                       "labelled": True if done is None else int(r["frame"]) in done})
+    clips = [{**ids(r), "n_frames": int(r["n_frames"]), **tail(r, "F", "object_score_mean")} for r in rows.clips]
+    return frames, clips
+
+
+RowsSink = Callable[[str, list[dict[str, Any]], list[dict[str, Any]]], None]
+
+
+def evaluate_source(
+    model: AuralSAM2,
+    source: ItemSource,
+    split: str,
+    *,
+    task: Literal["avs", "ref"],
+    protocols: Sequence[str],
+    decodings: Sequence[str] = DECODINGS,
+    cond_frame: str = "auto",
+    precision: str = "auto",
+    rows_sink: RowsSink | None = None,
+    run_id: str = "",
+    avss_semantic: bool = False,
+    max_items: int | None = None,
+    flush_every: int = 32,
+    progress: bool = False,
+    indices: Iterable[int] | None = None,
+) -> EvalResult:
+    """Score `source` (one split) under `protocols` x `decodings`; returns the aggregates.
+
+    `rows_sink(decoding, frame_rows, clip_rows)` receives schema rows every `flush_every` items and
+    at the end (on every rank under DDP; write them with a rank-specific part name). With
+    torch.distributed initialised, ranks score disjoint whole calls and the aggregates are merged
+    (every rank gets the same result). `indices`: score only these items (overrides sharding).
+    """
+    rank, world = _distributed()
+    n_total = len(source) if max_items is None else min(len(source), max_items)
+    if indices is None:
+        flags = source.null_flags()[:n_total]
+        indices = shard_indices(flags, task, protocols, rank, world)
+    indices = list(indices)
+    evaluators = {mode: StreamingEvaluator(protocols, task=task) for mode in decodings}
+    semantic = AVSSAccumulator() if avss_semantic else None
+    labelled: dict[str, set[int]] = {}
+
+    def flush() -> None:
+        for mode, ev in evaluators.items():
+            rows = ev.pop_rows()
+            if rows_sink is not None and (rows.frames or rows.clips):
+                frame_rows, clip_rows = schema_rows(rows, mode, run_id, labelled)
+                rows_sink(mode, frame_rows, clip_rows)
+        labelled.clear()
+
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(indices), unit="item", desc=f"evaluate {split}", leave=False)
+    for count, index in enumerate(indices, 1):
+        item = source.item(index)
+        n = item.n_frames
+        if item.is_null:
+            frames = list(range(n))
+        else:
+            frames = [t for t in range(n) if bool(item.labelled[t])]
+            if not frames:
+                continue
+        logits, scores = predict_item(model, item, cond_frame_for(task, n, cond_frame), decodings, precision)
+        rows_idx = torch.as_tensor(frames, dtype=torch.long)
+        gt = None if item.is_null else item.masks[rows_idx]
+        meta = {"dataset": item.dataset, "subset": item.subset, "split": item.split, "clip_key": item.clip_key,
+                "expression_uid": item.expression_uid, "category": item.category}
+        labelled[item.key] = {t for t in range(n) if bool(item.labelled[t])}
+        for mode, ev in evaluators.items():
+            ev.add_clip(item.key, logits[mode][rows_idx.to(logits[mode].device)], gt, scores[rows_idx.to(scores.device)],
+                        null=item.is_null, meta=meta, frame_indices=frames)
+        if semantic is not None and item.labels is not None and not item.is_null:
+            avss_oracle_semantic(semantic, logits["iou_select" if "iou_select" in logits else decodings[0]].cpu(),
+                                 item.labels, frames)
+        if count % flush_every == 0:
+            flush()
+        if bar is not None:
+            bar.update(1)
+    flush()
+    if bar is not None:
+        bar.close()
+    if world > 1:
+        evaluators = _merge_across_ranks(evaluators)
+        semantic = _merge_semantic(semantic)
+    metrics = {mode: ev.finish() for mode, ev in evaluators.items()}
+    first = next(iter(evaluators.values()))._states[0]  # noqa: SLF001
+    n_items = first.n_items + first.n_null_items
+    sem = {}
+    if semantic is not None and semantic.n_frames:
+        sem = semantic.result().as_dict(prefix="avss_semantic_oracle_")
+    return EvalResult(split=split, metrics=metrics, semantic=sem, n_items=n_items)
+
+
+def _merge_semantic(semantic: AVSSAccumulator | None) -> AVSSAccumulator | None:
+    if semantic is None:
+        return None
+    import torch.distributed as dist
+
+    parts: list[AVSSAccumulator | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, semantic)
+    merged = AVSSAccumulator(semantic.num_classes, semantic.beta2)
+    for p in parts:
+        merged.iou_sum += p.iou_sum
+        merged.f_sum += p.f_sum
+        merged.count += p.count
+        merged.n_frames += p.n_frames
+    return merged

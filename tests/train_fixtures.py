@@ -1,0 +1,78 @@
+"""Shared, built-once data for the training/evaluation tests: a tiny synthetic world, its ingest
+folders and feature caches made with the `tiny` SAM2, and tiny experiment configs.
+
+Everything is built under the test session's data folder on first use and reused by every test
+module (the builders are idempotent and check for a complete cache), so the cost is paid once per
+pytest session: about 15-25 s on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from auralsam2.config import ExperimentConfig, load_config
+from auralsam2.paths import data_home
+
+_LOCK = threading.Lock()
+
+# A tiny fuser/VGGish matching the `tiny` SAM2 (hidden 32) and the `tiny` text encoder (hidden 32).
+TINY_MODEL = [
+    "model.sam2.config=tiny",
+    "model.fuser.dim=32", "model.fuser.audio_dim=32", "model.fuser.text_dim=32", "model.fuser.text_hidden=64",
+    "model.fuser.f_depths=[1,1,1]", "model.fuser.a_depth=1", "model.fuser.heads=2", "model.fuser.mlp_hidden=64",
+    "model.fuser.fusion_dim=16",
+    "model.vggish.conv_widths=[4,8,16,16]", "model.vggish.fc_width=32", "model.vggish.embedding_dim=16",
+]
+QUIET = ["train.progress=false", "eval.progress=false", "train.threads=1"]
+
+
+def _world() -> Path:
+    from data_specs.synth import SynthConfig, generate_world
+
+    world = data_home() / "train-tests" / "world"
+    if not (world / "world.json").is_file():
+        generate_world(world, SynthConfig(clips=4, size=64))
+    return world
+
+
+def _ingest(dataset: str) -> Path:
+    from data_specs.ingest import PALETTE_MASKS, finalize, prepare
+    from data_specs.shards import write_shard
+
+    out = data_home() / "train-tests" / "ingest" / dataset
+    if not (out / "manifest.parquet").is_file():
+        folder = {"avss": "AVSBench", "refavs": "REFAVS"}[dataset]
+        plan = prepare(dataset, _world() / folder, out)
+        results = [write_shard(p, Path(plan.out) / "shards", palette_masks=dataset in PALETTE_MASKS)
+                   for p in plan.shards]
+        finalize(plan, results)
+    return out
+
+
+def tiny_cache(dataset: str = "avss", sam2_config: str = "tiny", image_size: int | None = None,
+               views: int = 2) -> Path:
+    """A complete feature cache of the tiny world (built on first call; thread-safe, idempotent)."""
+    from feature_cache.build import build_cache, read_cache_json
+    from feature_cache.schema import CacheSettings
+
+    name = f"{dataset}-{sam2_config}-{image_size or 'default'}-v{views}"
+    out = data_home() / "train-tests" / "cache" / name
+    with _LOCK:
+        info = read_cache_json(out)
+        if info is None or info.get("status") != "complete":
+            settings = CacheSettings(sam2_config=sam2_config, image_size=image_size, views=views,
+                                     text_encoder="tiny" if dataset == "refavs" else None, device="cpu")
+            build_cache(_ingest(dataset), out, settings, progress=False)
+    return out
+
+
+def tiny_config(*overrides: str, dataset: str = "avss", experiment: str = "tests") -> ExperimentConfig:
+    """An experiment config on the tiny cache with the tiny model; `overrides` as `--set` items."""
+    cache = tiny_cache(dataset)
+    base = [f"data.cache={cache}", f"data.dataset={dataset}", f"experiment={experiment}", *TINY_MODEL, *QUIET,
+            "train.epochs=2", "train.log_every_steps=2", "optim.lr=1e-3"]
+    if dataset == "refavs":
+        base += ["model.fuser.variant=refavs", "eval.splits=[test_s,test_n]",
+                 "eval.protocols=[refavs_official,auralsam2_released]"]
+    return load_config(None, [*base, *overrides])
