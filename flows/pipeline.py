@@ -71,7 +71,7 @@ def cache_settings(cfg: ExperimentConfig):
     checkpoint = cfg.model.sam2.checkpoint
     return CacheSettings(
         sam2_config=cfg.model.sam2.config,
-        checkpoint=str(resolve_path(checkpoint, data_home())) if checkpoint else None,
+        checkpoint=str(resolve_path(checkpoint)) if checkpoint else None,  # model files: cwd, then project root
         image_size=cfg.model.sam2.image_size,
         views=cfg.data.cache_views,
         text_encoder=getattr(cfg.data, "text_encoder", None) if cfg.data.dataset == "refavs" else None,
