@@ -23,7 +23,6 @@ Rows follow `dashboards/schema.py` (`frame_metrics`, `clip_metrics`) column for 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -230,21 +229,6 @@ def shard_indices(null_flags: Sequence[bool], task: str, protocols: Sequence[str
     return sorted(mine)
 
 
-def _add_states(into: StreamingEvaluator, other: StreamingEvaluator) -> None:
-    """Add `other`'s closed-call sums into `into` (same protocols, both finished)."""
-    for mine, theirs in zip(into._states, other._states, strict=True):  # noqa: SLF001 (see module doc)
-        if mine.protocol.name != theirs.protocol.name:
-            raise ValueError("evaluators to merge must have the same protocols in the same order")
-        for f in dataclasses.fields(mine):
-            if f.name in ("protocol", "per_call", "seg", "null"):
-                continue
-            a, b = getattr(mine, f.name), getattr(theirs, f.name)
-            if isinstance(b, Tensor) or isinstance(a, Tensor):
-                setattr(mine, f.name, b if a is None else a if b is None else a + b)
-            else:
-                setattr(mine, f.name, a + b)
-
-
 def _merge_across_ranks(evaluators: dict[str, StreamingEvaluator]) -> dict[str, StreamingEvaluator]:
     import torch.distributed as dist
 
@@ -257,7 +241,7 @@ def _merge_across_ranks(evaluators: dict[str, StreamingEvaluator]) -> dict[str, 
     merged = gathered[0]
     for part in gathered[1:]:
         for mode, ev in merged.items():
-            _add_states(ev, part[mode])
+            ev.merge(part[mode])
     return merged
 
 

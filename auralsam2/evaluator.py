@@ -21,6 +21,7 @@ Aggregates per protocol (`result()`), official first, then diagnostics named as 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -321,6 +322,24 @@ class StreamingEvaluator:
         self._rows.calls.append(row)
 
     # ------------------------------------------------------------------------------------------
+
+    def merge(self, other: StreamingEvaluator) -> None:
+        """Add another finished evaluator's sums into this one (same protocols, same order).
+
+        For data-parallel evaluation: each process scores a disjoint set of whole calls, finishes,
+        and the sums of closed calls add up to the single-process result. Rows are not merged
+        (each process writes its own).
+        """
+        for mine, theirs in zip(self._states, other._states, strict=True):
+            if mine.protocol.name != theirs.protocol.name:
+                raise ValueError("evaluators to merge must have the same protocols in the same order")
+            if mine.seg.n_items or mine.null.n_items or theirs.seg.n_items or theirs.null.n_items:
+                raise ValueError("merge finished evaluators only (call finish() first)")
+            for f in dataclasses.fields(mine):
+                if f.name in ("protocol", "per_call", "seg", "null"):
+                    continue
+                a, b = getattr(mine, f.name), getattr(theirs, f.name)
+                setattr(mine, f.name, b if a is None else a if b is None else a + b)
 
     def finish(self) -> dict[str, dict[str, float]]:
         """Close the partial last calls (the official DataLoader yields them as short batches) and
