@@ -53,3 +53,25 @@ def object_clip(seed: int, index: int, size: int = 160, n_frames: int = 5, disap
         frames = frames[:gone_from] + without[gone_from:n_frames]
         masks[on_screen.index(target), gone_from:] = False
     return ObjectClip(frames, masks, [plan.objects[i].category.name for i in on_screen])
+
+
+@dataclass
+class AudioClip:
+    pcm: np.ndarray  # (n, 2) int16 stereo at 16 kHz
+    labels: np.ndarray  # (T, K) bool: which CATALOG category sounds during frame t's example (on or off screen)
+    categories: tuple[str, ...]  # the K category names, in CATALOG order
+
+
+def audio_clip(seed: int, index: int) -> AudioClip:
+    """The `index`-th audio pretraining clip of stream `seed`: a 10-second multi-source mixture
+    (on- and off-screen sources, silences) and, per one-second frame, the set of sounding categories."""
+    from data_specs.synth_audio import mix_clip
+    from data_specs.synth_world import CATALOG
+
+    cfg = SynthConfig(seed=PRETRAIN_SEED_OFFSET + seed)
+    plan = plan_avss_clip(cfg, "v2", index, "train")
+    names = tuple(CATALOG)
+    labels = np.zeros((plan.n_frames, len(names)), dtype=bool)
+    for i, obj in enumerate(plan.objects):
+        labels[plan.sounding[i], names.index(obj.category.name)] = True
+    return AudioClip(mix_clip(plan, cfg), labels, names)

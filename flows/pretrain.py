@@ -21,7 +21,9 @@ import torch
 
 from data_specs.synth_objects import object_clip
 
-ASSET = Path(__file__).resolve().parent.parent / "auralsam2" / "assets" / "sam2_tiny_synth.pt"
+ASSETS = Path(__file__).resolve().parent.parent / "auralsam2" / "assets"
+ASSET = ASSETS / "sam2_tiny_synth.pt"
+VGGISH_ASSET = ASSETS / "vggish_tiny_synth.pth"
 EVAL_STREAM = 999  # held-out clip stream (training uses stream `seed`)
 
 
@@ -76,6 +78,61 @@ def run_pretrain_tiny_sam2(out: Path | None = None, steps: int = 6000, seed: int
         "config": config, "image_size": image_size, "steps": steps, "seed": seed, "lr": lr,
         "eval": evaluation, "history": history[-5:],
         "torch": torch.__version__, "machine": platform.machine(), "wall_s": round(time.time() - started, 1),
+    }
+    out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def _audio_batches(stream: int, clips_per_batch: int) -> Iterator:
+    """(examples (B, 1, 96, 64), labels (B, K)) from synthetic mixtures; each stereo channel is one example."""
+    from auralsam2.audio import waveform_to_examples
+    from data_specs.synth_objects import audio_clip
+
+    index = 0
+    while True:
+        examples, labels = [], []
+        for _ in range(clips_per_batch):
+            clip = audio_clip(stream, index)
+            index += 1
+            x = waveform_to_examples(clip.pcm.astype(np.float32) / 32768.0, 16000, clip.labels.shape[0])
+            t, ch = x.shape[:2]
+            examples.append(x.reshape(t * ch, 1, 96, 64))
+            labels.append(torch.from_numpy(np.repeat(clip.labels, ch, axis=0)))
+        yield torch.cat(examples), torch.cat(labels)
+
+
+def run_pretrain_tiny_vggish(out: Path | None = None, steps: int = 600, seed: int = 0, lr: float = 3e-3,
+                             clips_per_batch: int = 2, embedding_dim: int = 16, eval_batches: int = 16,
+                             threads: int = 1, log=print) -> dict:
+    """Train the demo's tiny VGGish as a sound-event classifier on synthetic mixtures; save it in the
+    torchvggish key layout (what `vggish-10086976.pth` uses) plus a recipe JSON."""
+    from auralsam2.audio import VGGish, VGGishConfig
+    from auralsam2.audio_pretrain import evaluate_vggish, pretrain_vggish
+    from data_specs.synth_world import CATALOG
+
+    out = Path(out) if out else VGGISH_ASSET
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    vggish = VGGish(VGGishConfig.tiny(embedding_dim=embedding_dim))
+    started = time.time()
+    history, head = pretrain_vggish(
+        vggish, _audio_batches(seed, clips_per_batch), steps, num_classes=len(CATALOG), lr=lr,
+        on_log=lambda step, st: log(f"step {step}/{steps}: loss {st['loss']:.4f}, exact match {st['exact_match']:.3f}"),
+    )
+    held_out = _audio_batches(EVAL_STREAM, clips_per_batch)
+    evaluation = evaluate_vggish(vggish, head, [next(held_out) for _ in range(eval_batches)])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save(vggish.state_dict(), tmp)
+    os.replace(tmp, out)
+    record = {
+        "checkpoint": str(out), "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "bytes": out.stat().st_size,
+        "command": f"auralsam2 pretrain-tiny-vggish --steps {steps} --seed {seed} --lr {lr} "
+                   f"--clips-per-batch {clips_per_batch} --embedding-dim {embedding_dim} --threads {threads}",
+        "vggish": vggish.config.model_dump(), "categories": list(CATALOG), "eval": evaluation,
+        "history": history[-5:], "torch": torch.__version__, "machine": platform.machine(),
+        "wall_s": round(time.time() - started, 1),
     }
     out.with_suffix(".json").write_text(json.dumps(record, indent=1))
     return record
