@@ -199,7 +199,10 @@ class AuralFuser(nn.Module):
             self.fusion_modules = per_level(lambda k: FusionModule(c, cfg.fusion_dim, cfg.fusion))
             self.register_buffer("pe1d", pe1d(c), persistent=False)
         if cfg.uses_audio and cfg.audio_dim != c:
-            self.audio_proj = nn.Linear(cfg.audio_dim, c)  # not in the released model
+            # Not in the released model: an adapter for an audio encoder whose width is not C. The
+            # LayerNorm puts a foreign encoder's embeddings (any scale: a small VGGish trained as a
+            # classifier emits norms in the hundreds) on the scale the fuser's blocks expect.
+            self.audio_proj = nn.Sequential(nn.LayerNorm(cfg.audio_dim), nn.Linear(cfg.audio_dim, c))
         if cfg.uses_text:
             self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, cfg.text_hidden), nn.GELU(), nn.Linear(cfg.text_hidden, c))
         if cfg.audiocon == "official":

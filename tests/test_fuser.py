@@ -243,7 +243,14 @@ def test_refavs_tokens_mix_audio_and_text_and_frames():
 def test_audio_projection_only_when_sizes_differ():
     assert not hasattr(AuralFuser(FuserConfig.tiny()), "audio_proj")
     fuser, out = run(FuserConfig.tiny(audio_dim=64))
-    assert fuser.audio_proj.in_features == 64 and shapes(out.sparse) == [(N, 32)] * 3
+    norm, linear = fuser.audio_proj
+    assert norm.normalized_shape == (64,) and linear.in_features == 64 and shapes(out.sparse) == [(N, 32)] * 3
+    # The adapter's LayerNorm makes the fuser blind to the audio embeddings' overall scale.
+    pyr, audio = tiny_pyramid(), torch.rand(N, 64)
+    fuser.eval()
+    with torch.no_grad():
+        a, b = fuser(pyr, audio), fuser(pyr, 500 * audio)
+    assert torch.allclose(a.sparse[0], b.sparse[0], atol=1e-4)
 
 
 def test_paper_heads():
