@@ -53,6 +53,7 @@ def main(quick: bool = False, write: bool = False) -> dict:
         import data_specs.ingest as ingest_lib
         import data_specs.synth as synth_mod
         import feature_cache.build as cache_lib
+        import feature_cache.writer as cache_writer
         import flows.ablate as ablate_mod
         import flows.evaluate as evaluate_mod
         import flows.ingest as ingest_flow_mod
@@ -62,14 +63,14 @@ def main(quick: bool = False, write: bool = False) -> dict:
         totals: dict[str, float] = {}
         targets = [
             (synth_mod, "generate_world"), (ingest_lib, "prepare"), (ingest_flow_mod, "prepare"), (ingest_flow_mod, "write_shard"),
-            (ingest_flow_mod, "finalize"), (cache_lib, "build_shard"), (cache_lib, "plan_cache"),
-            (cache_lib, "finalize_cache"), (train_mod, "train_run"), (evaluate_mod, "evaluate_split"),
+            (ingest_flow_mod, "finalize"), (cache_writer, "build_shard"), (cache_lib, "build_text"),
+            (cache_lib, "plan_cache"), (cache_lib, "finalize_cache"), (train_mod, "train_run"), (evaluate_mod, "evaluate_split"),
             (ablate_mod, "summary_png"), (ablate_mod, "selection_metrics"),
         ]
         targets = [(m, a) for m, a in targets if hasattr(m, a)]
         started = time.perf_counter()
         with _timed(targets, totals):
-            demo(clips=8 if quick else None, seed=0, grid="demo")
+            outcome = demo(clips=8 if quick else None, seed=0, grid="demo")
         total = time.perf_counter() - started
     finally:
         if previous is None:
@@ -82,7 +83,10 @@ def main(quick: bool = False, write: bool = False) -> dict:
     result = {"demo_wall_s": round(total, 1), "library_s": round(library, 1),
               "orchestration_and_glue_s": round(total - library, 1),
               "orchestration_share": round((total - library) / total, 3),
-              **{f"in_{k}_s": round(v, 1) for k, v in sorted(totals.items())}}
+              **{f"in_{k}_s": round(v, 1) for k, v in sorted(totals.items())},
+              **{f"step_{k}_s": round(v, 1) for k, v in outcome["timings"].items()},
+              **{f"J_{row}": round(r["J"], 3) for row, r in outcome["rows"].items()},
+              **{f"F_{row}": round(r["F"], 3) for row, r in outcome["rows"].items()}}
     print("demo pipeline benchmark")
     for k, v in result.items():
         print(f"  {k:>28}: {v}")

@@ -82,7 +82,7 @@ def demo(
     clips: int = typer.Option(None, help="Clips per subset of the synthetic world (default: the world's default)."),
     seed: int = typer.Option(0, help="World seed."),
     grid: str = typer.Option("demo", help="Ablation grid of configs/ablations.yaml to run after the full model."),
-) -> None:
+) -> dict:
     """The whole chain on the built-in synthetic world: world -> shards -> cache -> train -> evaluate ->
     MLflow -> Parquet, plus a mini ablation grid; prints the table and where everything is."""
     import time
@@ -130,6 +130,7 @@ Next:
   DuckDB query   .venv/bin/auralsam2 query worst_clips --param limit=10
                  .venv/bin/auralsam2 query "select row, J, F, J_and_F from ablation_summary order by J desc"
 """)
+    return {"rows": rows, "timings": timings, "total_s": total}
 
 
 @app.command("pretrain-tiny-sam2")
