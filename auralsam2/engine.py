@@ -274,8 +274,9 @@ def poly_factor(step: int, total_steps: int, power: float, warmup_steps: int = 0
 def needs_find_unused(cfg: ExperimentConfig) -> tuple[bool, str]:
     """Whether DDP needs `find_unused_parameters`, and why. The release needed it for ~9.7 M
     built-but-unused fuser parameters, which we do not build; what remains are parameters that a
-    step can leave without a gradient: AudioCon heads when the contrastive term is off or skips a
-    step, and the last level's token path when sparse or dense prompts are ablated."""
+    step can leave without a gradient: AudioCon heads when the contrastive term is off (a skipped
+    step still reaches every head through an exact zero, `losses._zero_through`), and the last
+    level's token path when sparse or dense prompts are ablated."""
     mode = cfg.train.ddp_find_unused_parameters
     if mode != "auto":
         return mode == "on", f"train.ddp_find_unused_parameters = {mode}"
@@ -285,9 +286,6 @@ def needs_find_unused(cfg: ExperimentConfig) -> tuple[bool, str]:
         reasons.append("contrastive loss off: the AudioCon projection heads get no gradient")
     elif con.mode == "supcon" and fuser.uses_audio:
         reasons.append("SupCon uses no audio: the audio projection head gets no gradient")
-    elif con.mode == "paper":
-        reasons.append("paper AudioCon skips steps whose supervised frames have no foreground (then the heads "
-                       "get no gradient)")
     if fuser.modalities != "visual" and not (fuser.sparse_prompts and fuser.dense_prompts):
         reasons.append("with sparse or dense prompts off, part of the deepest level's fusion feeds nothing")
     return bool(reasons), "; ".join(reasons) or "every trainable parameter gets a gradient on every step"

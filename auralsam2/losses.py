@@ -211,6 +211,13 @@ def _used_levels(
     return visual, audio
 
 
+def _zero_through(*groups: Sequence[Tensor | None] | None) -> Tensor:
+    """An exact 0 that still depends on every given projection, so every head gets a (zero)
+    gradient on steps the contrastive term skips (DDP then needs no `find_unused_parameters`)."""
+    parts = [t.sum() for g in groups if g is not None for t in g if t is not None]
+    return torch.stack(parts).sum() * 0.0
+
+
 def audiocon_paper(
     proj_visual: Sequence[Tensor | None],
     proj_audio: Sequence[Tensor | None],
@@ -261,7 +268,7 @@ def audiocon_paper(
             # log(1 + sum_j e^{s_j - s_p}) as softplus(logsumexp): accurate when the loss is tiny
             terms.append(F.softplus(torch.logsumexp(s_neg - s_pos[:, None], dim=1)))
     if not terms:
-        return proj_visual[0].sum() * 0.0
+        return _zero_through(proj_visual, proj_audio)
     return torch.cat(terms).mean()
 
 

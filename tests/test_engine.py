@@ -106,6 +106,7 @@ def test_find_unused_decision_is_explained():
     assert on and "contrastive loss off" in why
     official = tiny_config("loss.audiocon.mode=official")
     assert needs_find_unused(official) == (False, "every trainable parameter gets a gradient on every step")
+    assert needs_find_unused(tiny_config("loss.audiocon.mode=paper"))[0] is False
     assert needs_find_unused(tiny_config("loss.audiocon.mode=official", "model.fuser.sparse_prompts=false"))[0]
 
 

@@ -274,3 +274,19 @@ def test_audiocon_gradients_reach_visual_and_audio():
         loss = audiocon_loss(proj_v, proj_a, masks, preds, [0], cfg)
         grads = torch.autograd.grad(loss, proj_v + proj_a)
         assert all(gr.abs().sum() > 0 for gr in grads), mode
+
+
+def test_skipped_contrastive_steps_still_reach_every_head():
+    """No foreground anchors: the loss is exactly 0 but every projection gets a (zero) gradient, so
+    data-parallel training needs no find_unused_parameters for AudioCon."""
+    import torch
+
+    from auralsam2.losses import AudioConConfig, audiocon_paper
+
+    pv = [torch.randn(2, 8, 4, 4, requires_grad=True) for _ in range(3)]
+    pa = [torch.randn(2, 8, requires_grad=True) for _ in range(3)]
+    masks = torch.zeros(2, 16, 16)  # silent frames: nothing to anchor
+    loss = audiocon_paper(pv, pa, masks, torch.zeros(2, 1, 16, 16), [0, 1], AudioConConfig(mode="paper"))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(t.grad is not None and not t.grad.any() for t in pv + pa)
