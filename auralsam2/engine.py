@@ -24,11 +24,9 @@ cache, built by `feature_cache.dataset`), metrics leave through an optional `Run
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import random
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,13 +48,21 @@ from auralsam2.config import (
     ExperimentConfig,
     ModelConfig,
     OptimConfig,
-    TrainConfig,
     config_to_yaml,
     resolve_path,
 )
 from auralsam2.evaluation import EvalResult, ItemSource, evaluate_source
 from auralsam2.fuser import AuralFuser
 from auralsam2.model import AuralSAM2, clip_loss
+from auralsam2.runtime import (
+    Runtime,
+    atomic_save,
+    gather,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    setup_runtime,
+)
 
 __all__ = [
     "STATE_FORMAT",
@@ -112,71 +118,9 @@ class TrainResult:
     model: AuralSAM2 | None = field(default=None, repr=False)  # the trained model (this rank's copy)
 
 
-@dataclass
-class Runtime:
-    """Where this process runs: rank, world size, device, autocast; `owns_group` if we created it."""
-
-    rank: int
-    world: int
-    device: torch.device
-    bf16: bool
-    owns_group: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-
-
 # --------------------------------------------------------------------------------------------
 # Building blocks (each used once by `train`, public for tests and benchmarks)
 # --------------------------------------------------------------------------------------------
-
-
-def setup_runtime(cfg: TrainConfig) -> Runtime:
-    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU), pick the device, seed
-    (seed + rank, released), and switch on deterministic algorithms when asked."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    owns = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        owns = True
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    torch.backends.cudnn.deterministic = True  # released: cuDNN deterministic, benchmark off
-    torch.backends.cudnn.benchmark = False
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    bf16 = device.type == "cuda" and cfg.precision in ("auto", "bf16")
-    return Runtime(rank, world, device, bf16, owns)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover
-        pass
 
 
 class DataOrder:
@@ -296,48 +240,6 @@ def _trainable_state(model: AuralSAM2) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("sam2.")}
 
 
-def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
-    import numpy as np
-
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "loss_generator": generator.get_state(),
-        "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-    }
-
-
-def _set_rng_state(state: Mapping[str, Any], generator: torch.Generator, device: torch.device) -> None:
-    import numpy as np
-
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-    generator.set_state(state["loss_generator"])
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-def _gather(obj: Any, rt: Runtime) -> list[Any]:
-    if rt.world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * rt.world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _atomic_save(payload: Mapping[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(dict(payload), tmp)
-    os.replace(tmp, path)
-
-
 def _log(logger: RunLogger | None, rt: Runtime, metrics: Mapping[str, float], step: int, run_dir: Path) -> None:
     """Rank 0: to the tracker and to `history.jsonl` in the run folder (curves without a tracker)."""
     if not rt.main:
@@ -398,7 +300,7 @@ def train(
     # ---- model (same init on every rank; DDP would broadcast rank 0's anyway) -------------------
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model, data.sam2).to(rt.device)
-    _seed_everything(tc.seed + rt.rank)
+    seed_everything(tc.seed + rt.rank)
     loss_generator = torch.Generator().manual_seed(tc.seed + rt.rank)
 
     # ---- optimizer and poly schedule ----------------------------------------------------------
@@ -428,7 +330,7 @@ def train(
         epoch_sum, epoch_count = dict(progress["epoch_sum"]), progress["epoch_count"]
         epochs_log = list(state["epochs"])
         if state["world_size"] == rt.world:
-            _set_rng_state(state["rng"][rt.rank], loss_generator, rt.device)
+            set_rng_state(state["rng"][rt.rank], loss_generator, rt.device)
         else:
             warnings.warn(f"resuming a {state['world_size']}-process run on {rt.world}: RNG streams are re-seeded, "
                           "so the continuation is not bit-identical", stacklevel=2)
@@ -449,9 +351,9 @@ def train(
 
     def save_last(finished: bool) -> None:
         """last.ckpt: everything needed to continue exactly (all ranks' RNG; rank 0 writes)."""
-        rng = _gather(_rng_state(loss_generator, rt.device), rt)
+        rng = gather(rng_state(loss_generator, rt.device), rt)
         if rt.main:
-            _atomic_save({
+            atomic_save({
                 "format": STATE_FORMAT, "config_yaml": config_to_yaml(cfg), "world_size": rt.world,
                 "trainable": _trainable_state(model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rng, "epochs": epochs_log,

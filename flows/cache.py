@@ -51,16 +51,6 @@ def worker_device(requested: str) -> str:
     return f"cuda:{index % count}"
 
 
-def _retry_on_io(task, task_run, state) -> bool:  # noqa: ARG001 (Prefect's signature)
-    try:
-        state.result()
-    except OSError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
 def _cache_shard(job, settings, fingerprint, out, created, recheck):
     """One shard: encode and write its features and log-mel files (or skip them when complete)."""
     from feature_cache.writer import build_shard
@@ -108,10 +98,12 @@ def _build_prefect() -> dict[str, Any]:
         from prefect import flow, task
         from prefect.cache_policies import NO_CACHE
 
+        from flows.runners import retry_on_io
+
         _PREFECT["cache_shard_task"] = task(name="cache-shard", retries=2, retry_delay_seconds=[1, 5],
-                                            retry_condition_fn=_retry_on_io, cache_policy=NO_CACHE)(_cache_shard)
+                                            retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)(_cache_shard)
         _PREFECT["cache_text_task"] = task(name="cache-text", retries=2, retry_delay_seconds=[1, 5],
-                                           retry_condition_fn=_retry_on_io, cache_policy=NO_CACHE)(_cache_text)
+                                           retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)(_cache_text)
         _PREFECT["cache_flow"] = flow(name="cache")(_cache_flow)
     return _PREFECT
 

@@ -11,20 +11,10 @@ from tqdm.auto import tqdm
 
 from data_specs.ingest import PALETTE_MASKS, IngestSummary, finalize, prepare
 from data_specs.shards import ShardPlan, ShardResult, write_shard
-from flows.runners import task_runner, workers_share_the_api
+from flows.runners import retry_on_io, task_runner, workers_share_the_api
 
 
-def _retry_on_io(task, task_run, state) -> bool:  # noqa: ARG001 (Prefect's signature)
-    try:
-        state.result()
-    except OSError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
-@task(name="write-shard", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=_retry_on_io,
+@task(name="write-shard", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_io,
       cache_policy=NO_CACHE)
 def write_shard_task(plan: ShardPlan, shards_dir: str, strict: bool, palette_masks: bool) -> ShardResult:
     """One shard: read its clips' bytes, check them, write tar + sidecar (or skip if complete)."""

@@ -30,18 +30,9 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from auralsam2.config import ExperimentConfig, config_from_mapping, config_to_yaml, load_config, resolve_path
 from auralsam2.paths import data_home
 from flows.ablate import SummarySelection, config_hash, finished_run
+from flows.runners import retry_on_io
 
 STEP_CACHE = INPUTS + TASK_SOURCE
-
-
-def _retry_on_io(task, task_run, state) -> bool:  # noqa: ARG001 (Prefect's signature)
-    try:
-        state.result()
-    except OSError:
-        return True
-    except Exception:
-        return False
-    return False
 
 
 def _sha256(path: Path) -> str:
@@ -82,7 +73,7 @@ def cache_settings(cfg: ExperimentConfig):
 
 
 @task(name="ingest-step", cache_policy=STEP_CACHE, persist_result=True, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=_retry_on_io)
+      retry_condition_fn=retry_on_io)
 def ingest_step(dataset: str, raw: str, out: str, subset: str, raw_signature: str,
                 workers: int | None = None, dask_address: str | None = None) -> dict[str, Any]:
     """Raw tree -> shards + manifest (reuses finished shards). Returns the manifest path and sha256."""
@@ -96,7 +87,7 @@ def ingest_step(dataset: str, raw: str, out: str, subset: str, raw_signature: st
 
 
 @task(name="cache-step", cache_policy=STEP_CACHE, persist_result=True, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=_retry_on_io)
+      retry_condition_fn=retry_on_io)
 def cache_step(ingest: str, manifest_sha256: str, out: str, settings_json: str,
                workers: int | None = None, dask_address: str | None = None) -> dict[str, Any]:
     """Shards -> Arrow feature cache (reuses verified shard files). Returns the cache fingerprint."""

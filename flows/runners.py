@@ -59,3 +59,15 @@ def workers_share_the_api(local_cluster: bool) -> Iterator[None]:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = previous
+
+
+def retry_on_io(task, task_run, state) -> bool:  # noqa: ARG001 (Prefect's retry_condition_fn signature)
+    """Retry a task only when it failed with an I/O error (a full disk or a flaky mount is worth
+    another try; a bad input or a bug is not)."""
+    try:
+        state.result()
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
