@@ -157,6 +157,10 @@ class TrainConfig(_Strict):
         "auto", description="auto = bf16 autocast around the forward on GPU, fp32 on CPU (released)")
     device: str = Field("auto", description="auto (cuda:LOCAL_RANK when present, else cpu), cpu, cuda, cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+    cudnn_attention: bool = Field(False, description="allow cuDNN's scaled-dot-product attention kernels on GPU. "
+                                  "Off: on H100 with torch 2.11 their backward returned NaN gradients for SAM2's "
+                                  "token-to-image attention (bench/gpu_demo.py; pytorch#196678); flash / "
+                                  "memory-efficient attention are used instead")
     cond_frame: Literal["middle", "first"] = Field("middle", description="conditioning frame in training "
                                                                          "(released: N // 2)")
     log_every_steps: int = Field(10, ge=1, description="log step metrics (batched to the tracker) every N steps")

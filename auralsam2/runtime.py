@@ -18,7 +18,8 @@ import torch
 
 from auralsam2.config import TrainConfig
 
-__all__ = ["Runtime", "atomic_save", "gather", "rng_state", "seed_everything", "set_rng_state", "setup_runtime"]
+__all__ = ["Runtime", "atomic_save", "gather", "rng_state", "seed_everything", "set_rng_state", "setup_runtime",
+           "use_cudnn_attention"]
 
 
 @dataclass
@@ -63,6 +64,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         torch.cuda.set_device(device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    use_cudnn_attention(cfg.cudnn_attention)
     torch.backends.cudnn.deterministic = True  # released: cuDNN deterministic, benchmark off
     torch.backends.cudnn.benchmark = False
     if cfg.deterministic:
@@ -70,6 +72,14 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         torch.use_deterministic_algorithms(True)
     bf16 = device.type == "cuda" and cfg.precision in ("auto", "bf16")
     return Runtime(rank, world, device, bf16, owns)
+
+
+def use_cudnn_attention(enabled: bool) -> None:
+    """Allow or exclude cuDNN's SDPA backend (process-wide; torch then picks flash, memory-efficient or
+    math). Excluded by default: on an H100 (torch 2.11, cuDNN 9) its backward put NaN into the
+    gradients of SAM2's decoder cross-attention (few query tokens against 64 image tokens) on the
+    second step of the demo, which then poisoned every weight; the other kernels stay finite."""
+    torch.backends.cuda.enable_cudnn_sdp(enabled)
 
 
 def seed_everything(seed: int) -> None:

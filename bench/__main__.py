@@ -3,7 +3,8 @@
 Each `bench/bench_<area>.py` exposes `main(quick=False, ...) -> dict`; those that accept `write=True`
 record their own `bench/results/<area>.md`, the others get a table of the numbers they return.
 Each runs in its own process (real-size SAM2 models take GBs; nothing leaks between benchmarks).
-BENCHMARKS.md is the machine description followed by every `bench/results/*.md`.
+BENCHMARKS.md is the machine description followed by every `bench/results/*.md` (the benchmarks' own
+first, then results recorded by hand from GPU runs: `bench/results/gpu.md`).
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ def assemble() -> None:
         "`bench/results/*.md` here. Timing targets live here, never in tests.\n",
         f"Last assembled {dt.date.today()} on: {machine()}.\n",
     ]
-    for area in areas():
+    names = areas()
+    names += sorted(p.stem for p in RESULTS.glob("*.md") if p.stem not in names)  # e.g. gpu.md (device runs)
+    for area in names:
         md = RESULTS / f"{area}.md"
         if md.is_file():
             parts.append(md.read_text().strip() + "\n")

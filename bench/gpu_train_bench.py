@@ -62,6 +62,9 @@ def run(config: str = "sam2_hiera_b+", frames: int = 5, steps: int = 10, warmup:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = device.type == "cuda"
     torch.manual_seed(0)
+    from auralsam2.runtime import use_cudnn_attention
+
+    use_cudnn_attention(False)  # as training does (train.cudnn_attention: false)
     sam2 = build_sam2_model(config, device=device, image_size=image_size)
     size = int(sam2.image_size)
     model = AuralSAM2(sam2, AuralFuser(FuserConfig()).to(device), AudioEncoder(VGGish(), 2, trainable=False).to(device))

@@ -163,3 +163,19 @@ def test_refavs_expressions_train_and_null_only_selection_keeps_the_last(tmp_pat
     assert item.text.shape == (25, 32) and item.expression_uid == item.key
     result = train(cfg, data, tmp_path)
     assert result.steps == 3 and result.best_checkpoint is not None
+
+
+def test_cudnn_attention_is_excluded_unless_asked():
+    """cuDNN's SDPA backward put NaN into the decoder's gradients on an H100 (bench/gpu_demo.py), so
+    the runtime excludes that backend by default and allows it only when the config says so."""
+    from auralsam2.config import TrainConfig
+    from auralsam2.runtime import setup_runtime
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        setup_runtime(TrainConfig(device="cpu"))
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        setup_runtime(TrainConfig(device="cpu", cudnn_attention=True))
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
