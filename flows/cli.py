@@ -146,6 +146,9 @@ def pretrain_tiny_sam2(
     config: str = typer.Option("tiny", help="SAM2 config to train (`tiny`, or the wider `synth`)."),
     image_fraction: float = typer.Option(0.6, min=0, max=1, help="Share of steps on single frames before the "
                                          "5-frame video steps (segmenting is learnt cheaply on images first)."),
+    init: Path = typer.Option(None, exists=True, dir_okay=False, help="Start from this checkpoint (a second "
+                              "stage of the recipe, e.g. more video steps) instead of random weights; "
+                              "its recipe JSON is kept in the new one."),
 ) -> None:
     """Pretrain the demo's small SAM2 on synthetic-world clips with clicks and boxes, as SAM2 is trained.
 
@@ -156,7 +159,7 @@ def pretrain_tiny_sam2(
 
     record = run_pretrain_tiny_sam2(out=out, steps=steps, seed=seed, lr=lr, image_size=image_size,
                                     eval_clips=eval_clips, threads=threads, config=config,
-                                    image_fraction=image_fraction)
+                                    image_fraction=image_fraction, init=init)
     typer.echo(f"wrote {record['checkpoint']} (sha256 {record['sha256'][:16]}...)")
     typer.echo(f"held-out IoU: prompted frame {record['eval']['cond_iou']:.3f}, "
                f"tracked frames {record['eval']['tracked_iou']:.3f}")

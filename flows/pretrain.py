@@ -42,7 +42,8 @@ def _clips(stream: int, image_size: int, image_steps: int = 0) -> Iterator:
 
 def run_pretrain_tiny_sam2(out: Path | None = None, steps: int = 6000, seed: int = 0, lr: float = 3e-3,
                            image_size: int = 128, eval_clips: int = 64, threads: int = 1,
-                           config: str = "tiny", image_fraction: float = 0.6, log=print) -> dict:
+                           config: str = "tiny", image_fraction: float = 0.6, init: Path | None = None,
+                           log=print) -> dict:
     from auralsam2.sam2_backbone import build_sam2_model
     from auralsam2.sam2_pretrain import evaluate_prompted, pretrain_sam2
 
@@ -50,7 +51,14 @@ def run_pretrain_tiny_sam2(out: Path | None = None, steps: int = 6000, seed: int
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model = build_sam2_model(config, image_size=image_size)
+    # `init`: continue from an earlier result of this recipe (a second stage, e.g. video-only steps);
+    # its own recipe JSON, if any, is kept in this one's record so the chain stays reproducible.
+    model = build_sam2_model(config, checkpoint=str(init) if init else None, image_size=image_size)
+    init_record = None
+    if init:
+        init_json = Path(init).with_suffix(".json")
+        init_record = {"checkpoint": str(init), "sha256": hashlib.sha256(Path(init).read_bytes()).hexdigest(),
+                       "recipe": json.loads(init_json.read_text()) if init_json.is_file() else None}
     started = time.time()
     history = pretrain_sam2(
         model, _clips(seed, image_size, int(image_fraction * steps)), steps=steps, lr=lr,
@@ -72,8 +80,9 @@ def run_pretrain_tiny_sam2(out: Path | None = None, steps: int = 6000, seed: int
         "bytes": out.stat().st_size,
         "command": f"auralsam2 pretrain-tiny-sam2 --steps {steps} --seed {seed} --lr {lr} "
                    f"--image-size {image_size} --eval-clips {eval_clips} --threads {threads} --config {config} "
-                   f"--image-fraction {image_fraction}",
+                   f"--image-fraction {image_fraction}" + (f" --init {init}" if init else ""),
         "image_fraction": image_fraction,
+        "init": init_record,
         "stored_dtype": "float16 (trained in float32)",
         "config": config, "image_size": image_size, "steps": steps, "seed": seed, "lr": lr,
         "eval": evaluation, "history": history[-5:],
