@@ -77,7 +77,7 @@ class Items:
         return it
 
 
-def run(kind: str, steps: int, home: Path, codes) -> dict:
+def run(kind: str, steps: int, home: Path, codes, sets: dict | None = None) -> dict:
     from auralsam2.config import config_from_mapping, demo_config_path, load_config
     from auralsam2.engine import TrainingData, build_model, train
     from auralsam2.evaluation import evaluate_source
@@ -85,7 +85,7 @@ def run(kind: str, steps: int, home: Path, codes) -> dict:
 
     base = load_config(demo_config_path()).model_dump(mode="json")
     overrides = {"train.max_steps": steps, "train.epochs": 100000, "train.progress": False, "data.val_split": None,
-                 "train.device": "cpu", **(VISUAL_ONLY if kind == "visual" else {})}
+                 "train.device": "cpu", **(VISUAL_ONLY if kind == "visual" else {}), **(sets or {})}
     for key, value in overrides.items():
         node = base
         *parents, leaf = key.split(".")
@@ -123,7 +123,8 @@ def run(kind: str, steps: int, home: Path, codes) -> dict:
             return model
 
         engine.build_model = build_with_oracle
-    run_dir = home / "runs" / f"diagnose-{kind}-{steps}"
+    tag = "".join(f"-{k.split('.')[-1]}={v}" for k, v in (sets or {}).items())
+    run_dir = home / "runs" / f"diagnose-{kind}-{steps}{tag}"
     start = time.perf_counter()
     try:
         result = train(cfg, data, run_dir)
@@ -150,7 +151,7 @@ def run(kind: str, steps: int, home: Path, codes) -> dict:
                 mb = fb.high_res_masks[0, fb.best_index] > 0
                 changed += float((ma ^ mb).float().mean())
                 total += 1
-    return {"experiment": kind, "steps": steps, "train_s": round(train_s, 1),
+    return {"experiment": kind + tag, "steps": steps, "train_s": round(train_s, 1),
             "J": round(ev.value("avsbench_official", "iou_select", "J"), 3),
             "F": round(ev.value("avsbench_official", "iou_select", "F"), 3),
             "pixels_changed_by_audio": round(changed / total, 4) if total else None}
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--experiments", default="real,visual,oracle_audio,oracle_dense")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every experiment (YAML value), e.g. optim.lr=5e-3")
     parser.add_argument("--home", type=Path, default=None, help="data folder (default: a new temporary one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -174,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     codes = oracle_codes(home / "world" / "world.json", load_config(demo_config_path()).model.fuser.audio_dim)
     rows = []
     for kind in args.experiments.split(","):
-        rows.append(run(kind, args.steps, home, codes))
+        import yaml
+
+        sets = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.sets)}
+        rows.append(run(kind, args.steps, home, codes, sets))
         print(json.dumps(rows[-1]), flush=True)
     print("\n| experiment | steps | test J | test F | pixels changed by the audio |\n|---|---:|---:|---:|---:|")
     for r in rows:
