@@ -78,21 +78,14 @@ class Items:
 
 
 def run(kind: str, steps: int, home: Path, codes, sets: dict | None = None) -> dict:
-    from auralsam2.config import config_from_mapping, demo_config_path, load_config
-    from auralsam2.engine import TrainingData, build_model, train
+    from auralsam2.config import demo_config_path, load_config
+    from auralsam2.engine import TrainingData, train
     from auralsam2.evaluation import evaluate_source
     from feature_cache.dataset import CacheItems, open_reader, training_data
 
-    base = load_config(demo_config_path()).model_dump(mode="json")
     overrides = {"train.max_steps": steps, "train.epochs": 100000, "train.progress": False, "data.val_split": None,
                  "train.device": "cpu", **(VISUAL_ONLY if kind == "visual" else {}), **(sets or {})}
-    for key, value in overrides.items():
-        node = base
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    cfg = config_from_mapping(base)
+    cfg = load_config(demo_config_path(), [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
     reader = open_reader(cfg, "cpu")
     data = training_data(cfg, reader)
     state: dict = {}

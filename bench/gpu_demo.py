@@ -114,20 +114,14 @@ def build_demo_data(home: Path, clips: int | None, device: str) -> tuple[float, 
 
 def train_and_test(overrides: dict, steps: int, run_dir: Path, device: str) -> dict:
     """Train the demo config with `overrides` for `steps` on `device`; J on the multi-source test split."""
-    from auralsam2.config import config_from_mapping, demo_config_path, load_config
+    from auralsam2.config import demo_config_path, load_config
     from auralsam2.engine import build_model, train
     from auralsam2.evaluation import evaluate_source
     from feature_cache.dataset import CacheItems, open_reader, training_data
 
-    base = load_config(demo_config_path()).model_dump(mode="json")
-    for key, value in {**overrides, "train.max_steps": steps, "train.epochs": 1000, "train.device": device,
-                       "train.progress": False, "data.val_split": None}.items():  # no validation: time = training
-        node = base
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    cfg = config_from_mapping(base)
+    settings = {**overrides, "train.max_steps": steps, "train.epochs": 1000, "train.device": device,
+                "train.progress": False, "data.val_split": None}  # no validation: time = training
+    cfg = load_config(demo_config_path(), [f"{k}={json.dumps(v)}" for k, v in settings.items()])
     reader = open_reader(cfg, device)
     data = training_data(cfg, reader)
     start = time.perf_counter()

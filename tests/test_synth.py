@@ -184,8 +184,8 @@ def test_sounding_segments_follow_the_vggish_examples():
     assert g[RAMP:15360 - RAMP].min() == 1.0 and g[15360:30720 + GUARD].max() == 0.0
     assert 0 < g[30720 + GUARD + 1] < 1 and g[30720 + GUARD + RAMP: 61440 - RAMP].min() == 1.0
     assert g[61440:].max() == 0.0
-    whole_seconds = segment_bounds(5, n, "seconds")
-    assert whole_seconds.tolist() == [0, 16000, 32000, 48000, 64000, 80000]
+    per_second_bounds = segment_bounds(5, n, "seconds")
+    assert per_second_bounds.tolist() == [0, 16000, 32000, 48000, 64000, 80000]
 
 
 def test_stereo_panning_follows_position(world, truth):
