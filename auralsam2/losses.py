@@ -218,6 +218,18 @@ def _zero_through(*groups: Sequence[Tensor | None] | None) -> Tensor:
     return torch.stack(parts).sum() * 0.0
 
 
+def _frame_samples(gt: Tensor, logits: Tensor, frames: Sequence[int], cfg: AudioConConfig, generator):
+    """Per supervised frame (in order): `(t, fg, idx)`, the frame index, its foreground map on the
+    grid and the hard/easy balanced pixel sample shared by `audiocon_paper` and `supcon`."""
+    for row, t in enumerate(frames):
+        fg = gt[row] > 0
+        correct = (logits[row] > 0) == fg
+        idx = _balanced_sample(
+            (~correct).nonzero()[:, 0], correct.nonzero()[:, 0], cfg.samples_per_level, cfg.hard_fraction, generator
+        )
+        yield t, fg, idx
+
+
 def audiocon_paper(
     proj_visual: Sequence[Tensor | None],
     proj_audio: Sequence[Tensor | None],
@@ -248,12 +260,7 @@ def audiocon_paper(
     grid = tuple(proj_visual[0].shape[-2:])
     gt, logits = _grid_targets(masks, predictions, grid)
     terms = []
-    for row, t in enumerate(frames):
-        fg = gt[row] > 0
-        correct = (logits[row] > 0) == fg
-        idx = _balanced_sample(
-            (~correct).nonzero()[:, 0], correct.nonzero()[:, 0], cfg.samples_per_level, cfg.hard_fraction, generator
-        )
+    for t, fg, idx in _frame_samples(gt, logits, frames, cfg, generator):
         pos_idx, neg_idx = idx[fg[idx]], idx[~fg[idx]]
         if pos_idx.numel() == 0:
             continue
@@ -292,12 +299,7 @@ def supcon(
     grid = tuple(proj_visual[0].shape[-2:])
     gt, logits = _grid_targets(masks, predictions, grid)
     terms = []
-    for row, t in enumerate(frames):
-        fg = gt[row] > 0
-        correct = (logits[row] > 0) == fg
-        idx = _balanced_sample(
-            (~correct).nonzero()[:, 0], correct.nonzero()[:, 0], cfg.samples_per_level, cfg.hard_fraction, generator
-        )
+    for t, fg, idx in _frame_samples(gt, logits, frames, cfg, generator):
         labels = fg[idx]
         same = labels[:, None] == labels[None, :]
         eye = torch.eye(idx.numel(), dtype=torch.bool, device=idx.device)
