@@ -127,6 +127,8 @@ class LossConfig(_Strict):
 
     seg: SegLossWeights = Field(default_factory=SegLossWeights, description="segmentation loss weights")
     audiocon: AudioConConfig = Field(default_factory=AudioConConfig, description="contrastive loss (mode, weight)")
+    mask_prompt: float = Field(5.0, ge=0, description="weight of the mask-prompt BCE (only with "
+                               "model.fuser.mask_prompt; it calibrates the mask threshold)")
 
 
 class OptimConfig(_Strict):

@@ -81,7 +81,7 @@ __all__ = [
 ]
 
 STATE_FORMAT = "auralsam2-train-state/1"
-LOSS_TERMS = ("total", "seg", "focal", "dice", "iou", "object_score", "audiocon")
+LOSS_TERMS = ("total", "seg", "focal", "dice", "iou", "object_score", "audiocon", "mask")
 
 
 class RunLogger(Protocol):
@@ -304,7 +304,8 @@ def train(
     loss_generator = torch.Generator().manual_seed(tc.seed + rt.rank)
 
     # ---- optimizer and poly schedule ----------------------------------------------------------
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim), betas=cfg.optim.betas, eps=cfg.optim.eps)
+    # foreach: one kernel per parameter group instead of one per tensor (~10% of a CPU demo step)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim), betas=cfg.optim.betas, eps=cfg.optim.eps, foreach=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: poly_factor(s, total_steps, cfg.optim.poly_power, cfg.optim.warmup_steps))
 
@@ -397,7 +398,7 @@ def train(
                           None if item.text is None else item.text.to(rt.device),
                           cond_frame=n // 2 if tc.cond_frame == "middle" else 0)
         losses = clip_loss(out, item.masks.to(rt.device), item.supervised, cfg.loss.audiocon, cfg.loss.seg,
-                           loss_generator)
+                           loss_generator, cfg.loss.mask_prompt)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         if cfg.optim.grad_clip is not None:

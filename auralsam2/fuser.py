@@ -24,6 +24,16 @@ What flows for each `modalities` setting (ablation, paper Table 5):
     for every frame; no audio projection head, so AudioCon paper/official cannot run (supcon/off).
   * `visual`: no tokens, no 1-D blocks, no fusion modules, no sparse prompts; dense prompts come from
     the visual path alone (patch embed -> smooth -> PE -> blocks -> PE).
+`mask_prompt` (ours, off in the released model; the synthetic demo uses it): the AudioCon heads
+read the finest used level's patch embedding (before any position encoding) and the per-frame audio
+token (before the 1-D blocks mix frames); their per-pixel cosine, minus a learnt threshold over a
+temperature, is a mask-prompt logit map `(N, 1, G, G)` that `AuralSAM2` feeds, as sigmoid, to SAM2's
+own (frozen) mask-prompt encoder on every frame. AudioCon then supervises those projections only.
+The released dense and sparse prompts are multiplied by zero-initialised gates (`prompt_gates`,
+dense/sparse x level), so training starts from "SAM2 + the mask prompt". Why (measured, see
+`bench/results/hearing.md`): in a short CPU budget the released prompts do not learn to hear and,
+added at full strength, they override SAM2's response to a mask prompt.
+
 `levels` = L keeps the L deepest levels (1: s16 only, 2: s16 + s8, 3: all); the first kept level
 has no previous fused level (no smooth conv). Unused levels give zero prompts, i.e. no prompt at
 that decoder stage (the paper's Table 3 "pyramid levels 1, 2, 3" = decoder stages fed).
@@ -39,6 +49,7 @@ from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
@@ -98,6 +109,14 @@ class FuserConfig(BaseModel):
     )
     sparse_prompts: bool = Field(True, description="emit per-frame sparse prompts (added to the mask tokens)")
     dense_prompts: bool = Field(True, description="emit dense prompts (added to the image tokens)")
+    mask_prompt: bool = Field(
+        False,
+        description="ours, off in the released model: also prompt SAM2, on every frame, with a mask: where "
+        "the frame's sound is, from AudioCon's pixel-audio similarity (see the module doc)",
+    )
+    mask_prompt_temperature: float = Field(
+        0.05, gt=0, description="mask prompt = sigmoid((cosine - learnt threshold) / temperature)"
+    )
     modalities: Modalities | None = Field(
         None,
         description="tokens entering the fuser: 'audio', 'text', 'audio+text', or 'visual' (no tokens, no "
@@ -116,8 +135,10 @@ class FuserConfig(BaseModel):
             raise ValueError(f"dim {self.dim} must be even and divisible by heads {self.heads}")
         if self.modalities == "visual" and self.sparse_prompts:
             object.__setattr__(self, "sparse_prompts", False)  # nothing to make them from
-        if not (self.sparse_prompts or self.dense_prompts):
-            raise ValueError("at least one of sparse_prompts / dense_prompts must be on")
+        if self.mask_prompt and not self.uses_audio:
+            object.__setattr__(self, "mask_prompt", False)  # the mask is where the audio is: no audio, no mask
+        if not (self.sparse_prompts or self.dense_prompts or self.mask_prompt):
+            raise ValueError("at least one of sparse_prompts / dense_prompts / mask_prompt must be on")
         return self
 
     @property
@@ -148,13 +169,15 @@ class FuserOutput(NamedTuple):
     `dense[k]` `(N, G*G, C)` (the list is None when dense prompts are off; zeros for a level
     outside `levels`), `sparse[k]` `(N, C)` (likewise), `proj_visual[k]` `(N, P, G, G)` and
     `proj_audio[k]` `(N, P)`, the AudioCon projections (None for a level outside `levels`;
-    `proj_audio` is None without audio).
+    `proj_audio` is None without audio). `mask_prompt` `(N, 1, G, G)`: the mask-prompt LOGITS
+    (`FuserConfig.mask_prompt`), else None.
     """
 
     dense: list[Tensor] | None
     sparse: list[Tensor] | None
     proj_visual: list[Tensor | None]
     proj_audio: list[Tensor | None] | None
+    mask_prompt: Tensor | None = None
 
 
 def pe1d(dim: int) -> Tensor:
@@ -205,6 +228,11 @@ class AuralFuser(nn.Module):
             self.audio_proj = nn.Sequential(nn.LayerNorm(cfg.audio_dim), nn.Linear(cfg.audio_dim, c))
         if cfg.uses_text:
             self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, cfg.text_hidden), nn.GELU(), nn.Linear(cfg.text_hidden, c))
+        if cfg.mask_prompt:
+            self.mask_prompt_threshold = nn.Parameter(torch.tensor(0.5))
+            # zero-initialised gates on the released prompts (as ControlNet's zero convolutions): training
+            # starts from "frozen SAM2 + the mask prompt", which the added prompts would otherwise override
+            self.prompt_gates = nn.Parameter(torch.zeros(2, 3))
         if cfg.audiocon == "official":
             self.train_proj_v1 = OfficialVisualHead(c, cfg.proj_dim, cfg.variant)
             if cfg.uses_audio:
@@ -254,6 +282,8 @@ class AuralFuser(nn.Module):
             if tuple(level.shape) != want:
                 raise ValueError(f"pyramid level {k} has shape {tuple(level.shape)}, expected {want}")
         tokens = self._tokens(n, audio_embeddings, text_embeddings)
+        audio_in = tokens[:n] if cfg.mask_prompt else None  # per-frame audio, before the 1-D blocks
+        embedded: Tensor | None = None
 
         fused: dict[int, Tensor] = {}
         fused_tokens: dict[int, Tensor] = {}
@@ -262,6 +292,8 @@ class AuralFuser(nn.Module):
         for k in cfg.used_levels:
             x = self.patch_embeds[k](pyramid[k])  # (N, C, G, G)
             h, w = x.shape[-2:]
+            if embedded is None and cfg.mask_prompt:  # the finest level, before any position encoding
+                embedded = x.flatten(2).transpose(1, 2)
             pos = self.pos2d(x).to(x.dtype).flatten(2).transpose(1, 2)  # (N, HW, C)
             x = x.flatten(2).transpose(1, 2)
             if previous is not None:
@@ -279,7 +311,42 @@ class AuralFuser(nn.Module):
                 x, tokens, frame_attn[k], _ = self.fusion_modules[k](x, tokens, h, w)
                 fused_tokens[k] = tokens
             fused[k] = previous = x
-        return self._outputs(n, (int(grid[0]), int(grid[1])), fused, fused_tokens, frame_attn)
+        grid_hw = (int(grid[0]), int(grid[1]))
+        out = self._outputs(n, grid_hw, fused, fused_tokens, frame_attn)
+        return self._with_mask_prompt(out, embedded, audio_in, grid_hw) if cfg.mask_prompt else out
+
+    def _with_mask_prompt(self, out: FuserOutput, embedded: Tensor, audio: Tensor, grid: tuple[int, int]
+                          ) -> FuserOutput:
+        """Add the mask prompt: the AudioCon heads on position-free inputs of the finest level.
+
+        AudioCon then supervises these projections only (the other levels' are dropped), and the mask
+        is computed from them DETACHED: only AudioCon shapes the map (letting the segmentation loss
+        reach it through SAM2's frozen mask encoder measurably ruined it); the segmentation loss and
+        the mask loss (`clip_loss`) learn the threshold.
+        """
+        cfg = self.config
+        n = embedded.shape[0]
+        h, w = grid
+        k = cfg.used_levels[0]
+        if cfg.audiocon == "official":
+            v = self.train_proj_v1(embedded, None, h, w)
+            a = self.train_proj_a1(audio)
+        else:
+            v = self.audiocon_proj_v(embedded).transpose(1, 2).reshape(n, -1, h, w)
+            a = self.audiocon_proj_a(audio)
+        # per pixel and per frame unit vectors (the Ref-AVS official visual head normalises over
+        # pixels, a released quirk: re-normalising is a no-op for the other heads)
+        v, a = F.normalize(v, dim=1), F.normalize(a, dim=-1)
+        cosine = torch.einsum("nphw,np->nhw", v.detach(), a.detach())  # (N, G, G)
+        logits = ((cosine - self.mask_prompt_threshold) / cfg.mask_prompt_temperature)[:, None]
+        gate_d, gate_s = self.prompt_gates
+        return FuserOutput(
+            dense=None if out.dense is None else [d * gate_d[j] for j, d in enumerate(out.dense)],
+            sparse=None if out.sparse is None else [q * gate_s[j] for j, q in enumerate(out.sparse)],
+            proj_visual=[v if j == k else None for j in range(3)],
+            proj_audio=[a if j == k else None for j in range(3)],
+            mask_prompt=logits,
+        )
 
     def _outputs(
         self,
@@ -305,6 +372,8 @@ class AuralFuser(nn.Module):
                 else:  # text only: one clip-level prompt, the mean text token, for every frame
                     sparse.append(tokens[k].mean(0, keepdim=True).expand(n, -1))
         used = cfg.used_levels
+        if cfg.mask_prompt:  # `_with_mask_prompt` makes the projections (the heads' BatchNorms must see only those)
+            return FuserOutput(dense, sparse, [None] * 3, [None] * 3)
         if cfg.audiocon == "official":
             proj_v = [self.train_proj_v1(fused[k], frame_attn.get(k), h, w) if k in used else None for k in range(3)]
         else:

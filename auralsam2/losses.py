@@ -171,6 +171,19 @@ class AudioConConfig(BaseModel):
     temperature: float = Field(0.1, description="InfoNCE temperature tau")
     samples_per_level: int = Field(512, description="paper/supcon: pixels sampled per level per frame")
     hard_fraction: float = Field(0.5, description="paper/supcon: share of hard (mispredicted) samples")
+    audio_anchor: bool = Field(
+        False,
+        description="paper mode, ours: also anchor on the audio: each foreground pixel is the positive of the "
+        "frame's audio against the sampled background pixels (which include silent objects), so the audio is "
+        "pushed away from what does not sound; the paper's term alone only separates pixels from pixels",
+    )
+    label_resize: Literal["area", "nearest"] = Field(
+        "area",
+        description="paper/supcon: how the GT reaches the embedding grid. 'area': a cell is foreground when "
+        "at least half of it is (what the cell's features see); 'nearest': the cell's top-left pixel "
+        "(torch nearest, as released; official mode always uses it). At 1024 px (64x64 grid, 16 px "
+        "cells) the two agree closely; on a coarse grid nearest shifts labels by half a cell",
+    )
     sample_limits: int = Field(128, description="official: L per class and set (128 AVS, 64 Ref-AVS)")
     total_limits: int = Field(15240, description="official: cap on visual samples (prefix-cut quirk)")
     official_quirks: bool = Field(
@@ -178,11 +191,24 @@ class AudioConConfig(BaseModel):
     )
 
 
-def _grid_targets(masks: Tensor, predictions: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """GT `(F, S, S)` -> nearest `(F, G*G)`; best low-res logits `(F, 1, h, w)` -> bilinear `(F, G*G)`."""
-    m = F.interpolate(masks[:, None].float(), size=grid, mode="nearest")[:, 0].flatten(1)
+def _grid_targets(
+    masks: Tensor, predictions: Tensor, grid: tuple[int, int], resize: str = "nearest"
+) -> tuple[Tensor, Tensor]:
+    """GT `(F, S, S)` -> `(F, G*G)` by `resize` ("nearest" or "area": foreground share >= 0.5);
+    best low-res logits `(F, 1, h, w)` -> bilinear `(F, G*G)`."""
+    if resize == "area":
+        m = (F.adaptive_avg_pool2d(masks[:, None].float(), grid)[:, 0] >= 0.5).float().flatten(1)
+    else:
+        m = F.interpolate(masks[:, None].float(), size=grid, mode="nearest")[:, 0].flatten(1)
     p = F.interpolate(predictions.float(), size=grid, mode="bilinear", align_corners=False)[:, 0].flatten(1)
     return m, p
+
+
+def mask_prompt_loss(logits: Tensor, masks: Tensor) -> Tensor:
+    """BCE of mask-prompt logits `(F, 1, G, G)` against the GT `(F, S, S)` area-resized to the grid
+    (a cell is foreground when at least half of it is); mean over cells and frames."""
+    target = (F.adaptive_avg_pool2d((masks[:, None] > 0).float(), logits.shape[-2:]) >= 0.5).float()
+    return F.binary_cross_entropy_with_logits(logits.float(), target)
 
 
 def _balanced_sample(hard: Tensor, easy: Tensor, total: int, hard_fraction: float, gen) -> Tensor:
@@ -253,12 +279,17 @@ def audiocon_paper(
     embedding a_t^k (the prototype); negatives are the sampled background pixels v_j of the same
     frame and level:
         l_i = -log( exp(v_i.a/tau) / (exp(v_i.a/tau) + sum_j exp(v_i.v_j/tau)) ).
-    The loss is the mean of l_i over all anchors (0 when no frame has foreground).
+    With `audio_anchor` (ours), each anchor also gives
+        m_i = -log( exp(v_i.a/tau) / (exp(v_i.a/tau) + sum_j exp(v_j.a/tau)) ),
+    the audio's own foreground pixel against the background ones (silent objects included).
+    The loss is the mean of l_i (and m_i) over all anchors (0 when no frame has foreground).
     """
     cfg = config or AudioConConfig()
     proj_visual, proj_audio = _used_levels(proj_visual, proj_audio, True)
     grid = tuple(proj_visual[0].shape[-2:])
-    gt, logits = _grid_targets(masks, predictions, grid)
+    if any(tuple(v.shape[-2:]) != grid for v in proj_visual):
+        raise ValueError("audiocon_paper: every level's projection must share one grid")
+    gt, logits = _grid_targets(masks, predictions, grid, cfg.label_resize)
     terms = []
     for t, fg, idx in _frame_samples(gt, logits, frames, cfg, generator):
         pos_idx, neg_idx = idx[fg[idx]], idx[~fg[idx]]
@@ -274,6 +305,9 @@ def audiocon_paper(
                 continue
             # log(1 + sum_j e^{s_j - s_p}) as softplus(logsumexp): accurate when the loss is tiny
             terms.append(F.softplus(torch.logsumexp(s_neg - s_pos[:, None], dim=1)))
+            if cfg.audio_anchor:  # a_t . v_p against a_t . v_j: the audio finds its own pixels
+                s_bg = v[neg_idx] @ a[t] / cfg.temperature  # (B,)
+                terms.append(F.softplus(torch.logsumexp(s_bg[None, :] - s_pos[:, None], dim=1)))
     if not terms:
         return _zero_through(proj_visual, proj_audio)
     return torch.cat(terms).mean()
@@ -297,7 +331,7 @@ def supcon(
     cfg = config or AudioConConfig()
     proj_visual, _ = _used_levels(proj_visual, None, False)
     grid = tuple(proj_visual[0].shape[-2:])
-    gt, logits = _grid_targets(masks, predictions, grid)
+    gt, logits = _grid_targets(masks, predictions, grid, cfg.label_resize)
     terms = []
     for t, fg, idx in _frame_samples(gt, logits, frames, cfg, generator):
         labels = fg[idx]

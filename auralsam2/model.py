@@ -22,7 +22,13 @@ from torch import Tensor, nn
 
 from auralsam2.audio import AudioEncoder
 from auralsam2.fuser import AuralFuser, FuserOutput
-from auralsam2.losses import AudioConConfig, SegLossWeights, audiocon_loss, segmentation_loss
+from auralsam2.losses import (
+    AudioConConfig,
+    SegLossWeights,
+    audiocon_loss,
+    mask_prompt_loss,
+    segmentation_loss,
+)
 from auralsam2.sam2_backbone import (
     CompactPyramid,
     DecoderPrompts,
@@ -107,6 +113,7 @@ def clip_loss(
     audiocon: AudioConConfig | None = None,
     seg_weights: SegLossWeights | None = None,
     generator: torch.Generator | None = None,
+    mask_weight: float = 5.0,
 ) -> dict[str, Tensor]:
     """Named loss terms of one clip; `total` is what to back-propagate.
 
@@ -114,7 +121,9 @@ def clip_loss(
     unsupervised frames are never read), `supervised_frames` from `losses.supervised_frames`.
     Returns `focal`, `dice`, `iou`, `object_score` (unweighted, summed over supervised frames),
     `seg` (weighted segmentation total), `audiocon` (unweighted contrastive term, computed on the
-    supervised frames) and `total = seg + audiocon.weight * audiocon`.
+    supervised frames), `mask` (BCE of the fuser's mask-prompt logits against the GT on their grid,
+    0 without a mask prompt: it calibrates the mask threshold) and
+    `total = seg + audiocon.weight * audiocon + mask_weight * mask`.
     """
     cfg = audiocon or AudioConConfig()
     frames = list(supervised_frames)
@@ -139,7 +148,9 @@ def clip_loss(
             out.fuser.proj_visual, out.fuser.proj_audio, targets, out.best_low_res_masks[rows], frames, cfg,
             generator,
         )
-    terms["total"] = terms["seg"] + cfg.weight * terms["audiocon"]
+    mask_logits = out.fuser.mask_prompt
+    terms["mask"] = seg["total"].new_zeros(()) if mask_logits is None else mask_prompt_loss(mask_logits[rows], targets)
+    terms["total"] = terms["seg"] + cfg.weight * terms["audiocon"] + mask_weight * terms["mask"]
     return terms
 
 
@@ -251,7 +262,8 @@ class AuralSAM2(nn.Module):
         """Run one clip. `visual`: frames or a (cached) pyramid; `audio`: log-mel examples or
         embeddings; `text`: expression or its hidden states. `cond_frame` defaults to the released
         rule: N // 2 in training, 0 in eval (AVSBench; Ref-AVS uses N // 2 always: pass it).
-        `point_inputs`/`mask_inputs` prompt the conditioning frame (SAM2 format)."""
+        `point_inputs`/`mask_inputs` prompt the conditioning frame (SAM2 format); a fuser with
+        `mask_prompt` prompts every frame with its mask (unless `mask_inputs` is given)."""
         pyramid = self.pyramid_of(visual)
         n = pyramid.s16.shape[0]
         if cond_frame is None:
@@ -270,6 +282,7 @@ class AuralSAM2(nn.Module):
             cond_frame,
             point_inputs,
             mask_inputs=mask_inputs,
+            frame_mask_inputs=None if fused.mask_prompt is None or mask_inputs is not None else fused.mask_prompt.sigmoid(),
             official_query_pe=self.official_query_pe,
         )
         return ClipOutput(frames, fused, cond_frame)
@@ -284,9 +297,10 @@ class AuralSAM2(nn.Module):
         audiocon: AudioConConfig | None = None,
         seg_weights: SegLossWeights | None = None,
         generator: torch.Generator | None = None,
+        mask_weight: float = 5.0,
     ) -> dict[str, Tensor]:
         """See `clip_loss`."""
-        return clip_loss(out, masks, supervised_frames, audiocon, seg_weights, generator)
+        return clip_loss(out, masks, supervised_frames, audiocon, seg_weights, generator, mask_weight)
 
     @torch.no_grad()
     def predict_clip(

@@ -83,6 +83,7 @@ def track_clip(
     point_inputs: PointInputs | None = None,
     *,
     mask_inputs: Tensor | None = None,
+    frame_mask_inputs: Tensor | None = None,
     official_query_pe: bool = True,
     binarize_memory_masks: bool = True,
 ) -> list[FrameOutput]:
@@ -94,6 +95,8 @@ def track_clip(
     `cond_frame`: index of the conditioning frame. `point_inputs` (batch 1, model-input pixels,
     `point_inputs_from_clicks`) and `mask_inputs` (1, 1, H, W) are SAM2 prompts for the
     conditioning frame only (paper Table 6); they are decoded together with the audio prompts.
+    `frame_mask_inputs` (N, 1, H, W): a mask prompt for every frame (values in [0, 1], or logits),
+    e.g. the fuser's audio-visual localisation map; exclusive with `mask_inputs`.
     `official_query_pe`: see `prompted_two_way`. `binarize_memory_masks=False` feeds
     `sigmoid(logits)` to the memory encoder instead (not the released regime; lets gradients
     through spatial memory).
@@ -110,6 +113,11 @@ def track_clip(
             "this SAM2 does not binarise memory masks (binarize_mask_from_pts_for_mem_enc=False): "
             "build it with build_sam2_model or call freeze_sam2(model)"
         )
+    if frame_mask_inputs is not None:
+        if mask_inputs is not None:
+            raise ValueError("give mask_inputs (conditioning frame) or frame_mask_inputs (every frame), not both")
+        if frame_mask_inputs.ndim != 4 or tuple(frame_mask_inputs.shape[:2]) != (num_frames, 1):
+            raise ValueError(f"frame_mask_inputs must be ({num_frames}, 1, H, W), got {tuple(frame_mask_inputs.shape)}")
     dense, sparse = _unpack_prompts(prompts)
     for name, stage_prompts in (("dense", dense), ("sparse", sparse)):
         for k, p in enumerate(stage_prompts or []):
@@ -144,7 +152,8 @@ def track_clip(
             _frame_prompts(dense, t),
             _frame_prompts(sparse, t),
             point_inputs=point_inputs if is_cond else None,
-            mask_inputs=mask_inputs if is_cond else None,
+            mask_inputs=frame_mask_inputs[t : t + 1] if frame_mask_inputs is not None
+            else mask_inputs if is_cond else None,
             multimask_output=True,
             official_query_pe=official_query_pe,
         )

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,14 +147,26 @@ def ablation_row_task(config_yaml: str, row_name: str, parent_run_id: str | None
     from flows.train import train_run
 
     cfg = config_from_mapping(yaml.safe_load(config_yaml), f"ablation row {row_name!r}")
+    started = time.time()
     done = finished_run(cfg)
     reused = done is not None
     summary = done if reused else train_run(cfg, parent_run_id=parent_run_id, tracking=tracking)
+    trained = time.time()
     if not summary.get("best_checkpoint"):
         raise RuntimeError(f"ablation row {row_name!r}: training produced no best checkpoint ({summary})")
     run_id = summary.get("run_id") or f"local-{cfg.run_name}"
     evaluate_split(summary["best_checkpoint"], cfg, sel.split, run_id, tracking)
-    return {"row": row_name, "run_name": cfg.run_name, "run_id": run_id, "reused": reused,
+    # wall-clock (epoch) spans of the library work, and when this process started, for benchmarks
+    # that run rows in worker processes
+    spans = [(started, trained), (trained, time.time())]
+    try:
+        import psutil  # present with dask's `distributed`; only benchmarks read this
+
+        process_started = psutil.Process().create_time()
+    except ImportError:
+        process_started = None
+    return {"row": row_name, "run_name": cfg.run_name, "run_id": run_id, "reused": reused, "pid": os.getpid(),
+            "library_spans": spans, "process_started": process_started,
             "checkpoint": summary["best_checkpoint"], **selection_metrics(run_id, cfg, sel)}
 
 
@@ -213,8 +226,14 @@ def summary_png(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
 
 @flow(name="ablate")
 def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = None,
-                selection: SummarySelection | None = None, tracking: bool = True) -> dict[str, Any]:
-    """Train and evaluate every row of a grid under one parent MLflow run; write the summary."""
+                selection: SummarySelection | None = None, tracking: bool = True,
+                row_workers: int = 1) -> dict[str, Any]:
+    """Train and evaluate every row of a grid under one parent MLflow run; write the summary.
+
+    `row_workers` > 1 trains that many rows at once, each in its own process (Prefect's
+    `ProcessPoolTaskRunner`): one torch thread per row, so a 2-core machine runs 2 rows in the time
+    of ~1. Rows are independent (own run folder, own seed, own MLflow child run; MLflow's SQLite store
+    waits on its lock), so results do not depend on the worker count."""
     from dashboards.schema import write_table
     from flows import tracking as mlf
 
@@ -226,8 +245,12 @@ def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = 
     parent_id = mlf.start_run(base.experiment, parent_name, tags={"auralsam2.kind": "ablation", "grid": grid}) \
         if tracking else f"local-{parent_name}"
     try:
-        results = [ablation_row_task(config_to_yaml(row_config(base, row)), row.name, parent_id if tracking else None,
-                                     sel, tracking) for row in grid_rows]
+        args = [(config_to_yaml(row_config(base, row)), row.name, parent_id if tracking else None, sel, tracking)
+                for row in grid_rows]
+        if row_workers > 1 and len(args) > 1:
+            results = _rows_in_processes(args, row_workers)
+        else:
+            results = [ablation_row_task(*a) for a in args]
         table = summary_rows(results, grid_rows, base, parent_id, sel)
         home = data_home()
         parquet = write_table(table, "ablation_summary", parent_id, home, "summary")
@@ -248,9 +271,26 @@ def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = 
             "summary": str(parquet), "png": str(png)}
 
 
+@flow(name="ablate-rows")
+def _parallel_rows(args: list[tuple]) -> list[dict[str, Any]]:
+    futures = [ablation_row_task.submit(*a) for a in args]
+    return [f.result() for f in futures]
+
+
+def _rows_in_processes(args: list[tuple], workers: int) -> list[dict[str, Any]]:
+    """Run the rows' tasks in a pool of `workers` processes, in grid order."""
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    todo = [a for a in args if finished_run(config_from_mapping(yaml.safe_load(a[0]), a[1])) is None]
+    if len(todo) < 2:  # nothing to overlap: no pool to start
+        return [ablation_row_task(*a) for a in args]
+    runner = ProcessPoolTaskRunner(max_workers=min(workers, len(args)))
+    return _parallel_rows.with_options(task_runner=runner)(args=args)
+
+
 def run_ablate(config_path: str | os.PathLike, overrides: Sequence[str] = (), *, grid: str = "paper",
                rows: Sequence[str] | None = None, selection: SummarySelection | None = None,
-               tracking: bool = True) -> dict[str, Any]:
+               tracking: bool = True, row_workers: int = 1) -> dict[str, Any]:
     cfg = load_config(config_path, overrides)
     return ablate_flow(config_yaml=config_to_yaml(cfg), grid=grid, rows=list(rows) if rows else None,
-                       selection=selection, tracking=tracking)
+                       selection=selection, tracking=tracking, row_workers=row_workers)

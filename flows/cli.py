@@ -82,6 +82,7 @@ def demo(
     clips: int = typer.Option(None, help="Clips per subset of the synthetic world (default: the world's default)."),
     seed: int = typer.Option(0, help="World seed."),
     grid: str = typer.Option("demo", help="Ablation grid of configs/ablations.yaml to run after the full model."),
+    row_workers: int = typer.Option(2, help="Grid rows trained at once, one process and one torch thread each."),
 ) -> dict:
     """The whole chain on the built-in synthetic world: world -> shards -> cache -> train -> evaluate ->
     MLflow -> Parquet, plus a mini ablation grid; prints the table and where everything is."""
@@ -103,7 +104,7 @@ def demo(
     typer.echo(f"[2/3] pipeline ({config_path.name}): ingest -> cache -> train -> evaluate, then the "
                f"'{grid}' ablation grid")
     result = run_pipeline(config_path, raw=world / "AVSBench", ablate_grid=grid,
-                          selection=SummarySelection(**DEMO_SELECTION))
+                          selection=SummarySelection(**DEMO_SELECTION), row_workers=row_workers)
     total = time.perf_counter() - started
     typer.echo("[3/3] results")
     ablation = result["ablation"]
@@ -130,7 +131,7 @@ Next:
   DuckDB query   .venv/bin/auralsam2 query worst_clips --param limit=10
                  .venv/bin/auralsam2 query "select row, J, F, J_and_F from ablation_summary order by J desc"
 """)
-    return {"rows": rows, "timings": timings, "total_s": total}
+    return {"rows": rows, "timings": timings, "total_s": total, "row_results": ablation["results"]}
 
 
 @app.command("pretrain-tiny-sam2")
@@ -255,6 +256,7 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override a config field (repeatable)."),
     workers: int = typer.Option(None, help="Local Dask cluster of N workers for the ingest and cache steps."),
     dask: str = typer.Option(None, help="Existing Dask scheduler (tcp://host:8786) for the ingest and cache steps."),
+    row_workers: int = typer.Option(1, help="Ablation rows trained at once, each in its own process."),
 ) -> None:
     """Run the pipeline once: ingest -> cache -> train -> evaluate (-> ablate), skipping finished steps."""
     from auralsam2.config import ConfigError
@@ -262,7 +264,7 @@ def run(
 
     try:
         result = run_pipeline(config, set_, raw=raw, subset=subset, ablate_grid=ablate, workers=workers,
-                              dask_address=dask)
+                              dask_address=dask, row_workers=row_workers)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"{result['experiment']}: run {result['run_name']}, best checkpoint {result['train']['best_checkpoint']}")
@@ -303,6 +305,7 @@ def ablate(
     split: str = typer.Option("test", help="Split of the summary numbers."),
     subsets: str = typer.Option("", help="Comma-separated subsets of the summary numbers (default: all)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field (repeatable)."),
+    row_workers: int = typer.Option(1, help="Rows trained at once, each in its own process (one torch thread each)."),
 ) -> None:
     """Train and evaluate an ablation grid as nested MLflow runs; write the summary table."""
     from auralsam2.config import ConfigError
@@ -310,7 +313,8 @@ def ablate(
 
     selection = SummarySelection(split=split, subsets=[s for s in subsets.split(",") if s])
     try:
-        result = run_ablate(config, set_, grid=grid, rows=rows.split(",") if rows else None, selection=selection)
+        result = run_ablate(config, set_, grid=grid, rows=rows.split(",") if rows else None, selection=selection,
+                            row_workers=row_workers)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(result["markdown"])

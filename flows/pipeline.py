@@ -138,7 +138,7 @@ def _run(step, outputs_ok: bool, **kwargs):
 @flow(name="pipeline")
 def pipeline_flow(config_yaml: str, raw: str | None = None, subset: str = "all", ablate_grid: str | None = None,
                   selection: SummarySelection | None = None, workers: int | None = None,
-                  dask_address: str | None = None) -> dict[str, Any]:
+                  dask_address: str | None = None, row_workers: int = 1) -> dict[str, Any]:
     """Run (or skip, when up to date) every step for one experiment config."""
     from feature_cache.build import cache_is_current
     from flows.ablate import ablate_flow
@@ -169,6 +169,20 @@ def pipeline_flow(config_yaml: str, raw: str | None = None, subset: str = "all",
                   workers=workers, dask_address=dask_address)
     timings["cache"] = time.perf_counter() - t
 
+    ablation = None
+    # With parallel rows the grid goes first: its `full` row is this config, so it trains beside the
+    # other rows and the train step below reuses it, instead of training alone on one core.
+    ablate_first = bool(ablate_grid) and row_workers > 1
+
+    def ablate() -> dict[str, Any]:
+        t = time.perf_counter()
+        out = ablate_flow(config_yaml=config_to_yaml(cfg.model_copy(update={"run_name": None})),
+                          grid=ablate_grid, selection=selection, row_workers=row_workers)
+        timings["ablate"] = time.perf_counter() - t
+        return out
+
+    if ablate_first:
+        ablation = ablate()
     t = time.perf_counter()
     trained = _run(train_step, finished_run(cfg) is not None, config_yaml=config_to_yaml(cfg),
                    cache_fingerprint=cached["fingerprint"])
@@ -182,23 +196,19 @@ def pipeline_flow(config_yaml: str, raw: str | None = None, subset: str = "all",
                      config_yaml=config_to_yaml(cfg), run_id=trained["run_id"], splits=splits)
     timings["evaluate"] = time.perf_counter() - t
 
-    ablation = None
-    if ablate_grid:
-        t = time.perf_counter()
-        ablation = ablate_flow(config_yaml=config_to_yaml(cfg.model_copy(update={"run_name": None})),
-                               grid=ablate_grid, selection=selection)
-        timings["ablate"] = time.perf_counter() - t
+    if ablate_grid and not ablate_first:
+        ablation = ablate()
     return {"experiment": cfg.experiment, "run_name": cfg.run_name, "ingest": ingest, "cache": cached,
             "train": trained, "evaluate": evaluated, "ablation": ablation, "timings": timings}
 
 
 def run_pipeline(config_path: str | os.PathLike, overrides: Sequence[str] = (), *, raw: str | os.PathLike | None = None,
                  subset: str = "all", ablate_grid: str | None = None, selection: SummarySelection | None = None,
-                 workers: int | None = None, dask_address: str | None = None) -> dict[str, Any]:
+                 workers: int | None = None, dask_address: str | None = None, row_workers: int = 1) -> dict[str, Any]:
     cfg = load_config(config_path, overrides)
     return pipeline_flow(config_yaml=config_to_yaml(cfg), raw=str(Path(raw).resolve()) if raw else None,
                          subset=subset, ablate_grid=ablate_grid, selection=selection, workers=workers,
-                         dask_address=dask_address)
+                         dask_address=dask_address, row_workers=row_workers)
 
 
 def serve_pipeline(config_path: str | os.PathLike, cron: str, overrides: Sequence[str] = (), *,

@@ -194,12 +194,13 @@ def test_levels_use_the_deepest_pyramid_levels_only():
 
 def test_prompt_switches():
     fuser, out = run(FuserConfig.tiny(sparse_prompts=False))
-    assert len(fuser(tiny_pyramid(), torch.randn(N, 32))) == 4  # (dense, sparse, proj_visual, proj_audio)
+    assert len(fuser(tiny_pyramid(), torch.randn(N, 32))) == 5  # dense, sparse, proj_visual, proj_audio, mask_prompt
     assert out.sparse is None and out.dense is not None
     _, out = run(FuserConfig.tiny(dense_prompts=False))
     assert out.dense is None and out.sparse is not None
     with pytest.raises(ValueError, match="at least one"):
         FuserConfig.tiny(sparse_prompts=False, dense_prompts=False)
+    assert out.mask_prompt is None
 
 
 def test_visual_only_takes_no_tokens():
@@ -281,3 +282,42 @@ def test_shapes_at_1024_geometry_with_b_plus_sizes():
     assert shapes(out.sparse) == [(N, 256)] * 3
     assert shapes(out.proj_visual) == [(N, 128, 64, 64)] * 3
     assert shapes(out.proj_audio) == [(N, 128)] * 3
+
+
+def test_mask_prompt_starts_from_sam2_plus_the_mask():
+    cfg = FuserConfig.tiny(mask_prompt=True)
+    fuser, out = run(cfg, train=True)
+    # zero-initialised gates: the released prompts are exactly zero at the start
+    assert all(float(d.detach().abs().max()) == 0 for d in out.dense)
+    assert all(float(s.detach().abs().max()) == 0 for s in out.sparse)
+    assert out.mask_prompt.shape == (N, 1, 8, 8)
+    # AudioCon sees the finest level's projections only; the mask is their cosine, thresholded
+    assert [v is not None for v in out.proj_visual] == [True, False, False]
+    assert [a is not None for a in out.proj_audio] == [True, False, False]
+    cosine = torch.einsum("nphw,np->nhw", out.proj_visual[0], out.proj_audio[0])[:, None]
+    assert torch.allclose(out.mask_prompt, (cosine - 0.5) / cfg.mask_prompt_temperature, atol=1e-5)
+    # the map is detached: a loss on the mask trains the threshold, not the projection heads
+    out.mask_prompt.sum().backward()
+    assert fuser.mask_prompt_threshold.grad is not None
+    assert all(p.grad is None for p in fuser.train_proj_v1.parameters())
+    assert all(p.grad is None for p in fuser.patch_embeds[0].parameters())
+
+
+def test_mask_prompt_projections_do_not_depend_on_position():
+    # the released projections read the fused map (2-D sine PE added twice); the mask prompt's read the
+    # patch embedding, so shifting the input by one grid cell shifts the map by one cell, exactly
+    torch.manual_seed(0)
+    fuser = AuralFuser(FuserConfig.tiny(mask_prompt=True)).eval()
+    pyramid, audio = tiny_pyramid(), torch.randn(N, 32)
+    shifted = [torch.roll(x, shifts=s, dims=-1) for x, s in zip(pyramid, (4, 2, 1), strict=True)]
+    with torch.no_grad():
+        a, b = fuser(pyramid, audio).mask_prompt, fuser(shifted, audio).mask_prompt
+    assert torch.allclose(torch.roll(a, 1, dims=-1), b, atol=1e-5)
+
+
+def test_mask_prompt_needs_audio():
+    assert FuserConfig.tiny(mask_prompt=True, modalities="visual").mask_prompt is False
+    assert FuserConfig.tiny(mask_prompt=True, modalities="text", variant="refavs").mask_prompt is False
+    assert FuserConfig.tiny(mask_prompt=True, dense_prompts=False, sparse_prompts=False).mask_prompt
+    _, out = run(FuserConfig.tiny(mask_prompt=True, variant="refavs", audiocon="paper"))
+    assert out.mask_prompt.shape == (N, 1, 8, 8)

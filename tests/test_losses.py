@@ -12,6 +12,7 @@ from auralsam2.losses import (
     AudioConConfig,
     SegLossWeights,
     _balanced_sample,
+    _grid_targets,
     audiocon_loss,
     audiocon_official,
     audiocon_paper,
@@ -19,6 +20,7 @@ from auralsam2.losses import (
     focal_per_mask,
     info_nce_official,
     iou_l1_per_mask,
+    mask_prompt_loss,
     official_samples,
     segmentation_loss,
     supcon,
@@ -290,3 +292,37 @@ def test_skipped_contrastive_steps_still_reach_every_head():
     loss.backward()
     assert loss.item() == 0.0
     assert all(t.grad is not None and not t.grad.any() for t in pv + pa)
+
+
+def test_audio_anchor_hand_computed():
+    # audio (0.6, 0.8): fg anchors v = (1, 0) give s_pos = 0.6; pixel-pixel negatives s = 0 (paper
+    # term), audio-background s = 0.8 (audio-anchored term); 2 background samples per frame and level
+    proj_v, _, masks, preds = tiny_audiocon_inputs()
+    audio = [torch.tensor([[0.6, 0.8]]) for _ in range(3)]
+    cfg = AudioConConfig(mode="paper", temperature=1.0)
+    paper = audiocon_paper(proj_v, audio, masks, preds, frames=[0], config=cfg)
+    assert paper.item() == pytest.approx(math.log(1 + 2 * math.exp(-0.6)), rel=1e-6)
+    both = audiocon_paper(proj_v, audio, masks, preds, frames=[0], config=cfg.model_copy(update={"audio_anchor": True}))
+    expect = (math.log(1 + 2 * math.exp(-0.6)) + math.log(1 + 2 * math.exp(0.8 - 0.6))) / 2
+    assert both.item() == pytest.approx(expect, rel=1e-6)
+
+
+def test_label_resize_area_versus_nearest():
+    # an 8x8 GT whose 2x2 grid cells are foreground on 9 of 16 pixels, never on the top-left one
+    cell = torch.zeros(4, 4)
+    cell[1:, 1:] = 1
+    masks = cell.repeat(2, 2)[None]
+    preds = torch.zeros(1, 1, 2, 2)
+    area, _ = _grid_targets(masks, preds, (2, 2), "area")
+    nearest, _ = _grid_targets(masks, preds, (2, 2), "nearest")
+    assert area.tolist() == [[1.0] * 4] and nearest.tolist() == [[0.0] * 4]
+    assert AudioConConfig().label_resize == "area"
+
+
+def test_mask_prompt_loss_is_bce_against_the_area_resized_gt():
+    masks = torch.zeros(1, 8, 8)
+    masks[0, :4, :4] = 1  # the top-left cell of a 2x2 grid
+    logits = torch.tensor([[[[2.0, -1.0], [0.5, -3.0]]]])
+    target = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    expect = F.binary_cross_entropy_with_logits(logits, target)
+    assert mask_prompt_loss(logits, masks).item() == pytest.approx(expect.item())

@@ -108,7 +108,8 @@ def test_tiny_model_trains_and_only_fuser_and_vggish_change():
         terms["total"].backward()
         opt.step()
         losses.append(terms["total"].item())
-    assert set(terms) == {"focal", "dice", "iou", "object_score", "seg", "audiocon", "total"}
+    assert set(terms) == {"focal", "dice", "iou", "object_score", "seg", "audiocon", "mask", "total"}
+    assert terms["mask"].item() == 0  # no mask prompt in the released model
     assert losses[-1] < losses[0] and min(losses[-3:]) < min(losses[:3])
     for k, v in model.sam2.state_dict().items():
         assert torch.equal(v, frozen_before[k]), k
@@ -172,3 +173,31 @@ def test_ref_avs_text_path():
     assert not torch.equal(a.logits, c.logits)
     with pytest.raises(ValueError, match="one expression"):
         model.forward_clip(images, audio, ["a", "b"])
+
+
+def test_mask_prompt_reaches_sam2_and_its_loss_calibrates_the_threshold():
+    model = make_model(mask_prompt=True)
+    images, audio, masks = clip()
+    pyramid = encode_frames(model.sam2, images)
+    model.train()
+    out = model.forward_clip(pyramid, audio)
+    assert out.fuser.mask_prompt.shape == (N, 1, S // 16, S // 16)
+    terms = clip_loss(out, masks, [0, 1, 2], AudioConConfig(mode="paper"), mask_weight=5.0)
+    from auralsam2.losses import mask_prompt_loss
+
+    assert terms["mask"].item() == pytest.approx(mask_prompt_loss(out.fuser.mask_prompt, masks).item())
+    assert terms["total"].item() == pytest.approx(
+        (terms["seg"] + terms["audiocon"] + 5.0 * terms["mask"]).item(), rel=1e-6)
+    terms["total"].backward()
+    assert model.fuser.mask_prompt_threshold.grad is not None
+    # SAM2 answers the mask: pushing the threshold down (a fuller mask) changes every frame's output
+    model.eval()
+    with torch.no_grad():
+        before = model.forward_clip(pyramid, audio).high_res_masks
+        model.fuser.mask_prompt_threshold.fill_(-1.0)
+        after = model.forward_clip(pyramid, audio).high_res_masks
+    assert all((before[t] - after[t]).abs().max() > 0 for t in range(N))
+    # without a mask prompt the term is an exact zero
+    plain = make_model()
+    plain.train()
+    assert clip_loss(plain.forward_clip(pyramid, audio), masks, [0], AudioConConfig(mode="off"))["mask"].item() == 0

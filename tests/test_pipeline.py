@@ -77,6 +77,23 @@ def test_pipeline_with_a_two_row_grid_then_rerun_skips(world: Path) -> None:
     assert len(_mlflow_runs("pipeline_test")) == n_runs
 
 
+def test_grid_rows_in_parallel_processes_match_sequential_rows(world: Path) -> None:
+    from flows.ablate import run_ablate
+    from flows.pipeline import run_pipeline
+
+    run_pipeline(DEMO_TINY, TINY_RUN, raw=world / "AVSBench")  # the cache the rows train on (skipped when done)
+    selection = SummarySelection(split="test", protocol="avsbench_official", decoding="iou_select")
+    results = {}
+    for workers in (2, 1):
+        overrides = [*TINY_RUN, f"experiment=rows_{workers}"]
+        out = run_ablate(DEMO_TINY, overrides, grid="smoke", selection=selection, row_workers=workers)
+        results[workers] = {r["row"]: (r["J"], r["F"]) for r in out["rows"]}
+        pids = {r["row"]: r["pid"] for r in out["results"]}
+        assert (pids["full"] != pids["visual_only"]) == (workers == 2)  # one process per row, or none
+        assert {r.info.run_name.split("-")[0] for r in _mlflow_runs(f"rows_{workers}")} >= {"full", "visual_only"}
+    assert results[2] == results[1]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -391,3 +391,26 @@ def test_tiny_at_256_tracks(pyramid):
     pyr = encode_frames(model, torch.randn(2, 3, 256, 256))
     outs = track_clip(model, pyr, None, cond_frame=1)
     assert outs[0].high_res_masks.shape == (1, 3, 256, 256) and outs[0].low_res_masks.shape == (1, 3, 64, 64)
+
+
+def test_track_clip_frame_mask_inputs_prompt_every_frame(tiny, pyramid):
+    n = pyramid.s16.shape[0]
+    size = tiny.sam_prompt_encoder.mask_input_size
+    gen = torch.Generator().manual_seed(3)
+    masks = (torch.rand(n, 1, *size, generator=gen) > 0.5).float()
+    with torch.no_grad():
+        # on the conditioning frame a per-frame mask is exactly SAM2's own mask prompt
+        one = track_clip(tiny, pyramid, None, cond_frame=0, mask_inputs=masks[:1])
+        every = track_clip(tiny, pyramid, None, cond_frame=0, frame_mask_inputs=masks)
+        assert _max_diff(every[0].low_res_masks, one[0].low_res_masks) == 0
+        # and it reaches the other frames: only the last processed frame changes with its own mask
+        other = masks.clone()
+        other[-1] = 1 - other[-1]
+        changed = track_clip(tiny, pyramid, None, cond_frame=0, frame_mask_inputs=other)
+    for t in range(n - 1):
+        assert _max_diff(changed[t].low_res_masks, every[t].low_res_masks) == 0
+    assert _max_diff(changed[-1].low_res_masks, every[-1].low_res_masks) > 0
+    with pytest.raises(ValueError, match="not both"):
+        track_clip(tiny, pyramid, None, cond_frame=0, mask_inputs=masks[:1], frame_mask_inputs=masks)
+    with pytest.raises(ValueError, match=rf"frame_mask_inputs must be \({n}, 1, H, W\)"):
+        track_clip(tiny, pyramid, None, cond_frame=0, frame_mask_inputs=masks[:2])
