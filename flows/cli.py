@@ -84,8 +84,9 @@ def demo(
     grid: str = typer.Option("demo", help="Ablation grid of configs/ablations.yaml to run after the full model."),
     row_workers: int = typer.Option(2, help="Grid rows trained at once, one process and one torch thread each."),
 ) -> dict:
-    """The whole chain on the built-in synthetic world: world -> shards -> cache -> train -> evaluate ->
-    MLflow -> Parquet, plus a mini ablation grid; prints the table and where everything is."""
+    """The whole chain on the built-in synthetic world: world -> shards -> cache -> a mini ablation grid
+    (rows in parallel processes; its `full` row is the trained model) -> evaluate -> MLflow -> Parquet;
+    prints the table and where everything is."""
     import time
 
     from auralsam2.config import demo_config_path
@@ -101,8 +102,9 @@ def demo(
     generate_world(world, config, progress=False)
     world_s = time.perf_counter() - started
     config_path = demo_config_path()
-    typer.echo(f"[2/3] pipeline ({config_path.name}): ingest -> cache -> train -> evaluate, then the "
-               f"'{grid}' ablation grid")
+    order = (f"the '{grid}' ablation grid ({row_workers} rows at a time) -> train (its `full` row) -> evaluate"
+             if row_workers > 1 else f"train -> evaluate -> the '{grid}' ablation grid")
+    typer.echo(f"[2/3] pipeline ({config_path.name}): ingest -> cache -> {order}")
     result = run_pipeline(config_path, raw=world / "AVSBench", ablate_grid=grid,
                           selection=SummarySelection(**DEMO_SELECTION), row_workers=row_workers)
     total = time.perf_counter() - started

@@ -1,6 +1,9 @@
 """The whole pipeline as one Prefect flow: ingest -> cache -> train -> evaluate (-> ablate).
 
-    auralsam2 run CONFIG [--raw RAW_DATASET_DIR] [--ablate GRID] [--set key=value ...]
+    auralsam2 run CONFIG [--raw RAW_DATASET_DIR] [--ablate GRID [--row-workers N]] [--set key=value ...]
+
+With `--row-workers N` > 1 the grid runs right after the cache, N rows at a time, and the train step
+reuses its `full` row (this config) instead of training it alone first.
     auralsam2 serve CONFIG --cron "0 3 * * *" [...]     # against a Prefect server
 
 Each step is one Prefect task whose cache key is the hash of its inputs (Prefect's
