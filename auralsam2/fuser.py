@@ -25,10 +25,13 @@ What flows for each `modalities` setting (ablation, paper Table 5):
   * `visual`: no tokens, no 1-D blocks, no fusion modules, no sparse prompts; dense prompts come from
     the visual path alone (patch embed -> smooth -> PE -> blocks -> PE).
 `mask_prompt` (ours, off in the released model; the synthetic demo uses it): the AudioCon heads
-read the finest used level's patch embedding (before any position encoding) and the per-frame audio
-token (before the 1-D blocks mix frames); their per-pixel cosine, minus a learnt threshold over a
-temperature, is a mask-prompt logit map `(N, 1, G, G)` that `AuralSAM2` feeds, as sigmoid, to SAM2's
-own (frozen) mask-prompt encoder on every frame. AudioCon then supervises those projections only.
+read the used levels' patch embeddings, summed (`mask_prompt_levels`; all on the G x G grid, before
+any position encoding), and the per-frame audio token (before the 1-D blocks mix frames); their
+per-pixel cosine gives a mask-prompt logit map `(N, 1, G, G)` that `AuralSAM2` feeds, as sigmoid, to
+SAM2's own (frozen) mask-prompt encoder on every frame. A cell is on where its cosine clears a learnt
+threshold and `mask_prompt_peak_ratio` of the frame's highest cosine: within a frame the sounding
+object ranks first, but the level varies from frame to frame (mixtures, quiet sources), so a global
+threshold alone both misses and over-marks. AudioCon then supervises those projections only.
 The released dense and sparse prompts are multiplied by zero-initialised gates (`prompt_gates`,
 dense/sparse x level), so training starts from "SAM2 + the mask prompt". Why (measured, see
 `bench/results/hearing.md`): in a short CPU budget the released prompts do not learn to hear and,
@@ -115,7 +118,15 @@ class FuserConfig(BaseModel):
         "the frame's sound is, from AudioCon's pixel-audio similarity (see the module doc)",
     )
     mask_prompt_temperature: float = Field(
-        0.05, gt=0, description="mask prompt = sigmoid((cosine - learnt threshold) / temperature)"
+        0.05, gt=0, description="mask prompt = sigmoid((cosine - threshold) / temperature)"
+    )
+    mask_prompt_levels: Literal["finest", "all"] = Field(
+        "all", description="the map's visual input: the finest used level's patch embedding, or the sum of "
+        "every used level's (all on the same G x G grid, before position encoding)"
+    )
+    mask_prompt_peak_ratio: float = Field(
+        0.85, ge=0, le=1, description="a cell is on only where its cosine also reaches this share of the "
+        "frame's highest cosine (a per-frame threshold; 0 = the learnt global threshold alone)"
     )
     modalities: Modalities | None = Field(
         None,
@@ -292,8 +303,9 @@ class AuralFuser(nn.Module):
         for k in cfg.used_levels:
             x = self.patch_embeds[k](pyramid[k])  # (N, C, G, G)
             h, w = x.shape[-2:]
-            if embedded is None and cfg.mask_prompt:  # the finest level, before any position encoding
-                embedded = x.flatten(2).transpose(1, 2)
+            if cfg.mask_prompt and (embedded is None or cfg.mask_prompt_levels == "all"):  # before any PE
+                flat = x.flatten(2).transpose(1, 2)
+                embedded = flat if embedded is None else embedded + flat
             pos = self.pos2d(x).to(x.dtype).flatten(2).transpose(1, 2)  # (N, HW, C)
             x = x.flatten(2).transpose(1, 2)
             if previous is not None:
@@ -317,9 +329,10 @@ class AuralFuser(nn.Module):
 
     def _with_mask_prompt(self, out: FuserOutput, embedded: Tensor, audio: Tensor, grid: tuple[int, int]
                           ) -> FuserOutput:
-        """Add the mask prompt: the AudioCon heads on position-free inputs of the finest level.
+        """Add the mask prompt: the AudioCon heads on position-free inputs (`mask_prompt_levels`).
 
-        AudioCon then supervises these projections only (the other levels' are dropped), and the mask
+        AudioCon then supervises these projections only (returned as the finest used level's; the
+        other levels' are dropped), and the mask
         is computed from them DETACHED: only AudioCon shapes the map (letting the segmentation loss
         reach it through SAM2's frozen mask encoder measurably ruined it); the segmentation loss and
         the mask loss (`clip_loss`) learn the threshold.
@@ -338,7 +351,11 @@ class AuralFuser(nn.Module):
         # pixels, a released quirk: re-normalising is a no-op for the other heads)
         v, a = F.normalize(v, dim=1), F.normalize(a, dim=-1)
         cosine = torch.einsum("nphw,np->nhw", v.detach(), a.detach())  # (N, G, G)
-        logits = ((cosine - self.mask_prompt_threshold) / cfg.mask_prompt_temperature)[:, None]
+        margin = cosine - self.mask_prompt_threshold
+        if cfg.mask_prompt_peak_ratio > 0:  # and near the frame's best match (a soft AND of both margins)
+            peak = cosine.flatten(1).amax(1)[:, None, None]
+            margin = torch.minimum(margin, cosine - cfg.mask_prompt_peak_ratio * peak)
+        logits = (margin / cfg.mask_prompt_temperature)[:, None]
         gate_d, gate_s = self.prompt_gates
         return FuserOutput(
             dense=None if out.dense is None else [d * gate_d[j] for j, d in enumerate(out.dense)],

@@ -109,7 +109,7 @@ def main(quick: bool = False, write: bool = False) -> dict:
         with _timed(targets, totals, intervals), _timed(bookkeeping, book_totals, book_intervals):
             outcome = demo(clips=8 if quick else None, seed=0, grid="demo", row_workers=2)
         total = time.perf_counter() - started
-        # grid rows trained in worker processes: their train + evaluate spans (wall clock) count as
+        # grid rows trained in a worker process: their train + evaluate spans (wall clock) count as
         # library time too (in-process rows are already in `intervals`; the union counts them once)
         to_perf = time.perf_counter() - time.time()
         worker_start: list[tuple[float, float]] = []  # spawn + imports of the row worker processes
@@ -164,8 +164,8 @@ def _write(result: dict) -> None:
 
 Measured {dt.date.today()} on {platform.machine()}, {os.cpu_count()} cores, no GPU; torch {torch.__version__}.
 `auralsam2 demo` in a fresh data folder (world -> ingest -> cache -> the `demo` ablation grid of 4
-rows, two at a time in worker processes -> train (reuses the grid's `full` row) -> evaluate), the
-path `make demo` takes after setup.
+rows, two at a time: one lane in the flow's own process, one in a worker process -> train (reuses
+the grid's `full` row) -> evaluate), the path `make demo` takes after setup.
 
 * `prefect_server_start_s`: the first flow run of a process starts Prefect's local API server
   (and creates its database in this fresh data folder): timed with an empty flow before the demo,
@@ -173,9 +173,11 @@ path `make demo` takes after setup.
   includes it (what a first `make demo` on a fresh machine sees).
 * `library_s`: wall time covered by the library calls the Prefect tasks make (`in_*`: world,
   shards, cache shards, training runs, evaluations, summary; the grid rows' training and evaluation
-  in the worker processes from the spans they report); overlapping calls count once.
-* `row_worker_start_outside_library_s`: starting the row worker processes (spawn + importing torch
+  in the worker process from the spans they report); overlapping calls count once.
+* `row_worker_start_outside_library_s`: starting the row worker process (spawn + importing torch
   and the stack) while no library call runs; `orchestration_share_without_worker_start` leaves it out.
+  The flow's own process trains the grid's first row while the worker starts, so this is near 0
+  (it was 9.6 s when both rows waited for two freshly spawned workers).
 * `orchestration_share` = (wall - library) / wall: everything else, i.e. Prefect (flow and task
   runs, result persistence), MLflow tracking calls made outside the library calls, the fingerprints
   that decide which steps to skip, and the flow glue. Target (issue 8): <= 5 %.

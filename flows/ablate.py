@@ -12,10 +12,12 @@ dataset and backbone beside ours where the grid file has it.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -230,9 +232,9 @@ def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = 
                 row_workers: int = 1) -> dict[str, Any]:
     """Train and evaluate every row of a grid under one parent MLflow run; write the summary.
 
-    `row_workers` > 1 trains that many rows at once, each in its own process (Prefect's
-    `ProcessPoolTaskRunner`): one torch thread per row, so a 2-core machine runs 2 rows in the time
-    of ~1. Rows are independent (own run folder, own seed, own MLflow child run; MLflow's SQLite store
+    `row_workers` > 1 trains that many rows at once: this process and `row_workers - 1` worker
+    processes (Prefect's `ProcessPoolTaskRunner`), one torch thread per row, so a 2-core machine
+    runs 2 rows in the time of ~1. Rows are independent (own run folder, own seed, own MLflow child run; MLflow's SQLite store
     waits on its lock), so results do not depend on the worker count."""
     from dashboards.schema import write_table
     from flows import tracking as mlf
@@ -272,20 +274,73 @@ def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = 
 
 
 @flow(name="ablate-rows")
-def _parallel_rows(args: list[tuple]) -> list[dict[str, Any]]:
-    futures = [ablation_row_task.submit(*a) for a in args]
-    return [f.result() for f in futures]
+def _parallel_rows(args: list[tuple], pool_lanes: int) -> list[dict[str, Any]]:
+    """Rows on `pool_lanes + 1` lanes that take the next row as they free up: `pool_lanes` threads
+    that each hand their row to the flow's process pool, and this process, which trains rows itself
+    (it is already warm, so the grid starts at once while the workers spawn and import)."""
+    rows = list(range(len(args)))
+    results: list[dict[str, Any] | None] = [None] * len(args)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def next_row() -> int | None:
+        with lock:
+            return None if errors or not rows else rows.pop(0)
+
+    def lane(run_row: Any, first: int | None = None) -> None:
+        i = next_row() if first is None else first
+        while i is not None:
+            try:
+                results[i] = run_row(i)
+            except BaseException as exc:  # stop handing out rows; re-raised below
+                with lock:
+                    errors.append(exc)
+            i = next_row()
+
+    def in_pool(i: int) -> dict[str, Any]:
+        return ablation_row_task.submit(*args[i]).result()
+
+    def here(i: int) -> dict[str, Any]:
+        threads = torch_threads()
+        try:
+            return ablation_row_task(*args[i])
+        finally:  # training sets the process's torch threads: leave them as they were
+            torch_threads(threads)
+
+    # the threads carry this flow's context (its task runner), as Prefect's own thread runner does
+    helpers = [threading.Thread(target=contextvars.copy_context().run, args=(lane, in_pool), daemon=True)
+               for _ in range(pool_lanes)]
+    mine = next_row()  # this process takes the grid's first row, the workers the next ones
+    for t in helpers:
+        t.start()
+    lane(here, mine)
+    for t in helpers:
+        t.join()
+    if errors:
+        raise errors[0]
+    return [r for r in results if r is not None]
+
+
+def torch_threads(n: int | None = None) -> int:
+    """torch's intra-op thread count; sets it first when `n` is given."""
+    import torch
+
+    if n is not None:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
 
 
 def _rows_in_processes(args: list[tuple], workers: int) -> list[dict[str, Any]]:
-    """Run the rows' tasks in a pool of `workers` processes, in grid order."""
+    """Run the rows on `workers` lanes, this process and `workers - 1` worker processes; results in
+    grid order."""
     from prefect.task_runners import ProcessPoolTaskRunner
 
     todo = [a for a in args if finished_run(config_from_mapping(yaml.safe_load(a[0]), a[1])) is None]
     if len(todo) < 2:  # nothing to overlap: no pool to start
         return [ablation_row_task(*a) for a in args]
-    runner = ProcessPoolTaskRunner(max_workers=min(workers, len(args)))
-    return _parallel_rows.with_options(task_runner=runner)(args=args)
+    pool = min(workers, len(todo)) - 1
+    runner = ProcessPoolTaskRunner(max_workers=pool)
+    return _parallel_rows.with_options(task_runner=runner)(args=args, pool_lanes=pool)
 
 
 def run_ablate(config_path: str | os.PathLike, overrides: Sequence[str] = (), *, grid: str = "paper",

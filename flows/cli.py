@@ -82,10 +82,10 @@ def demo(
     clips: int = typer.Option(None, help="Clips per subset of the synthetic world (default: the world's default)."),
     seed: int = typer.Option(0, help="World seed."),
     grid: str = typer.Option("demo", help="Ablation grid of configs/ablations.yaml to run after the full model."),
-    row_workers: int = typer.Option(2, help="Grid rows trained at once, one process and one torch thread each."),
+    row_workers: int = typer.Option(2, help="Grid rows trained at once (this process and N-1 worker processes, one torch thread each)."),
 ) -> dict:
     """The whole chain on the built-in synthetic world: world -> shards -> cache -> a mini ablation grid
-    (rows in parallel processes; its `full` row is the trained model) -> evaluate -> MLflow -> Parquet;
+    (rows in parallel, here and in a worker process; its `full` row is the trained model) -> evaluate -> MLflow -> Parquet;
     prints the table and where everything is."""
     import time
 
@@ -258,7 +258,7 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override a config field (repeatable)."),
     workers: int = typer.Option(None, help="Local Dask cluster of N workers for the ingest and cache steps."),
     dask: str = typer.Option(None, help="Existing Dask scheduler (tcp://host:8786) for the ingest and cache steps."),
-    row_workers: int = typer.Option(1, help="Ablation rows trained at once, each in its own process."),
+    row_workers: int = typer.Option(1, help="Ablation rows trained at once: this process and N-1 worker processes."),
 ) -> None:
     """Run the pipeline once: ingest -> cache -> train -> evaluate (-> ablate), skipping finished steps."""
     from auralsam2.config import ConfigError
@@ -307,7 +307,7 @@ def ablate(
     split: str = typer.Option("test", help="Split of the summary numbers."),
     subsets: str = typer.Option("", help="Comma-separated subsets of the summary numbers (default: all)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field (repeatable)."),
-    row_workers: int = typer.Option(1, help="Rows trained at once, each in its own process (one torch thread each)."),
+    row_workers: int = typer.Option(1, help="Rows trained at once: this process and N-1 worker processes (one torch thread each)."),
 ) -> None:
     """Train and evaluate an ablation grid as nested MLflow runs; write the summary table."""
     from auralsam2.config import ConfigError

@@ -291,16 +291,37 @@ def test_mask_prompt_starts_from_sam2_plus_the_mask():
     assert all(float(d.detach().abs().max()) == 0 for d in out.dense)
     assert all(float(s.detach().abs().max()) == 0 for s in out.sparse)
     assert out.mask_prompt.shape == (N, 1, 8, 8)
-    # AudioCon sees the finest level's projections only; the mask is their cosine, thresholded
+    # AudioCon sees one set of projections (at the finest level's slot); the mask is their cosine,
+    # on where it clears both the threshold (0.5 at init) and 0.85 x the frame's best cosine
     assert [v is not None for v in out.proj_visual] == [True, False, False]
     assert [a is not None for a in out.proj_audio] == [True, False, False]
     cosine = torch.einsum("nphw,np->nhw", out.proj_visual[0], out.proj_audio[0])[:, None]
-    assert torch.allclose(out.mask_prompt, (cosine - 0.5) / cfg.mask_prompt_temperature, atol=1e-5)
+    peak = cosine.amax(dim=(2, 3), keepdim=True)
+    expect = torch.minimum(cosine - 0.5, cosine - 0.85 * peak) / cfg.mask_prompt_temperature
+    assert torch.allclose(out.mask_prompt, expect, atol=1e-5)
     # the map is detached: a loss on the mask trains the threshold, not the projection heads
     out.mask_prompt.sum().backward()
     assert fuser.mask_prompt_threshold.grad is not None
     assert all(p.grad is None for p in fuser.train_proj_v1.parameters())
-    assert all(p.grad is None for p in fuser.patch_embeds[0].parameters())
+    assert all(p.grad is None for k in range(3) for p in fuser.patch_embeds[k].parameters())
+
+
+def test_mask_prompt_reads_every_level_or_the_finest():
+    torch.manual_seed(0)
+    pyramid, audio = tiny_pyramid(), torch.randn(N, 32)
+    fuser = AuralFuser(FuserConfig.tiny(mask_prompt=True, mask_prompt_peak_ratio=0.0)).eval()
+    finest = AuralFuser(FuserConfig.tiny(mask_prompt=True, mask_prompt_peak_ratio=0.0, mask_prompt_levels="finest"))
+    finest.load_state_dict(fuser.state_dict())
+    finest.eval()
+    with torch.no_grad():
+        every, first = fuser(pyramid, audio), finest(pyramid, audio)
+        embedded = sum(fuser.patch_embeds[k](pyramid[k]) for k in range(3))
+        v = fuser.train_proj_v1(embedded.flatten(2).transpose(1, 2), None, 8, 8)
+    assert torch.allclose(every.proj_visual[0], torch.nn.functional.normalize(v, dim=1), atol=1e-5)
+    assert not torch.allclose(every.mask_prompt, first.mask_prompt)
+    # the global threshold alone: the learnt threshold's margin over the temperature
+    cosine = torch.einsum("nphw,np->nhw", first.proj_visual[0], first.proj_audio[0])[:, None]
+    assert torch.allclose(first.mask_prompt, (cosine - 0.5) / 0.05, atol=1e-4)
 
 
 def test_mask_prompt_projections_do_not_depend_on_position():

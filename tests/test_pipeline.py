@@ -77,7 +77,7 @@ def test_pipeline_with_a_two_row_grid_then_rerun_skips(world: Path) -> None:
     assert len(_mlflow_runs("pipeline_test")) == n_runs
 
 
-def test_grid_rows_in_parallel_processes_match_sequential_rows(world: Path) -> None:
+def test_grid_rows_in_parallel_lanes_match_sequential_rows(world: Path) -> None:
     from flows.ablate import run_ablate
     from flows.pipeline import run_pipeline
 
@@ -89,7 +89,9 @@ def test_grid_rows_in_parallel_processes_match_sequential_rows(world: Path) -> N
         out = run_ablate(DEMO_TINY, overrides, grid="smoke", selection=selection, row_workers=workers)
         results[workers] = {r["row"]: (r["J"], r["F"]) for r in out["rows"]}
         pids = {r["row"]: r["pid"] for r in out["results"]}
-        assert (pids["full"] != pids["visual_only"]) == (workers == 2)  # one process per row, or none
+        # 2 lanes: this process takes the first row, a worker process the second; 1 lane: all here
+        assert pids["full"] == os.getpid()
+        assert (pids["visual_only"] != os.getpid()) == (workers == 2)
         assert {r.info.run_name.split("-")[0] for r in _mlflow_runs(f"rows_{workers}")} >= {"full", "visual_only"}
     assert results[2] == results[1]
 
