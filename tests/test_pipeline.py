@@ -166,3 +166,26 @@ def _poll_deployment(env: dict, name: str, serve: subprocess.Popen, timeout: flo
             return DeploymentResponse.model_validate_json(probe.stdout.strip().splitlines()[-1])
         time.sleep(2)
     raise TimeoutError(f"deployment {name} not registered after {timeout} s")
+
+
+def test_summary_puts_the_papers_number_next_to_ours(tmp_path: Path) -> None:
+    from auralsam2.config import load_config
+    from flows.ablate import summary_markdown, summary_rows
+
+    base = load_config(DEMO_TINY)
+    key = f"{base.experiment}/{base.model.sam2.config}"
+    grid = tmp_path / "ablations.yaml"
+    grid.write_text(f"""
+grids: {{g: [full, visual_only]}}
+rows:
+  full: {{table: "Tables 3-5", overrides: {{}}, paper: {{"{key}": {{J: 0.80, F: 0.90, table: "Table 4"}}}}}}
+  visual_only: {{table: "Table 3", overrides: {{model.fuser.modalities: visual}}, paper: {{"other/hiera_l": {{J: 0.5}}}}}}
+""")
+    rows = load_grid("g", path=grid)
+    results = [{"protocol": "avsbench_official", "J": 0.75, "F": 0.85}, {"protocol": "avsbench_official", "J": 0.5, "F": 0.6}]
+    table = summary_rows(results, rows, base, "parent", SummarySelection())
+    assert (table[0]["paper_J"], table[0]["paper_F"], table[0]["paper_table"]) == (0.80, 0.90, "Table 4")
+    assert (table[1]["paper_J"], table[1]["paper_table"]) == (None, "Table 3")  # another dataset/backbone's number
+    md = summary_markdown(table, "t").splitlines()
+    assert md[4] == "| full | 0.750 | 0.850 | 0.800 | 0.800 | 0.900 | -0.050 | Table 4 |"
+    assert md[5] == "| visual_only | 0.500 | 0.600 | 0.550 | n/a | n/a | n/a | Table 3 |"
