@@ -331,11 +331,11 @@ class AuralFuser(nn.Module):
                           ) -> FuserOutput:
         """Add the mask prompt: the AudioCon heads on position-free inputs (`mask_prompt_levels`).
 
-        AudioCon then supervises these projections only (returned as the finest used level's; the
-        other levels' are dropped), and the mask
-        is computed from them DETACHED: only AudioCon shapes the map (letting the segmentation loss
-        reach it through SAM2's frozen mask encoder measurably ruined it); the segmentation loss and
-        the mask loss (`clip_loss`) learn the threshold.
+        AudioCon then supervises these projections only (returned in the finest used level's slot;
+        the other levels' are dropped), and the mask is computed from them DETACHED: only AudioCon
+        shapes the map (letting the segmentation loss reach it through SAM2's frozen mask encoder
+        measurably ruined it); the segmentation loss and the mask loss (`clip_loss`) learn the
+        threshold.
         """
         cfg = self.config
         n = embedded.shape[0]

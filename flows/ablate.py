@@ -234,8 +234,8 @@ def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = 
 
     `row_workers` > 1 trains that many rows at once: this process and `row_workers - 1` worker
     processes (Prefect's `ProcessPoolTaskRunner`), one torch thread per row, so a 2-core machine
-    runs 2 rows in the time of ~1. Rows are independent (own run folder, own seed, own MLflow child run; MLflow's SQLite store
-    waits on its lock), so results do not depend on the worker count."""
+    runs 2 rows in the time of ~1. Rows are independent (own run folder, own seed, own MLflow child
+    run; MLflow's SQLite store waits on its lock), so results do not depend on the worker count."""
     from dashboards.schema import write_table
     from flows import tracking as mlf
 
@@ -250,7 +250,7 @@ def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = 
         args = [(config_to_yaml(row_config(base, row)), row.name, parent_id if tracking else None, sel, tracking)
                 for row in grid_rows]
         if row_workers > 1 and len(args) > 1:
-            results = _rows_in_processes(args, row_workers)
+            results = _rows_in_lanes(args, row_workers)
         else:
             results = [ablation_row_task(*a) for a in args]
         table = summary_rows(results, grid_rows, base, parent_id, sel)
@@ -318,7 +318,7 @@ def _parallel_rows(args: list[tuple], pool_lanes: int) -> list[dict[str, Any]]:
         t.join()
     if errors:
         raise errors[0]
-    return [r for r in results if r is not None]
+    return results  # type: ignore[return-value]  (every lane finished without error: all filled)
 
 
 def torch_threads(n: int | None = None) -> int:
@@ -330,7 +330,7 @@ def torch_threads(n: int | None = None) -> int:
     return torch.get_num_threads()
 
 
-def _rows_in_processes(args: list[tuple], workers: int) -> list[dict[str, Any]]:
+def _rows_in_lanes(args: list[tuple], workers: int) -> list[dict[str, Any]]:
     """Run the rows on `workers` lanes, this process and `workers - 1` worker processes; results in
     grid order."""
     from prefect.task_runners import ProcessPoolTaskRunner
