@@ -197,17 +197,23 @@ def _grid_targets(
     """GT `(F, S, S)` -> `(F, G*G)` by `resize` ("nearest" or "area": foreground share >= 0.5);
     best low-res logits `(F, 1, h, w)` -> bilinear `(F, G*G)`."""
     if resize == "area":
-        m = (F.adaptive_avg_pool2d(masks[:, None].float(), grid)[:, 0] >= 0.5).float().flatten(1)
+        m = grid_foreground(masks, grid).flatten(1)
     else:
         m = F.interpolate(masks[:, None].float(), size=grid, mode="nearest")[:, 0].flatten(1)
     p = F.interpolate(predictions.float(), size=grid, mode="bilinear", align_corners=False)[:, 0].flatten(1)
     return m, p
 
 
+def grid_foreground(masks: Tensor, grid: tuple[int, int]) -> Tensor:
+    """GT `(F, S, S)` (binary or class ids) -> float `(F, G, G)`: 1 where at least half of the cell
+    is foreground (GT > 0)."""
+    return (F.adaptive_avg_pool2d((masks[:, None] > 0).float(), grid)[:, 0] >= 0.5).float()
+
+
 def mask_prompt_loss(logits: Tensor, masks: Tensor) -> Tensor:
-    """BCE of mask-prompt logits `(F, 1, G, G)` against the GT `(F, S, S)` area-resized to the grid
-    (a cell is foreground when at least half of it is); mean over cells and frames."""
-    target = (F.adaptive_avg_pool2d((masks[:, None] > 0).float(), logits.shape[-2:]) >= 0.5).float()
+    """BCE of mask-prompt logits `(F, 1, G, G)` against the GT `(F, S, S)` on the grid
+    (`grid_foreground`); mean over cells and frames."""
+    target = grid_foreground(masks, tuple(logits.shape[-2:]))[:, None]
     return F.binary_cross_entropy_with_logits(logits.float(), target)
 
 

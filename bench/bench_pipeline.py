@@ -126,7 +126,7 @@ def main(quick: bool = False, write: bool = False) -> dict:
         shutil.rmtree(home, ignore_errors=True)
 
     library = covered(intervals)  # not sum(totals): parallel shard tasks overlap
-    # worker start only where no library call runs (the first wave's workers start together)
+    # worker start only where no library call runs (the flow's own lane trains meanwhile)
     worker_start_s = covered(intervals + worker_start) - library if worker_start else 0.0
     outside_library_bookkeeping = covered(intervals + book_intervals) - library
     prefect_and_glue = total - library - outside_library_bookkeeping

@@ -317,6 +317,11 @@ def test_label_resize_area_versus_nearest():
     nearest, _ = _grid_targets(masks, preds, (2, 2), "nearest")
     assert area.tolist() == [[1.0] * 4] and nearest.tolist() == [[0.0] * 4]
     assert AudioConConfig().label_resize == "area"
+    # class ids (AVSS labels) count as foreground by GT > 0, not by their size: a cell with one
+    # pixel of class 56 stays background
+    labels = torch.zeros(1, 8, 8)
+    labels[0, 0, 0] = 56
+    assert _grid_targets(labels, preds, (2, 2), "area")[0].tolist() == [[0.0] * 4]
 
 
 def test_mask_prompt_loss_is_bce_against_the_area_resized_gt():
