@@ -31,9 +31,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from auralsam2.audio import VGGishConfig
+from auralsam2.decoding import DecodeMode
+from auralsam2.evaluation import PROTOCOLS
 from auralsam2.fuser import FuserConfig
 from auralsam2.losses import AudioConConfig, SegLossWeights
-from auralsam2.metrics import PROTOCOLS
 
 __all__ = [
     "ConfigError",
@@ -55,7 +56,6 @@ __all__ = [
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-Decoding = Literal["first", "iou_select", "iou_occ_select"]
 
 
 class ConfigError(ValueError):
@@ -172,7 +172,7 @@ class TrainConfig(_Strict):
     select_on: Literal["val", "test"] = Field("val", description="split for model selection; 'test' reproduces "
                                                                  "the release and is logged as a warning + tag")
     select_protocol: str = Field("auralsam2_released", description="protocol whose J selects the best checkpoint")
-    select_decoding: Decoding = Field("iou_select", description="decoding used for selection (released)")
+    select_decoding: DecodeMode = Field("iou_select", description="decoding used for selection (released)")
     stop_after_steps: int | None = Field(None, ge=1, description="stop as if interrupted after this global step "
                                                                  "(last.ckpt written; resume with --resume)")
     ddp_find_unused_parameters: Literal["auto", "on", "off"] = Field(
@@ -194,14 +194,14 @@ class EvalConfig(_Strict):
     splits: tuple[str, ...] = Field(("test",), description="splits evaluated by `auralsam2 evaluate` (Ref-AVS: "
                                                            "test_s, test_u, test_n)")
     protocols: tuple[str, ...] = Field(("avsbench_official", "auralsam2_released"),
-                                       description="metric protocols (auralsam2.metrics.PROTOCOLS)")
-    decodings: tuple[Decoding, ...] = Field(("first", "iou_select", "iou_occ_select"),
+                                       description="metric protocols (auralsam2.evaluation.PROTOCOLS)")
+    decodings: tuple[DecodeMode, ...] = Field(("first", "iou_select", "iou_occ_select"),
                                             description="mask decoding modes, all from one forward per clip")
     cond_frame: Literal["auto", "first", "middle"] = Field(
         "auto", description="conditioning frame: auto = 0 for AVSBench, N // 2 for Ref-AVS (released)")
     primary_protocol: str | None = Field(None, description="protocol of the headline numbers and overlays; "
                                                            "None = the first of `protocols`")
-    primary_decoding: Decoding = Field("iou_select", description="decoding of the headline numbers and overlays")
+    primary_decoding: DecodeMode = Field("iou_select", description="decoding of the headline numbers and overlays")
     avss_semantic: bool = Field(True, description="AVSS: also the 71-class metric with the oracle class of each "
                                                   "frame (a class-agnostic model has no class prediction)")
     overlays: int = Field(3, ge=0, description="overlay PNGs of the N best and N worst clips (frame | gt | pred)")

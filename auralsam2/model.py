@@ -15,21 +15,13 @@ regime; only the fuser and, when `trainable`, VGGish learn.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from auralsam2.audio import AudioEncoder
-from auralsam2.fuser import AuralFuser, FuserOutput
-from auralsam2.losses import (
-    AudioConConfig,
-    SegLossWeights,
-    audiocon_loss,
-    mask_prompt_loss,
-    segmentation_loss,
-)
-from auralsam2.sam2_backbone import (
+from auralsam2.backbone import (
     CompactPyramid,
     DecoderPrompts,
     FrameOutput,
@@ -41,12 +33,18 @@ from auralsam2.sam2_backbone import (
     point_inputs_from_clicks,
     track_clip,
 )
+from auralsam2.decoding import DecodeMode, decode_masks
+from auralsam2.fuser import AuralFuser, FuserOutput
+from auralsam2.losses import (
+    AudioConConfig,
+    SegLossWeights,
+    audiocon_loss,
+    mask_prompt_loss,
+    segmentation_loss,
+)
 from auralsam2.text import TextEmbeddings, TextEncoder
 
-__all__ = ["AuralSAM2", "ClipOutput", "ClipPrediction", "DecodeMode", "clip_loss", "decode_masks"]
-
-DecodeMode = Literal["first", "iou_select", "iou_occ_select"]
-
+__all__ = ["AuralSAM2", "ClipOutput", "ClipPrediction", "clip_loss"]
 
 class ClipOutput(NamedTuple):
     """`forward_clip` result: per-frame decoder outputs (frame-index order) and the fuser outputs."""
@@ -84,26 +82,6 @@ class ClipPrediction(NamedTuple):
     ious: Tensor
     object_score_logits: Tensor
     mode: str
-
-
-def decode_masks(frames: Sequence[FrameOutput], mode: DecodeMode = "iou_select") -> Tensor:
-    """Pick one (S, S) logit map per frame from the 3 multimask outputs -> (N, S, S).
-
-    `first`: mask 0. `iou_select`: argmax predicted IoU (released model selection and Ref-AVS).
-    `iou_occ_select`: `iou_select`, and the whole map set to 0 where the object score is negative
-    (an empty mask; sigmoid 0.5 everywhere for F-score thresholds, as released).
-    """
-    masks = torch.cat([f.high_res_masks for f in frames])  # (N, 3, S, S)
-    if mode == "first":
-        return masks[:, 0]
-    if mode not in ("iou_select", "iou_occ_select"):
-        raise ValueError(f"decoding mode must be first, iou_select or iou_occ_select, got {mode!r}")
-    ious = torch.cat([f.ious for f in frames])
-    picked = masks[torch.arange(masks.shape[0], device=masks.device), ious.argmax(dim=1)]
-    if mode == "iou_occ_select":
-        present = torch.cat([f.object_score_logits for f in frames]).reshape(-1, 1, 1) >= 0
-        picked = torch.where(present, picked, torch.zeros_like(picked))
-    return picked
 
 
 def clip_loss(
@@ -288,19 +266,6 @@ class AuralSAM2(nn.Module):
         return ClipOutput(frames, fused, cond_frame)
 
     forward = forward_clip
-
-    def loss(
-        self,
-        out: ClipOutput,
-        masks: Tensor,
-        supervised_frames: Sequence[int],
-        audiocon: AudioConConfig | None = None,
-        seg_weights: SegLossWeights | None = None,
-        generator: torch.Generator | None = None,
-        mask_weight: float = 5.0,
-    ) -> dict[str, Tensor]:
-        """See `clip_loss`."""
-        return clip_loss(out, masks, supervised_frames, audiocon, seg_weights, generator, mask_weight)
 
     @torch.no_grad()
     def predict_clip(

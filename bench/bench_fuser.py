@@ -24,7 +24,7 @@ from auralsam2.audio import VGGish
 from auralsam2.checkpoints import is_released_unused
 from auralsam2.fuser import AuralFuser, FuserConfig
 
-KEYS = Path("/work/shared/reference/released_checkpoint_keys/auralfuser_avs.json")
+KEYS = Path(__file__).resolve().parents[1] / "tests" / "data" / "released_checkpoint_keys" / "auralfuser_avs.json"
 RESULTS = Path(__file__).parent / "results" / "fuser.md"
 RELEASED = {  # reference §2.7 / key-list summary
     "Block (each)": 1_849_344,

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from auralsam2.metrics import (
+from auralsam2.evaluation import (
     AURALSAM2_RELEASED,
     AVSBENCH_OFFICIAL,
     StreamingEvaluator,

@@ -97,7 +97,7 @@ def main(quick: bool = False, write: bool = False) -> dict:
                                                    "run_params", "log_params", "log_artifact", "curves_png")]
         bookkeeping += [(tracking_mod.MlflowLogger, "flush")]
         bookkeeping += [(m, a) for m in (pipeline_mod, ablate_mod) for a in ("config_hash", "finished_run", "tree_signature",
-                                                                           "_sha256") if hasattr(m, a)]
+                                                                           "sha256_file") if hasattr(m, a)]
         # Prefect's local API server starts with the first flow run of a process (and creates its
         # database in a fresh PREFECT_HOME): a one-time cost, timed here with an empty flow.
         from prefect import flow

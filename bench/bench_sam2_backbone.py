@@ -23,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from auralsam2.sam2_backbone import (
+from auralsam2.backbone import (
     DecoderPrompts,
     build_sam2_model,
     compact_bytes_per_frame,

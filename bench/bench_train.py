@@ -30,18 +30,18 @@ from pathlib import Path
 import torch
 
 from auralsam2.audio import AudioEncoder, VGGish, VGGishConfig
-from auralsam2.config import PROJECT_ROOT, OptimConfig
-from auralsam2.engine import param_groups
-from auralsam2.fuser import AuralFuser, FuserConfig
-from auralsam2.losses import AudioConConfig
-from auralsam2.model import AuralSAM2, clip_loss
-from auralsam2.sam2_backbone import (
+from auralsam2.backbone import (
     build_sam2_model,
     encode_frames,
     encode_frames_compact,
     expand_compact,
     preprocess_frames,
 )
+from auralsam2.config import PROJECT_ROOT, OptimConfig
+from auralsam2.engine import param_groups
+from auralsam2.fuser import AuralFuser, FuserConfig
+from auralsam2.losses import AudioConConfig
+from auralsam2.model import AuralSAM2, clip_loss
 
 RESULTS = Path(__file__).parent / "results" / "train.md"
 

@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-VISUAL_ONLY = {"model.fuser.modalities": "visual", "model.fuser.sparse_prompts": False, "loss.audiocon.mode": "off"}
+VISUAL_ONLY = {"model.fuser.modalities": "visual", "model.fuser.sparse_prompts": False,
+               "model.fuser.mask_prompt": False, "loss.audiocon.mode": "off"}
 MULTI_SOURCE = ["v1m", "v2"]
 
 
@@ -78,6 +79,7 @@ class Items:
 
 
 def run(kind: str, steps: int, home: Path, codes, sets: dict | None = None) -> dict:
+    from auralsam2.checkpoints import read_weights
     from auralsam2.config import demo_config_path, load_config
     from auralsam2.engine import TrainingData, train
     from auralsam2.evaluation import evaluate_source
@@ -93,7 +95,7 @@ def run(kind: str, steps: int, home: Path, codes, sets: dict | None = None) -> d
     track_gt = state if kind == "oracle_dense" else None
     data = TrainingData(sam2=data.sam2, train=Items(data.train, use_codes, track_gt), select=None, select_split=None)
 
-    import auralsam2.engine as engine
+    import auralsam2.engine.loop as engine  # `train` builds its model through this module's name
 
     build = engine.build_model
     extra: list[torch.nn.Parameter] = []
@@ -125,7 +127,7 @@ def run(kind: str, steps: int, home: Path, codes, sets: dict | None = None) -> d
     finally:
         engine.build_model = build
     train_s = time.perf_counter() - start
-    weights = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)["trainable"]
+    weights = read_weights(result.last_checkpoint)["trainable"]
     missing, unexpected = model.load_state_dict(weights, strict=False)
     assert not unexpected, unexpected
     model.eval()

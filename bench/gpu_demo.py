@@ -34,7 +34,7 @@ MULTI_SOURCE = ["v1m", "v2"]
 
 def check_backbone(device: torch.device) -> dict:
     """Max abs differences (all must be 0, compact within bf16 rounding) on `device`."""
-    from auralsam2.sam2_backbone import (
+    from auralsam2.backbone import (
         build_sam2_model,
         encode_frames,
         encode_frames_compact,
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = max(1, min(args.max_steps, int(args.budget_s * probe["steps_per_s"])))
     report["probe"] = probe
     rows = {"full": {}, "visual_only": {"model.fuser.modalities": "visual", "model.fuser.sparse_prompts": False,
-                                        "loss.audiocon.mode": "off"}}
+                                        "model.fuser.mask_prompt": False, "loss.audiocon.mode": "off"}}
     report["rows"] = {}
     for name, overrides in rows.items():
         for n in sorted({args.demo_steps, steps}):

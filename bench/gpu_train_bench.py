@@ -52,17 +52,17 @@ def _timed(fn, steps: int, warmup: int) -> list[float]:
 def run(config: str = "sam2_hiera_b+", frames: int = 5, steps: int = 10, warmup: int = 3,
         image_size: int | None = None) -> dict:
     from auralsam2.audio import AudioEncoder, VGGish
+    from auralsam2.backbone import build_sam2_model, encode_frames, encode_frames_compact, expand_compact
     from auralsam2.config import OptimConfig
     from auralsam2.engine import param_groups
     from auralsam2.fuser import AuralFuser, FuserConfig
     from auralsam2.losses import AudioConConfig
     from auralsam2.model import AuralSAM2, clip_loss
-    from auralsam2.sam2_backbone import build_sam2_model, encode_frames, encode_frames_compact, expand_compact
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = device.type == "cuda"
     torch.manual_seed(0)
-    from auralsam2.runtime import use_cudnn_attention
+    from auralsam2.engine.runtime import use_cudnn_attention
 
     use_cudnn_attention(False)  # as training does (train.cudnn_attention: false)
     sam2 = build_sam2_model(config, device=device, image_size=image_size)

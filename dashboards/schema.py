@@ -7,13 +7,13 @@ an old one.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from auralsam2.utils.files import atomic_write_parquet
 
 _ID_COLUMNS = [
     ("run_id", pa.string()), ("dataset", pa.string()), ("subset", pa.string()), ("split", pa.string()),
@@ -64,9 +64,4 @@ def write_table(rows: list[dict[str, Any]] | pa.Table, table: str, partition_val
                 raise ValueError(f"{table} row {i}: unknown columns {sorted(unknown)}, missing {sorted(missing)}")
         data = pa.Table.from_pylist(rows, schema=schema)
     folder = metrics_dir(data_home) / table / f"{partition}={_SAFE.sub('_', partition_value)}"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{_SAFE.sub('_', name)}.parquet"
-    tmp = folder / f".{path.name}.tmp-{os.getpid()}"
-    pq.write_table(data, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_parquet(folder / f"{_SAFE.sub('_', name)}.parquet", data)

@@ -12,15 +12,14 @@ Outputs under the ingest folder DIR:
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from auralsam2.utils.files import atomic_write_json, atomic_write_parquet
 from data_specs.avsbench_v1 import read_ms3, read_s4
 from data_specs.avss import read_avss
 from data_specs.clip import Clip, Finding
@@ -121,12 +120,6 @@ def _claim(out: Path, dataset: str, subset: str, root: Path) -> None:
         stale.unlink()  # left by an interrupted run
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 def finalize(plan: IngestPlan, results: list[ShardResult]) -> IngestSummary:
     """Write manifest, report and summary for a finished set of shards; drop stale shards."""
     out = Path(plan.out)
@@ -140,8 +133,8 @@ def finalize(plan: IngestPlan, results: list[ShardResult]) -> IngestSummary:
     assert tuple(manifest.column_names) == MANIFEST_COLUMNS
     report = pa.Table.from_pylist([asdict(f) for f in findings],
                                   schema=pa.schema([(c, pa.string()) for c in REPORT_COLUMNS]))
-    _write_parquet(manifest, out / "manifest.parquet")
-    _write_parquet(report, out / "ingest_report.parquet")
+    atomic_write_parquet(out / "manifest.parquet", manifest)
+    atomic_write_parquet(out / "ingest_report.parquet", report)
 
     planned = {f"{p.name}.tar" for p in plan.shards}
     for tar in (out / "shards").glob("*.tar"):
@@ -166,5 +159,5 @@ def finalize(plan: IngestPlan, results: list[ShardResult]) -> IngestSummary:
     )
     if summary.clips_read != summary.clips_kept + summary.clips_quarantined:
         raise RuntimeError(f"ingest accounting does not add up: {summary}")  # would mean a lost clip
-    (out / "ingest.json").write_text(json.dumps(asdict(summary), indent=1, sort_keys=True))
+    atomic_write_json(out / "ingest.json", asdict(summary))
     return summary

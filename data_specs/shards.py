@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from auralsam2.utils.files import atomic_write_bytes
+from auralsam2.utils.hashing import sha256_file
 from data_specs.clip import Clip, Finding
 from data_specs.common import FindingSink, StrictModeError, partition_clips
 from data_specs.validate import check_clip_bytes
@@ -145,15 +147,6 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def sidecar_path(tar_path: Path) -> Path:
     return tar_path.with_suffix(".json")
 
@@ -201,13 +194,13 @@ def write_shard(plan: ShardPlan, shards_dir: Path, strict: bool = False, palette
             })
     data = buffer.getvalue()
     sha = hashlib.sha256(data).hexdigest()
-    _atomic_write(tar_path, data)
+    atomic_write_bytes(tar_path, data)
     sidecar = {
         "format": FORMAT_VERSION, "shard": tar_path.name, "plan_hash": plan.plan_hash, "n_samples": len(keys),
         "keys": keys, "content_hashes": hashes, "sha256": sha, "bytes": len(data), "rows": rows,
         "findings": [asdict(f) for f in sink.findings], "quarantined": quarantined,
     }
-    _atomic_write(sidecar_path(tar_path), json.dumps(sidecar, indent=1, sort_keys=True).encode())
+    atomic_write_bytes(sidecar_path(tar_path), json.dumps(sidecar, indent=1, sort_keys=True).encode())
     return ShardResult(plan.name, str(tar_path), len(keys), sha, len(data), rows, sink.findings, quarantined)
 
 
@@ -222,19 +215,11 @@ def _finished(tar_path: Path, plan_hash: str) -> ShardResult | None:
         return None
     if record.get("plan_hash") != plan_hash or record.get("format") != FORMAT_VERSION:
         return None
-    if tar_path.stat().st_size != record["bytes"] or file_sha256(tar_path) != record["sha256"]:
+    if tar_path.stat().st_size != record["bytes"] or sha256_file(tar_path) != record["sha256"]:
         return None
     return ShardResult(record["shard"].removesuffix(".tar"), str(tar_path), record["n_samples"], record["sha256"],
                        record["bytes"], record["rows"], [Finding(**f) for f in record["findings"]],
                        record["quarantined"], skipped=True)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_shard(tar_path: str | Path) -> list[str]:
@@ -249,7 +234,7 @@ def verify_shard(tar_path: str | Path) -> list[str]:
     problems = []
     if tar_path.stat().st_size != record["bytes"]:
         problems.append(f"{tar_path}: {tar_path.stat().st_size} bytes, sidecar says {record['bytes']}")
-    elif file_sha256(tar_path) != record["sha256"]:
+    elif sha256_file(tar_path) != record["sha256"]:
         problems.append(f"{tar_path}: sha256 differs from the sidecar")
     return problems
 

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from auralsam2.utils.files import atomic_write_json
 from data_specs.palette import label2idx, labels_to_colours
 from data_specs.synth_audio import mix_clip, wav_bytes
 from data_specs.synth_plans import plan_avss, plan_refavs, plan_release1
@@ -157,9 +158,7 @@ def _publish(out: Path, partial: dict[str, Path], marker: str, record: dict) -> 
             final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
-    tmp_marker = out / f".{marker}.partial"
-    tmp_marker.write_text(json.dumps(record, sort_keys=True, indent=1) + "\n")
-    tmp_marker.replace(out / marker)
+    atomic_write_json(out / marker, record)
 
 
 def _count(summary: WorldSummary, key: str, split: str) -> None:

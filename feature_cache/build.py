@@ -20,8 +20,9 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from feature_cache.encoder import load_model, make_fingerprint, resolve_device
-from feature_cache.files import atomic_write_bytes, atomic_write_parquet, is_temp
+from auralsam2.utils.devices import resolve_device
+from auralsam2.utils.files import atomic_write_bytes, atomic_write_parquet, is_temp
+from feature_cache.encoder import load_model, make_fingerprint
 from feature_cache.schema import (
     CacheError,
     CacheSettings,

@@ -1,6 +1,6 @@
-"""Training and evaluation items served from a feature cache (`auralsam2.evaluation.ItemSource`).
+"""Training and evaluation items served from a feature cache (`auralsam2.items.ItemSource`).
 
-An item is what one forward of AuralSAM2 sees (`auralsam2.evaluation.ClipItem`): for the AVSBench
+An item is what one forward of AuralSAM2 sees (`auralsam2.items.ClipItem`): for the AVSBench
 datasets one clip, for Ref-AVS one expression of a clip (its text embedding and the referred
 object's masks). `CacheItems` lists the items of one split (optionally of some subsets only, e.g.
 the v1s + v1m + v2 "merged pool" vs v2 alone) and serves item `i` of epoch `e`:
@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from auralsam2.evaluation import ClipItem
+from auralsam2.items import ClipItem
 from auralsam2.losses import supervised_frames
 from feature_cache.reader import CacheReader, ClipFeatures
 
@@ -42,7 +42,7 @@ def choose_view(policy: ViewPolicy, views: int, seed: int, epoch: int, index: in
 
 
 class CacheItems:
-    """The items of one split of a cache; implements `auralsam2.evaluation.ItemSource`.
+    """The items of one split of a cache; implements `auralsam2.items.ItemSource`.
 
     `task`: "avs" (one item per clip) or "ref" (one per expression whose split is `split`).
     `subsets`: keep clips of these subsets only (empty = all). `training`: pick views per epoch
@@ -151,15 +151,15 @@ def cache_expectation(sam2_config: str, checkpoint: str | None, image_size: int 
     """The fingerprint fields an experiment's `model.sam2` pins down (checked by `CacheReader`)."""
     from pathlib import Path
 
-    from auralsam2.sam2_backbone import resolve_sam2_config
-    from data_specs.shards import file_sha256
+    from auralsam2.backbone import resolve_sam2_config
+    from auralsam2.utils.hashing import sha256_file
 
     expect: dict = {"sam2_config": resolve_sam2_config(sam2_config)[0]}
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"model.sam2.checkpoint {str(path)!r}: no such file")
-        expect["checkpoint"] = f"sha256:{file_sha256(path)}"
+        expect["checkpoint"] = f"sha256:{sha256_file(path)}"
     if image_size is not None:
         expect["image_size"] = image_size
     return expect

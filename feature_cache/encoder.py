@@ -10,7 +10,6 @@ threads, device index, compression) are not part of it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import threading
 import weakref
@@ -20,21 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from auralsam2.sam2_backbone import build_sam2_model, compact_layout, resolve_sam2_config
-from data_specs.shards import file_sha256
+from auralsam2.backbone import build_sam2_model, compact_layout, resolve_sam2_config
+from auralsam2.utils.hashing import sha256_file, state_sha256
 from feature_cache.schema import FORMAT_VERSION, LOG_MEL, PREPROCESS, VIEW_RECIPE, CacheSettings
 
 _MODELS: dict[tuple, nn.Module] = {}
 _ENCODER_HASHES: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 _CHECKPOINT_HASHES: dict[tuple[str, int, int], str] = {}
 _LOCK = threading.Lock()
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' -> cuda when available (else cpu); anything else as torch.device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def default_image_size(sam2_config: str) -> int:
@@ -55,24 +47,14 @@ def checkpoint_id(settings: CacheSettings) -> str:
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _CHECKPOINT_HASHES:
-        _CHECKPOINT_HASHES[key] = file_sha256(path)
+        _CHECKPOINT_HASHES[key] = sha256_file(path)
     return f"sha256:{_CHECKPOINT_HASHES[key]}"
-
-
-def state_sha256(module: nn.Module) -> str:
-    """sha256 over a module's state dict (names, dtypes, shapes, bytes), in key order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 def encoder_sha256(model: nn.Module) -> str:
     """`state_sha256` of `model.image_encoder`, computed once per model object."""
     if model not in _ENCODER_HASHES:
-        _ENCODER_HASHES[model] = state_sha256(model.image_encoder)
+        _ENCODER_HASHES[model] = state_sha256(model.image_encoder.state_dict())
     return _ENCODER_HASHES[model]
 
 

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from auralsam2.utils.files import fsync_dir, temp_path
 from feature_cache.schema import (
     FORMAT_VERSION,
     META_CHECKSUMS,
@@ -93,51 +94,6 @@ def batch_checksum(batch: pa.RecordBatch) -> str:
         summary += struct.pack(f"<Q{n}I", size, *crcs[at:at + n])
         at += n
     return f"crc32:{zlib.crc32(summary):08x}"
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def temp_path(path: Path) -> Path:
-    """Temporary name of `path` while it is being written (hidden, per process)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def is_temp(path: Path) -> bool:
-    return path.name.startswith(".") and ".tmp-" in path.name
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def atomic_write_parquet(path: Path, table: pa.Table) -> None:
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    pq.write_table(table, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class ArrowFileWriter:

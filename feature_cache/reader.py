@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor, nn
 
-from auralsam2.sam2_backbone import (
+from auralsam2.backbone import (
     CompactPyramid,
     Pyramid,
     compact_layout,

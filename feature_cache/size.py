@@ -46,7 +46,7 @@ def layout_of(sam2_config: str) -> tuple[list[list[Any]], int, int]:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from auralsam2.sam2_backbone import compact_layout, resolve_sam2_config
+    from auralsam2.backbone import compact_layout, resolve_sam2_config
 
     _, path = resolve_sam2_config(sam2_config)
     config = OmegaConf.load(path).model

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from feature_cache.encoder import state_sha256
+from auralsam2.utils.hashing import state_sha256
 from feature_cache.files import ArrowFileWriter, verify_file
 from feature_cache.schema import FORMAT_VERSION, canonical_json, file_metadata, tensor_column, text_schema
 
@@ -58,7 +58,7 @@ def text_fingerprint(name: str, encoder, dtype: str) -> dict[str, Any]:
     return {
         "format": FORMAT_VERSION,
         "text_encoder": name,
-        "weights_sha256": state_sha256(encoder.model),
+        "weights_sha256": state_sha256(encoder.model.state_dict()),
         "tokenizer_sha256": hashlib.sha256(vocab.encode()).hexdigest(),
         "max_length": int(encoder.max_length),
         "hidden_size": int(encoder.hidden_size),

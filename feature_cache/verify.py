@@ -27,8 +27,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from auralsam2.utils.files import is_temp
 from feature_cache.build import CLIPS, INDEX, MANIFEST, SUBDIRS, read_cache_json
-from feature_cache.files import Problem, is_temp, verify_file
+from feature_cache.files import Problem, verify_file
 from feature_cache.schema import CacheError, CacheSettings
 
 _SHOWN = 20

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from auralsam2.transforms import preprocess_frames, preprocess_masks
+from auralsam2.backbone.transforms import preprocess_frames, preprocess_masks
 from feature_cache.schema import VIEW_RECIPE
 
 

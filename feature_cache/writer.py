@@ -24,11 +24,12 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from auralsam2.sam2_backbone import compact_layout, encode_frames_compact
+from auralsam2.backbone import compact_layout, encode_frames_compact
+from auralsam2.utils.devices import resolve_device
 from data_specs.clip import Clip
 from data_specs.shards import ClipSample, iter_shard
 from feature_cache.audio import audio_batch, clip_log_mel
-from feature_cache.encoder import compute_mode, encoder_sha256, load_model, resolve_device
+from feature_cache.encoder import compute_mode, encoder_sha256, load_model
 from feature_cache.files import ArrowFileWriter, CacheFile, verify_file
 from feature_cache.groundtruth import decode_ground_truth, encode_png
 from feature_cache.schema import (

@@ -37,6 +37,7 @@ from auralsam2.config import (
     load_config,
 )
 from auralsam2.paths import data_home
+from auralsam2.utils.files import atomic_path, atomic_write_json, atomic_write_text
 
 GRID_FILE = PROJECT_ROOT / "configs" / "ablations.yaml"
 
@@ -221,7 +222,8 @@ def summary_png(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return out
 
@@ -258,9 +260,9 @@ def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = 
         parquet = write_table(table, "ablation_summary", parent_id, home, "summary")
         folder = parquet.parent
         md = folder / "summary.md"
-        md.write_text(summary_markdown(table, title))
+        atomic_write_text(md, summary_markdown(table, title))
         png = summary_png(table, folder / "summary.png", title)
-        (folder / "rows.json").write_text(json.dumps(results, indent=1, default=str))
+        atomic_write_json(folder / "rows.json", results, sort_keys=False, default=str)
         if tracking:
             for path in (parquet, md, png):
                 mlf.log_artifact(parent_id, path, "ablation", mlf.client())

@@ -26,6 +26,8 @@ from prefect.cache_policies import NO_CACHE
 
 from auralsam2.config import ExperimentConfig, config_from_mapping, config_to_yaml, load_config
 from auralsam2.paths import data_home
+from auralsam2.utils.devices import resolve_device
+from auralsam2.utils.files import atomic_write_bytes
 
 __all__ = ["checkpoint_config", "evaluate_flow", "evaluate_split", "run_evaluate"]
 
@@ -89,7 +91,6 @@ def evaluate_split(checkpoint: str | os.PathLike, cfg: ExperimentConfig, split: 
                    tracking: bool = True) -> dict[str, Any]:
     """Evaluate one split (plain Python; the flow's task calls this). Returns the headline numbers,
     the flat metrics and the Parquet files written."""
-    import torch
 
     from auralsam2.engine import build_model, load_fuser_weights
     from auralsam2.evaluation import evaluate_source
@@ -98,9 +99,7 @@ def evaluate_split(checkpoint: str | os.PathLike, cfg: ExperimentConfig, split: 
     from flows import tracking as mlf
 
     home = data_home()
-    device = cfg.train.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(cfg.train.device))
     reader = open_reader(cfg, device)
     model = build_model(cfg.model.model_copy(update={"init_checkpoint": None}), reader.model).to(device)
     load_report = load_fuser_weights(model, checkpoint)
@@ -145,8 +144,7 @@ def evaluate_split(checkpoint: str | os.PathLike, cfg: ExperimentConfig, split: 
                 mlf.log_artifact(run_id, path, f"metrics/clip_metrics/{split}", c)
         for kind, png in _overlays(model, source, reader, cfg, split, scores):
             out = home / "metrics" / "overlays" / run_id / split / kind
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(png)
+            atomic_write_bytes(out, png)
             mlf.log_artifact(run_id, out, f"overlays/{split}", c)
     return {"split": split, "n_items": result.n_items, "load": load_report,
             "J": result.value(headline, cfg.eval.primary_decoding, "J"),

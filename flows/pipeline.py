@@ -32,18 +32,11 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from auralsam2.config import ExperimentConfig, config_from_mapping, config_to_yaml, load_config, resolve_path
 from auralsam2.paths import data_home
+from auralsam2.utils.hashing import sha256_file
 from flows.ablate import SummarySelection, config_hash, finished_run
 from flows.runners import retry_on_io
 
 STEP_CACHE = INPUTS + TASK_SOURCE
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tree_signature(root: str | os.PathLike) -> str:
@@ -85,7 +78,7 @@ def ingest_step(dataset: str, raw: str, out: str, subset: str, raw_signature: st
     summary = run_ingest(dataset, raw, out, subset=subset, workers=workers, dask_address=dask_address,
                          progress=False)
     manifest = Path(summary.manifest)
-    return {"out": out, "manifest": str(manifest), "manifest_sha256": _sha256(manifest),
+    return {"out": out, "manifest": str(manifest), "manifest_sha256": sha256_file(manifest),
             "clips_kept": summary.clips_kept, "clips_quarantined": summary.clips_quarantined}
 
 
@@ -100,7 +93,7 @@ def cache_step(ingest: str, manifest_sha256: str, out: str, settings_json: str,
     settings = CacheSettings.model_validate_json(settings_json)
     run_cache(ingest, out, settings, workers=workers, dask_address=dask_address, progress=False)
     info = json.loads((Path(out) / "cache.json").read_text())
-    return {"cache": out, "fingerprint": info.get("fingerprint_id") or _sha256(Path(out) / "cache.json"),
+    return {"cache": out, "fingerprint": info.get("fingerprint_id") or sha256_file(Path(out) / "cache.json"),
             "manifest_sha256": manifest_sha256}
 
 
@@ -114,7 +107,7 @@ def train_step(config_yaml: str, cache_fingerprint: str) -> dict[str, Any]:
     summary = finished_run(cfg) or train_run(cfg)
     best = summary["best_checkpoint"]
     return {"run_dir": str(run_dir_for(cfg)), "run_id": summary.get("run_id"), "best_checkpoint": best,
-            "checkpoint_sha256": _sha256(Path(best)), "cache_fingerprint": cache_fingerprint}
+            "checkpoint_sha256": sha256_file(Path(best)), "cache_fingerprint": cache_fingerprint}
 
 
 @task(name="evaluate-step", cache_policy=STEP_CACHE, persist_result=True)
@@ -162,7 +155,7 @@ def pipeline_flow(config_yaml: str, raw: str | None = None, subset: str = "all",
     else:
         if not (ingest_dir / "manifest.parquet").is_file():
             raise FileNotFoundError(f"{ingest_dir} has no manifest.parquet: give --raw RAW_DATASET_DIR to ingest it")
-        ingest = {"out": str(ingest_dir), "manifest_sha256": _sha256(ingest_dir / "manifest.parquet")}
+        ingest = {"out": str(ingest_dir), "manifest_sha256": sha256_file(ingest_dir / "manifest.parquet")}
     timings["ingest"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -8,9 +8,7 @@ torch build reproduces the same weights (fixed seeds, deterministic CPU kernels,
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import platform
 import time
 from collections.abc import Iterator
@@ -19,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from auralsam2.utils.files import atomic_torch_save, atomic_write_json
+from auralsam2.utils.hashing import sha256_file
 from data_specs.synth_objects import object_clip
 
 ASSETS = Path(__file__).resolve().parent.parent / "auralsam2" / "assets"
@@ -30,7 +30,7 @@ EVAL_STREAM = 999  # held-out clip stream (training uses stream `seed`)
 def _clips(stream: int, image_size: int, image_steps: int = 0) -> Iterator:
     """Pretraining clips: `image_steps` single frames first (cheap: learns to segment), then 5-frame
     clips (learns to track through memory)."""
-    from auralsam2.sam2_pretrain import make_clip
+    from auralsam2.pretrain.sam2 import make_clip
 
     rng = np.random.default_rng([stream, 1])
     index = 0
@@ -44,8 +44,8 @@ def run_pretrain_tiny_sam2(out: Path | None = None, steps: int = 6000, seed: int
                            image_size: int = 128, eval_clips: int = 64, threads: int = 1,
                            config: str = "tiny", image_fraction: float = 0.6, init: Path | None = None,
                            log=print) -> dict:
-    from auralsam2.sam2_backbone import build_sam2_model
-    from auralsam2.sam2_pretrain import evaluate_prompted, pretrain_sam2
+    from auralsam2.backbone import build_sam2_model
+    from auralsam2.pretrain.sam2 import evaluate_prompted, pretrain_sam2
 
     out = Path(out) if out else ASSET
     if threads:
@@ -57,7 +57,7 @@ def run_pretrain_tiny_sam2(out: Path | None = None, steps: int = 6000, seed: int
     init_record = None
     if init:
         init_json = Path(init).with_suffix(".json")
-        init_record = {"checkpoint": str(init), "sha256": hashlib.sha256(Path(init).read_bytes()).hexdigest(),
+        init_record = {"checkpoint": str(init), "sha256": sha256_file(init),
                        "recipe": json.loads(init_json.read_text()) if init_json.is_file() else None}
     started = time.time()
     history = pretrain_sam2(
@@ -67,16 +67,13 @@ def run_pretrain_tiny_sam2(out: Path | None = None, steps: int = 6000, seed: int
     )
     held_out = _clips(EVAL_STREAM, image_size)
     evaluation = evaluate_prompted(model, [next(held_out) for _ in range(eval_clips)])
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Stored in float16 to keep the committed file small (~5.7 MB); it loads into the fp32 model
     # through the ordinary strict SAM2 checkpoint path (load_state_dict casts).
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save({"model": state}, tmp)
-    os.replace(tmp, out)
+    atomic_torch_save({"model": state}, out)
     record = {
         "checkpoint": str(out),
-        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "sha256": sha256_file(out),
         "bytes": out.stat().st_size,
         "command": f"auralsam2 pretrain-tiny-sam2 --steps {steps} --seed {seed} --lr {lr} "
                    f"--image-size {image_size} --eval-clips {eval_clips} --threads {threads} --config {config} "
@@ -88,7 +85,7 @@ def run_pretrain_tiny_sam2(out: Path | None = None, steps: int = 6000, seed: int
         "eval": evaluation, "history": history[-5:],
         "torch": torch.__version__, "machine": platform.machine(), "wall_s": round(time.time() - started, 1),
     }
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    atomic_write_json(out.with_suffix(".json"), record, sort_keys=False)
     return record
 
 
@@ -116,7 +113,7 @@ def run_pretrain_tiny_vggish(out: Path | None = None, steps: int = 600, seed: in
     """Train the demo's tiny VGGish as a sound-event classifier on synthetic mixtures; save it in the
     torchvggish key layout (what `vggish-10086976.pth` uses) plus a recipe JSON."""
     from auralsam2.audio import VGGish, VGGishConfig
-    from auralsam2.audio_pretrain import evaluate_vggish, pretrain_vggish
+    from auralsam2.pretrain.vggish import evaluate_vggish, pretrain_vggish
     from data_specs.synth_world import CATALOG
 
     out = Path(out) if out else VGGISH_ASSET
@@ -131,17 +128,14 @@ def run_pretrain_tiny_vggish(out: Path | None = None, steps: int = 600, seed: in
     )
     held_out = _audio_batches(EVAL_STREAM, clips_per_batch)
     evaluation = evaluate_vggish(vggish, head, [next(held_out) for _ in range(eval_batches)])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(vggish.state_dict(), tmp)
-    os.replace(tmp, out)
+    atomic_torch_save(vggish.state_dict(), out)
     record = {
-        "checkpoint": str(out), "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "bytes": out.stat().st_size,
+        "checkpoint": str(out), "sha256": sha256_file(out), "bytes": out.stat().st_size,
         "command": f"auralsam2 pretrain-tiny-vggish --steps {steps} --seed {seed} --lr {lr} "
                    f"--clips-per-batch {clips_per_batch} --embedding-dim {embedding_dim} --threads {threads}",
         "vggish": vggish.config.model_dump(), "categories": list(CATALOG), "eval": evaluation,
         "history": history[-5:], "torch": torch.__version__, "machine": platform.machine(),
         "wall_s": round(time.time() - started, 1),
     }
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    atomic_write_json(out.with_suffix(".json"), record, sort_keys=False)
     return record

@@ -7,13 +7,12 @@ runs are read through the MLflow client and written as Parquet: one row per run,
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from auralsam2.paths import mlflow_tracking_uri
+from auralsam2.utils.files import atomic_write_parquet
 from dashboards.schema import metrics_dir
 
 
@@ -37,12 +36,7 @@ def export_runs(data_home: str | Path, tracking_uri: str | None = None) -> Path:
         "end_time": pa.array(_times(frame, "end_time"), pa.timestamp("ms")),
         **{c: _values(frame[c].tolist(), c.startswith("metrics.")) for c in keep},
     })
-    out = metrics_dir(data_home) / "runs.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".runs.parquet.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, out)
-    return out
+    return atomic_write_parquet(metrics_dir(data_home) / "runs.parquet", table)
 
 
 def _missing(v) -> bool:

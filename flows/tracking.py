@@ -18,7 +18,6 @@ Parquet, overlay PNGs of the best and worst clips (frame | gt | prediction), los
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import subprocess
@@ -29,6 +28,8 @@ from typing import Any
 
 from auralsam2.config import PROJECT_ROOT, ExperimentConfig, flatten_config
 from auralsam2.paths import data_home, mlflow_tracking_uri
+from auralsam2.utils.files import atomic_path
+from auralsam2.utils.hashing import sha256_file
 
 __all__ = [
     "MlflowLogger",
@@ -151,14 +152,6 @@ def git_commit() -> str:
     return sha + ("+dirty" if dirty else "")
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run_params(cfg: ExperimentConfig, cache_info: Mapping[str, Any] | None = None,
                cache_root: Path | None = None) -> dict[str, str]:
     """Params of a run: the flattened config, the cache fingerprint (id + fields), the ingest
@@ -170,7 +163,7 @@ def run_params(cfg: ExperimentConfig, cache_info: Mapping[str, Any] | None = Non
             if not key.startswith("cache.fingerprint.views.recipe"):
                 params[key] = value
     if cache_root is not None and (cache_root / "manifest.parquet").is_file():
-        params["data.manifest_sha256"] = _file_sha256(cache_root / "manifest.parquet")
+        params["data.manifest_sha256"] = sha256_file(cache_root / "manifest.parquet")
     params["git.commit"] = git_commit()
     return {k: ("None" if v is None else str(v))[:6000] for k, v in params.items()}
 
@@ -238,8 +231,8 @@ def curves_png(history: Sequence[Mapping[str, float]], out: Path, title: str = "
     axes[1].set_ylabel("J")
     fig.suptitle(title)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return out
 

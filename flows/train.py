@@ -29,6 +29,8 @@ from prefect.cache_policies import NO_CACHE
 
 from auralsam2.config import ExperimentConfig, config_from_mapping, config_to_yaml, load_config, resolve_path
 from auralsam2.paths import data_home
+from auralsam2.utils.devices import resolve_device
+from auralsam2.utils.files import atomic_write_json, atomic_write_text
 
 __all__ = ["latest_run_dir", "run_dir_for", "run_train", "train_flow", "train_run"]
 
@@ -60,9 +62,7 @@ def _read_run_json(run_dir: Path) -> dict[str, Any]:
 
 def _write_run_json(run_dir: Path, **fields: Any) -> None:
     info = {**_read_run_json(run_dir), **fields}
-    tmp = run_dir / f".{RUN_JSON}.tmp"
-    tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
-    os.replace(tmp, run_dir / RUN_JSON)
+    atomic_write_json(run_dir / RUN_JSON, info)
 
 
 def _resolve_run(cfg: ExperimentConfig, resume: bool) -> tuple[ExperimentConfig, Path]:
@@ -99,11 +99,7 @@ def _train_process(cfg: ExperimentConfig, run_dir: Path, resume: bool, run_id: s
 
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = cfg.train.device
-    if device == "auto":
-        import torch
-
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(cfg.train.device, local))
     reader = open_reader(cfg, device)
     data = training_data(cfg, reader)
     logger = MlflowLogger(run_id) if run_id and rank == 0 else None
@@ -120,7 +116,7 @@ def _train_process(cfg: ExperimentConfig, run_dir: Path, resume: bool, run_id: s
                "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
                "last_checkpoint": str(result.last_checkpoint)}
     if rank == 0:
-        (run_dir / "result.json").write_text(json.dumps(summary, indent=1))
+        atomic_write_json(run_dir / "result.json", summary, sort_keys=False)
     return summary
 
 
@@ -133,7 +129,7 @@ def train_run(cfg: ExperimentConfig, *, resume: bool = False, parent_run_id: str
 
     cfg, run_dir = _resolve_run(cfg, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
     run_id = _read_run_json(run_dir).get("run_id") if resume else None
     if tracking:
         c = mlf.client()

@@ -21,7 +21,7 @@ from auralsam2.audio import (
 )
 from auralsam2.checkpoints import CheckpointError, load_vggish_weights
 
-KEYS = Path("/work/shared/reference/released_checkpoint_keys/auralfuser_avs.json")
+KEYS = Path(__file__).parent / "data" / "released_checkpoint_keys" / "auralfuser_avs.json"
 
 
 # ---------------------------------------------------------------------------------------------

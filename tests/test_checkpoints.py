@@ -22,7 +22,7 @@ from auralsam2.checkpoints import (
 from auralsam2.checkpoints import is_released_unused as unused
 from auralsam2.fuser import AuralFuser, FuserConfig
 
-KEYS = Path("/work/shared/reference/released_checkpoint_keys")
+KEYS = Path(__file__).parent / "data" / "released_checkpoint_keys"
 
 
 def key_list(variant: str) -> list[dict]:
@@ -222,3 +222,24 @@ def test_own_format_detects_tampering_and_wrong_files(tmp_path):
         load_fuser_checkpoint(tmp_path / "nope.pt")
     other, _ = tiny_models(seed=1)
     assert state_fingerprint(other.state_dict()) != state_fingerprint(fuser.state_dict())
+
+
+LEGACY = Path(__file__).parent / "data" / "legacy" / "fuser_mask_prompt_v0.ckpt"
+
+
+def test_a_fuser_checkpoint_written_before_the_mask_prompt_module_still_loads() -> None:
+    """`fuser_mask_prompt_v0.ckpt` was written by commit a95025e, when the mask prompt's parameters
+    were `mask_prompt_threshold` / `prompt_gates` on the fuser itself: it loads into today's
+    `fuser.mask_prompt.{threshold,gates}` with every value unchanged."""
+    from auralsam2.checkpoints import read_weights, state_fingerprint, upgrade_fuser_state
+
+    raw = read_weights(LEGACY)["fuser"]
+    assert {"mask_prompt_threshold", "prompt_gates"} <= set(raw)
+    loaded = load_fuser_checkpoint(LEGACY)
+    assert loaded.fuser.mask_prompt.threshold.item() == pytest.approx(0.37)
+    assert torch.equal(loaded.fuser.mask_prompt.gates.detach(), torch.arange(6.0).reshape(2, 3) / 10)
+    assert state_fingerprint(upgrade_fuser_state(raw)) == state_fingerprint(loaded.fuser.state_dict())
+    assert loaded.audio_encoder is not None
+    # a training state keeps the fuser under `fuser.`: the same renames apply there
+    state = upgrade_fuser_state({f"fuser.{k}": v for k, v in raw.items()}, prefix="fuser.")
+    assert "fuser.mask_prompt.threshold" in state and "fuser.mask_prompt_threshold" not in state

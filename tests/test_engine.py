@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from auralsam2.backbone import is_frozen
 from auralsam2.checkpoints import load_fuser_checkpoint
 from auralsam2.engine import (
     DataOrder,
@@ -18,7 +19,6 @@ from auralsam2.engine import (
     poly_factor,
     train,
 )
-from auralsam2.sam2_backbone import is_frozen
 from feature_cache.dataset import CacheItems, choose_view, open_reader, training_data
 from tests.train_fixtures import tiny_config
 
@@ -169,7 +169,7 @@ def test_cudnn_attention_is_excluded_unless_asked():
     """cuDNN's SDPA backward put NaN into the decoder's gradients on an H100 (bench/gpu_demo.py), so
     the runtime excludes that backend by default and allows it only when the config says so."""
     from auralsam2.config import TrainConfig
-    from auralsam2.runtime import setup_runtime
+    from auralsam2.engine.runtime import setup_runtime
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
     try:

@@ -10,14 +10,14 @@ import torch
 
 from auralsam2.engine import build_model
 from auralsam2.evaluation import (
+    AVSSAccumulator,
     avss_oracle_semantic,
     cond_frame_for,
     evaluate_source,
     schema_rows,
     shard_indices,
 )
-from auralsam2.evaluator import StreamingEvaluator
-from auralsam2.metrics import AVSSAccumulator
+from auralsam2.evaluation.streaming import StreamingEvaluator
 from dashboards.schema import CLIP_METRICS, FRAME_METRICS, write_table
 from feature_cache.dataset import eval_items, open_reader
 from tests.train_fixtures import tiny_config

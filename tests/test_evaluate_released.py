@@ -17,7 +17,7 @@ from auralsam2.fuser import AuralFuser, FuserConfig
 from flows.cli import app
 from tests.train_fixtures import tiny_cache
 
-KEYS = Path("/work/shared/reference/released_checkpoint_keys/auralfuser_avs.json")
+KEYS = Path(__file__).parent / "data" / "released_checkpoint_keys" / "auralfuser_avs.json"
 
 
 def released_checkpoint(path: Path) -> Path:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from auralsam2.audio import waveform_to_examples
-from auralsam2.sam2_backbone import (
+from auralsam2.backbone import (
     build_sam2_model,
     compact_layout,
     encode_frames,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from auralsam2.sam2_backbone import build_sam2_model, save_sam2_checkpoint
+from auralsam2.backbone import build_sam2_model, save_sam2_checkpoint
 from data_specs.synth import SynthConfig, generate_world
 from feature_cache.build import build_cache
 from feature_cache.schema import CacheSettings

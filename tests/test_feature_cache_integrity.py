@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from auralsam2.sam2_backbone import build_sam2_model, save_sam2_checkpoint
+from auralsam2.backbone import build_sam2_model, save_sam2_checkpoint
+from auralsam2.utils.files import temp_path
 from feature_cache.build import build_cache, cache_is_current, plan_cache, read_cache_json
-from feature_cache.files import open_cache_file, temp_path
+from feature_cache.files import open_cache_file
 from feature_cache.reader import CacheReader
 from feature_cache.schema import CacheSettings, CorruptCacheError, StaleCacheError
 from feature_cache.size import cache_size, compact_bytes, predict_size

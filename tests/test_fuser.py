@@ -12,9 +12,9 @@ import torch
 
 from auralsam2.checkpoints import is_released_unused
 from auralsam2.fuser import AuralFuser, FuserConfig, pe1d
-from auralsam2.fuser_blocks import FusionModule
+from auralsam2.fuser.blocks import FusionModule
 
-KEYS = Path("/work/shared/reference/released_checkpoint_keys")
+KEYS = Path(__file__).parent / "data" / "released_checkpoint_keys"
 N = 5
 
 
@@ -301,7 +301,7 @@ def test_mask_prompt_starts_from_sam2_plus_the_mask():
     assert torch.allclose(out.mask_prompt, expect, atol=1e-5)
     # the map is detached: a loss on the mask trains the threshold, not the projection heads
     out.mask_prompt.sum().backward()
-    assert fuser.mask_prompt_threshold.grad is not None
+    assert fuser.mask_prompt.threshold.grad is not None
     assert all(p.grad is None for p in fuser.train_proj_v1.parameters())
     assert all(p.grad is None for k in range(3) for p in fuser.patch_embeds[k].parameters())
 
@@ -337,8 +337,23 @@ def test_mask_prompt_projections_do_not_depend_on_position():
 
 
 def test_mask_prompt_needs_audio():
-    assert FuserConfig.tiny(mask_prompt=True, modalities="visual").mask_prompt is False
-    assert FuserConfig.tiny(mask_prompt=True, modalities="text", variant="refavs").mask_prompt is False
+    with pytest.raises(ValueError, match="mask_prompt=true with modalities='visual'.*set mask_prompt: false"):
+        FuserConfig.tiny(mask_prompt=True, modalities="visual")
+    with pytest.raises(ValueError, match="mask_prompt=true with modalities='text'"):
+        FuserConfig.tiny(mask_prompt=True, modalities="text", variant="refavs")
     assert FuserConfig.tiny(mask_prompt=True, dense_prompts=False, sparse_prompts=False).mask_prompt
     _, out = run(FuserConfig.tiny(mask_prompt=True, variant="refavs", audiocon="paper"))
     assert out.mask_prompt.shape == (N, 1, 8, 8)
+
+
+def test_derived_defaults_are_resolved_and_contradictions_are_errors():
+    """None fields are derived from the fields they depend on and recorded resolved; a setting that
+    contradicts another is an error naming both, never a silent change."""
+    cfg = FuserConfig(variant="refavs", dim=64, heads=4, audiocon="paper", modalities="visual")
+    assert (cfg.modalities, cfg.fusion_dim, cfg.proj_dim, cfg.sparse_prompts) == ("visual", 32, 64, False)
+    assert FuserConfig().model_dump()["modalities"] == "audio"
+    assert FuserConfig(variant="refavs").sparse_prompts is True
+    assert FuserConfig(**FuserConfig(modalities="visual").model_dump()) == FuserConfig(modalities="visual")
+    with pytest.raises(ValueError, match="sparse_prompts=true with modalities='visual'"):
+        FuserConfig(modalities="visual", sparse_prompts=True)
+

@@ -11,8 +11,6 @@ import torch.nn.functional as F
 from auralsam2.losses import (
     AudioConConfig,
     SegLossWeights,
-    _balanced_sample,
-    _grid_targets,
     audiocon_loss,
     audiocon_official,
     audiocon_paper,
@@ -26,6 +24,7 @@ from auralsam2.losses import (
     supcon,
     supervised_frames,
 )
+from auralsam2.losses.contrastive import _balanced_sample, _grid_targets
 
 BIG = 100.0  # |logit| that makes sigmoid exactly 0/1 in float32
 

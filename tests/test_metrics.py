@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from auralsam2.metrics import (
+from auralsam2.evaluation import (
     AURALSAM2_RELEASED,
     AVSBENCH_OFFICIAL,
     PROTOCOLS,

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from auralsam2.metrics import (
+from auralsam2.evaluation import (
     AURALSAM2_RELEASED,
     AVSBENCH_OFFICIAL,
     REFAVS_OFFICIAL,

@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from auralsam2 import metrics
-from auralsam2.metrics import fmeasure, fmeasure_curve, fmeasure_histograms, fmeasure_thresholds
+from auralsam2.evaluation import fmeasure, fmeasure_curve, fmeasure_histograms, fmeasure_thresholds, metrics
 from bench.bench_metrics import loop_fmeasure, loop_fmeasure_curve
 
 

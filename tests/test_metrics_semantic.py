@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from auralsam2.metrics import AVSSAccumulator, avss_semantic
+from auralsam2.evaluation import AVSSAccumulator, avss_semantic
 from data_specs.palette import AVSS_CLASSES, PALETTE, colours_to_labels
 
 BASSOON, WOMAN = AVSS_CLASSES.index("bassoon"), AVSS_CLASSES.index("woman")

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from auralsam2.audio import AudioEncoder, VGGish, VGGishConfig
+from auralsam2.backbone import build_sam2_model, encode_frames, is_frozen
 from auralsam2.fuser import AuralFuser, FuserConfig
 from auralsam2.losses import AudioConConfig, supervised_frames
 from auralsam2.model import AuralSAM2, clip_loss, decode_masks
-from auralsam2.sam2_backbone import build_sam2_model, encode_frames, is_frozen
 from auralsam2.text import tiny_text_encoder
 
 N, S = 3, 128
@@ -103,7 +103,7 @@ def test_tiny_model_trains_and_only_fuser_and_vggish_change():
     losses = []
     for _ in range(8):
         out = model.forward_clip(pyramid, audio, cond_frame=1)
-        terms = model.loss(out, masks, sup, audiocon=cfg, generator=gen)
+        terms = clip_loss(out, masks, sup, audiocon=cfg, generator=gen)
         opt.zero_grad()
         terms["total"].backward()
         opt.step()
@@ -189,12 +189,12 @@ def test_mask_prompt_reaches_sam2_and_its_loss_calibrates_the_threshold():
     assert terms["total"].item() == pytest.approx(
         (terms["seg"] + terms["audiocon"] + 5.0 * terms["mask"]).item(), rel=1e-6)
     terms["total"].backward()
-    assert model.fuser.mask_prompt_threshold.grad is not None
+    assert model.fuser.mask_prompt.threshold.grad is not None
     # SAM2 answers the mask: pushing the threshold down (a fuller mask) changes every frame's output
     model.eval()
     with torch.no_grad():
         before = model.forward_clip(pyramid, audio).high_res_masks
-        model.fuser.mask_prompt_threshold.fill_(-1.0)
+        model.fuser.mask_prompt.threshold.fill_(-1.0)
         after = model.forward_clip(pyramid, audio).high_res_masks
     assert all((before[t] - after[t]).abs().max() > 0 for t in range(N))
     # without a mask prompt the term is an exact zero

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from auralsam2.audio import VGGish, VGGishConfig
-from auralsam2.sam2_backbone import build_sam2_model
+from auralsam2.backbone import build_sam2_model
 from flows.pretrain import ASSET, VGGISH_ASSET, run_pretrain_tiny_sam2, run_pretrain_tiny_vggish
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from auralsam2.sam2_backbone import (
+from auralsam2.backbone import (
     DecoderPrompts,
     build_sam2_model,
     encode_frames,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from auralsam2.sam2_backbone import (
+from auralsam2.backbone import (
     SAM2_CONFIGS,
     build_sam2_model,
     compact_bytes_per_frame,

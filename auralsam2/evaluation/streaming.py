@@ -30,17 +30,14 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from auralsam2.metrics import (
-    AURALSAM2_RELEASED,
-    Protocol,
+from auralsam2.evaluation.metrics import (
     fmeasure_curve,
     fmeasure_thresholds,
-    get_protocol,
     is_binary,
     jaccard_from_counts,
     mask_counts,
-    resize_logits_and_gt,
 )
+from auralsam2.evaluation.protocols import AURALSAM2_RELEASED, Protocol, get_protocol, resize_logits_and_gt
 
 Row = dict[str, Any]
 _FRAME_COLUMNS = (

@@ -1,12 +1,6 @@
-"""The frozen SAM2 of AuralSAM2, built on the unmodified `sam2==1.1.0` package.
-
-This module builds and loads SAM2 (`build_sam2_model`, `load_sam2_checkpoint`,
-`save_sam2_checkpoint`), keeps it frozen in `eval()` (`freeze_sam2`), and re-exports the rest of the
-backbone API, which lives in three smaller modules:
-
-* `auralsam2.sam2_encoding`: image encoder -> raw FPN `Pyramid` (+ the compact cache form);
-* `auralsam2.sam2_decoder`: the prompted mask decoder (`prompted_two_way`, `prompted_decode`);
-* `auralsam2.sam2_tracking`: video propagation with SAM2 memory over one clip (`track_clip`).
+"""Build the frozen SAM2 of AuralSAM2 from the unmodified `sam2==1.1.0` package, load its official
+checkpoint, and keep it frozen in `eval()` (compose -> instantiate -> load -> device -> freeze, as
+`sam2/build_sam.py` does).
 
 No SAM2 code is copied or patched: models come from the YAML configs the package ships (plus the
 test-only `tiny` config of this project) through `hydra.utils.instantiate`, and official `.pt`
@@ -22,10 +16,10 @@ Config names accepted everywhere a SAM2 config is named (API and command line):
   size words `sam2_hiera_base_plus`, `sam2.1_hiera_large`, ..., and the version-less `hiera_t`,
   `hiera_s`, `hiera_b+`, `hiera_l`, which mean **SAM 2.0** (the family the released AuralSAM2
   checkpoints were trained on);
-* `tiny`: a TEST-ONLY SAM2 of ~0.65 M parameters at 128 px (`auralsam2/configs/sam2_tiny.yaml`);
+* `tiny`: a TEST-ONLY SAM2 of ~0.65 M parameters at 128 px (`auralsam2/backbone/configs/sam2_tiny.yaml`);
   it never has a real checkpoint;
 * `synth`: the synthetic demo's small SAM2 (hidden 128, ~2.8 M parameters, 128 px;
-  `auralsam2/configs/sam2_synth.yaml`), pretrained by `auralsam2 pretrain-tiny-sam2` into the
+  `auralsam2/backbone/configs/sam2_synth.yaml`), pretrained by `auralsam2 pretrain-tiny-sam2` into the
   committed `auralsam2/assets/sam2_tiny_synth.pt`;
 * a path to a SAM2 model YAML file of your own.
 """
@@ -35,71 +29,31 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from auralsam2.sam2_decoder import (
-    DecoderOutput,
-    PointInputs,
-    point_inputs_from_clicks,
-    prompted_decode,
-    prompted_two_way,
-)
-from auralsam2.sam2_encoding import (
-    CompactLevel,
-    CompactPyramid,
-    DecoderFeatures,
-    Pyramid,
-    compact_bytes_per_frame,
-    compact_layout,
-    encode_frames,
-    encode_frames_compact,
-    expand_compact,
-    prepare_decoder_features,
-)
-from auralsam2.sam2_tracking import DecoderPrompts, FrameOutput, track_clip
-from auralsam2.transforms import preprocess_frames, preprocess_masks
+from auralsam2.checkpoints.strict import CheckpointError, read_weights, strict_load
+from auralsam2.utils.files import atomic_torch_save
 
 __all__ = [
+    "PROJECT_CONFIGS",
     "SAM2_CONFIGS",
     "SAM2_CONFIG_ALIASES",
-    "PROJECT_CONFIGS",
     "SYNTH_CONFIG",
     "TINY_CONFIG",
-    "CompactLevel",
-    "CompactPyramid",
-    "DecoderFeatures",
-    "DecoderOutput",
-    "DecoderPrompts",
-    "FrameOutput",
-    "PointInputs",
-    "Pyramid",
     "build_sam2_model",
-    "compact_bytes_per_frame",
-    "compact_layout",
-    "encode_frames",
-    "encode_frames_compact",
-    "expand_compact",
     "freeze_sam2",
     "is_frozen",
     "load_sam2_checkpoint",
-    "point_inputs_from_clicks",
-    "prepare_decoder_features",
-    "preprocess_frames",
-    "preprocess_masks",
-    "prompted_decode",
-    "prompted_two_way",
     "resolve_sam2_config",
     "save_sam2_checkpoint",
-    "track_clip",
 ]
 
 TINY_CONFIG = "tiny"
 SYNTH_CONFIG = "synth"
-# The project's own SAM2 configs (auralsam2/configs/): `tiny` for tests, `synth` for the demo.
+# The project's own SAM2 configs (auralsam2/backbone/configs/): `tiny` for tests, `synth` for the demo.
 PROJECT_CONFIGS = {TINY_CONFIG: "sam2_tiny.yaml", SYNTH_CONFIG: "sam2_synth.yaml"}
 
 # The eight model configs the package ships, by their package name.
@@ -144,7 +98,7 @@ def resolve_sam2_config(config: str | os.PathLike) -> tuple[str, Path]:
     """
     raw = str(config)
     if raw in PROJECT_CONFIGS:
-        return raw, Path(str(importlib.resources.files("auralsam2") / "configs" / PROJECT_CONFIGS[raw]))
+        return raw, Path(str(importlib.resources.files("auralsam2.backbone") / "configs" / PROJECT_CONFIGS[raw]))
     name = raw[: -len(".yaml")] if raw.endswith(".yaml") else raw
     name = name[len("configs/") :] if name.startswith("configs/") else name
     canonical = SAM2_CONFIG_ALIASES.get(name)
@@ -158,7 +112,7 @@ def resolve_sam2_config(config: str | os.PathLike) -> tuple[str, Path]:
     raise ValueError(
         f"unknown SAM2 config {raw!r}: use one of the package configs {list(SAM2_CONFIGS)}, "
         f"an alias such as 'sam2.1_hiera_b+' or 'hiera_l' (full list: "
-        f"auralsam2.sam2_backbone.SAM2_CONFIG_ALIASES), 'tiny' (tests only), 'synth' (the demo's), or a path "
+        f"auralsam2.backbone.SAM2_CONFIG_ALIASES), 'tiny' (tests only), 'synth' (the demo's), or a path "
         f"to a SAM2 model YAML"
     )
 
@@ -222,77 +176,24 @@ def build_sam2_model(
     return freeze_sam2(model)
 
 
-def _first(keys: list[str], n: int = 5) -> str:
-    shown = ", ".join(keys[:n])
-    return f"{shown}{', ...' if len(keys) > n else ''} ({len(keys)} in total)"
-
-
 def load_sam2_checkpoint(model: nn.Module, checkpoint: str | os.PathLike, *, config_name: str = "?") -> None:
-    """Load an official SAM2 checkpoint file into `model`, strictly.
-
-    The file must be a `torch.save`d `{"model": state_dict}` readable with `weights_only=True` (the
-    official format, also what `save_sam2_checkpoint` writes). Any unreadable file, missing `"model"`
-    entry, missing or unexpected key, or shape mismatch raises `ValueError` naming the file, the
-    config, and the first offending keys.
-    """
-    path = Path(checkpoint)
-    where = f"SAM2 checkpoint {str(path)!r} for config {config_name!r}"
-    if not path.is_file():
-        raise FileNotFoundError(f"{where}: no such file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load fails in many ways on a wrong file (IndexError on text, ...)
-        raise ValueError(
-            f"{where}: cannot be read as a weights-only torch checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); expected an official SAM2 .pt file"
-        ) from err
-    if not isinstance(payload, dict) or "model" not in payload or not isinstance(payload["model"], dict):
+    """Load an official SAM2 checkpoint file (`{"model": state_dict}`, weights-only; also what
+    `save_sam2_checkpoint` writes) into `model`, strictly. Errors name the file, the config and the
+    offending keys."""
+    where = f"SAM2 checkpoint {str(checkpoint)!r} for config {config_name!r}"
+    payload = read_weights(checkpoint, where)
+    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
         found = [str(k) for k in payload][:5] if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(
-            f"{where}: expected a dict with a 'model' state dict (the official SAM2 format), found {found}"
-        )
-    state = payload["model"]
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_first(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_first(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatches (file vs model): {_first(mismatched)}")
-    if problems:
-        raise ValueError(
-            f"{where} does not match the model: " + "; ".join(problems)
-            + ". Check that the checkpoint belongs to this config (SAM 2.0 vs 2.1, t/s/b+/l)."
-        )
-    model.load_state_dict(state, strict=True)
+        raise CheckpointError(f"{where}: expected a dict with a 'model' state dict (the official SAM2 format), "
+                              f"found {found}")
+    strict_load(model, payload["model"], where, "SAM2",
+                hint=". Check that the checkpoint belongs to this config (SAM 2.0 vs 2.1, t/s/b+/l).")
 
 
 def save_sam2_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write `model`'s state dict in the official SAM2 format `{"model": state_dict}`, atomically.
-
-    The file is written under a temporary name next to `path` and renamed when complete, so a
-    crash never leaves a truncated checkpoint. Returns the path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `model`'s state dict in the official SAM2 format `{"model": state_dict}`, atomically."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"model": state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_torch_save({"model": state}, path)
 
 
 def _train_pinned_to_eval(model: nn.Module, mode: bool = True) -> nn.Module:

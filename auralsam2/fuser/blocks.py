@@ -1,4 +1,4 @@
-"""Building blocks of the AuralFuser: visual PVT-v2 blocks, 1-D token blocks, fusion modules, heads.
+"""Building blocks of the AuralFuser: visual PVT-v2 blocks, 1-D token blocks, fusion modules.
 
 Parameter names and shapes follow the released `aural_fuser.py` (see
 `reference/released_checkpoint_keys/`) so released state dicts load by name. Parameters that the
@@ -20,10 +20,7 @@ from torch import Tensor, nn
 __all__ = [
     "Block",
     "FusionModule",
-    "OfficialAudioHead",
-    "OfficialVisualHead",
     "OneDBlock",
-    "PaperHead",
 ]
 
 
@@ -50,14 +47,11 @@ def _heads(x: Tensor, heads: int) -> Tensor:
     return x.reshape(b, length, heads, c // heads).transpose(1, 2)
 
 
-class SRAttention(nn.Module):
-    """Spatial-reduction multi-head attention (PVT v2): keys/values from a k=s=`sr_ratio` conv map.
+class _Attention(nn.Module):
+    """Multi-head attention in the released layout: `q`, `kv` (split as [k | v], each head-major),
+    `proj`; dropout on the attention probabilities and the output."""
 
-    `(B, HW, C) -> (B, HW, C)`; with sr_ratio 4 the 64x64 grid attends to 16x16 = 256 key tokens.
-    The `kv` output is split as [k | v], each head-major, as in the released code.
-    """
-
-    def __init__(self, dim: int, heads: int, sr_ratio: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.heads = heads
         self.dropout = dropout
@@ -65,22 +59,37 @@ class SRAttention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(dropout)
+
+    def _attend(self, x: Tensor, context: Tensor) -> Tensor:
+        """Queries from `x (B, L, C)`, keys and values from `context (B, M, C)` -> `(B, L, C)`."""
+        k, v = self.kv(context).chunk(2, dim=-1)
+        out = F.scaled_dot_product_attention(
+            _heads(self.q(x), self.heads), _heads(k, self.heads), _heads(v, self.heads),
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(x.shape)))
+
+
+class SRAttention(_Attention):
+    """Spatial-reduction multi-head attention (PVT v2): keys/values from a k=s=`sr_ratio` conv map.
+
+    `(B, HW, C) -> (B, HW, C)`; with sr_ratio 4 the 64x64 grid attends to 16x16 = 256 key tokens.
+    The `kv` output is split as [k | v], each head-major, as in the released code.
+    """
+
+    def __init__(self, dim: int, heads: int, sr_ratio: int, dropout: float) -> None:
+        super().__init__(dim, heads, dropout)
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
             self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
-        b, n, c = x.shape
-        q = _heads(self.q(x), self.heads)
+        context = x
         if self.sr_ratio > 1:
-            x = self.sr(x.transpose(1, 2).reshape(b, c, height, width)).flatten(2).transpose(1, 2)
-            x = self.norm(x)
-        k, v = self.kv(x).chunk(2, dim=-1)
-        out = F.scaled_dot_product_attention(
-            q, _heads(k, self.heads), _heads(v, self.heads), dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
+            b, _, c = x.shape
+            context = self.norm(self.sr(x.transpose(1, 2).reshape(b, c, height, width)).flatten(2).transpose(1, 2))
+        return self._attend(x, context)
 
 
 class DWConv(nn.Module):
@@ -127,32 +136,15 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x), height, width)
 
 
-class TokenAttention(nn.Module):
+class TokenAttention(_Attention):
     """Plain multi-head self-attention over ONE sequence of all Na tokens: `(Na, C) -> (Na, C)`.
 
     As released, the audio (+ text) tokens of every frame form a single sequence, so frame t's
     token attends to all frames (and to the 25 text tokens in Ref-AVS).
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.dropout = dropout
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(dropout)
-
     def forward(self, d: Tensor) -> Tensor:
-        x = d[None]
-        k, v = self.kv(x).chunk(2, dim=-1)
-        out = F.scaled_dot_product_attention(
-            _heads(self.q(x), self.heads),
-            _heads(k, self.heads),
-            _heads(v, self.heads),
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(d.shape)))
+        return self._attend(d[None], d[None])[0]
 
 
 class TokenMlp(nn.Module):
@@ -273,75 +265,3 @@ class FusionModule(nn.Module):
 def _pointwise(conv: nn.Module, x: Tensor) -> Tensor:
     """Apply a kernel-1 Conv1d/Conv3d as a Linear on the last (channel) axis of `x (..., C)`."""
     return F.linear(x, conv.weight.flatten(1), conv.bias)
-
-
-class OfficialVisualHead(nn.Module):
-    """Released visual projection head; returns L2-normalised `(N, P, H, W)`.
-
-    `variant="avs"`: Conv2d(C,P,1) -> BatchNorm2d -> Conv2d(P,P,1) on the FUSED map, normalised
-    over channels. `variant="refavs"`: Linear -> GELU -> LayerNorm -> Linear on the fusion
-    module's attention branch tokens, normalised over dim 1 = the HW token axis (released bug,
-    kept), then laid out as `(N, P, H, W)`.
-    """
-
-    def __init__(self, dim: int, proj_dim: int, variant: str) -> None:
-        super().__init__()
-        self.variant = variant
-        if variant == "avs":
-            self.proj = nn.Sequential(
-                nn.Conv2d(dim, proj_dim, 1), nn.BatchNorm2d(proj_dim), nn.Conv2d(proj_dim, proj_dim, 1)
-            )
-        else:
-            self.proj = nn.Sequential(
-                nn.Linear(dim, proj_dim), nn.GELU(), nn.LayerNorm(proj_dim), nn.Linear(proj_dim, proj_dim)
-            )
-
-    def forward(self, fused: Tensor, frame_attn: Tensor | None, height: int, width: int) -> Tensor:
-        n, hw, c = fused.shape
-        if self.variant == "avs":
-            return F.normalize(self.proj(fused.transpose(1, 2).reshape(n, c, height, width)), dim=1)
-        # without tokens (visual-only ablation) there is no attention branch: use the fused map
-        tokens = fused if frame_attn is None else frame_attn.flatten(2).transpose(1, 2)  # (N, HW, C)
-        out = F.normalize(self.proj(tokens), dim=1)  # over HW: the released quirk
-        return out.reshape(n, height, width, -1).permute(0, 3, 1, 2)
-
-
-class OfficialAudioHead(nn.Module):
-    """Released audio projection head: `(N, C) -> (N, P)`, L2-normalised over features.
-
-    `avs`: Conv1d -> BatchNorm1d -> Conv1d on `(N, C, 1)`; `refavs`: Linear -> GELU -> LN -> Linear.
-    """
-
-    def __init__(self, dim: int, proj_dim: int, variant: str) -> None:
-        super().__init__()
-        self.variant = variant
-        if variant == "avs":
-            self.proj = nn.Sequential(
-                nn.Conv1d(dim, proj_dim, 1), nn.BatchNorm1d(proj_dim), nn.Conv1d(proj_dim, proj_dim, 1)
-            )
-        else:
-            self.proj = nn.Sequential(
-                nn.Linear(dim, proj_dim), nn.GELU(), nn.LayerNorm(proj_dim), nn.Linear(proj_dim, proj_dim)
-            )
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        if self.variant == "avs":
-            return F.normalize(self.proj(tokens[..., None]), dim=1)[..., 0]
-        return F.normalize(self.proj(tokens), dim=1)
-
-
-class PaperHead(nn.Module):
-    """The paper's AudioCon projector: 3-layer MLP (Linear-ReLU-Linear-ReLU-Linear) to `proj_dim`.
-
-    Applied per token (`(..., C) -> (..., P)`), L2-normalised over the feature axis.
-    """
-
-    def __init__(self, dim: int, proj_dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Sequential(
-            nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim), nn.ReLU(inplace=True),
-            nn.Linear(dim, proj_dim),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(self.proj(x), dim=-1)

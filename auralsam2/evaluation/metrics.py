@@ -18,49 +18,34 @@ then reverse cumulative sums) instead of 255 passes; integer comparisons on the 
 patterns make it reproduce the threshold loop pixel for pixel. The loop lives only in the tests and
 in `bench/bench_metrics.py`, as an independent oracle.
 
-The AVSS semantic metric lives in `auralsam2.semantic_metrics`, the streaming evaluator in
-`auralsam2.evaluator`; both are re-exported here so `auralsam2.metrics` is the one import point.
+Protocols (resolution, threshold, grouping into calls) are in `auralsam2.evaluation.protocols`,
+the AVSS semantic metric in `auralsam2.evaluation.semantic`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from auralsam2.semantic_metrics import AVSSAccumulator, AVSSResult, SemanticScore, avss_semantic
-
 __all__ = [
-    "AURALSAM2_RELEASED",
-    "AVSBENCH_OFFICIAL",
-    "PROTOCOLS",
-    "REFAVS_OFFICIAL",
-    "AVSSAccumulator",
-    "AVSSResult",
-    "Protocol",
-    "SemanticScore",
-    "StreamingEvaluator",  # noqa: F822 (lazy: auralsam2.evaluator imports this module)
-    "avss_semantic",
+    "F_BETA2",
+    "N_THRESHOLDS",
     "fmeasure",
     "fmeasure_curve",
     "fmeasure_from_curves",
     "fmeasure_histograms",
     "fmeasure_thresholds",
+    "as_bool",
     "foreground_ratio",
-    "get_protocol",
     "is_binary",
     "jaccard",
     "jaccard_from_counts",
     "jaccard_from_masks",
     "mask_counts",
     "refavs_null_s",
-    "resize_for_protocol",
-    "resize_logits_and_gt",
 ]
 
 J_EPS = 1e-7  # `mask_iou` eps, added to the union
@@ -122,12 +107,13 @@ def mask_counts(pred: Tensor, gt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tenso
         raise ValueError(
             f"mask_counts: pred and gt must both be (F, H, W), got {tuple(pred.shape)} and {tuple(gt.shape)}"
         )
-    pred, gt = _as_bool(pred), _as_bool(gt)
+    pred, gt = as_bool(pred), as_bool(gt)
     inter, pred_area, gt_area = _count(pred & gt), _count(pred), _count(gt)
     return inter, pred_area + gt_area - inter, pred_area, gt_area
 
 
-def _as_bool(mask: Tensor) -> Tensor:
+def as_bool(mask: Tensor) -> Tensor:
+    """A {0, 1} / class-id / bool mask as bool (non-zero = foreground)."""
     return mask if mask.dtype == torch.bool else mask != 0
 
 
@@ -314,121 +300,3 @@ def foreground_ratio(logits: Tensor) -> float:
     if logits.numel() == 0:
         raise ValueError("foreground_ratio: no pixels given")
     return int((torch.sigmoid(logits) > 0.5).sum()) / logits.numel()
-
-
-# ----------------------------------------------------------------------------------------------
-# protocols
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """A named evaluation recipe: at which resolution, with which J threshold, how frames are
-    grouped into calls, and how calls are reduced. Every protocol reduces J and F the official way:
-    per call (J = mean over the call's frames, F = max of the call's mean curve), then the mean over
-    calls. Derive variants with `dataclasses.replace` (e.g. `replace(AURALSAM2_RELEASED, resolution=224)`
-    for the hiera_t configs)."""
-
-    name: str
-    resolution: int | None  # square side (pixels) every metric is computed at; None = as given
-    j_threshold: float  # probability threshold of J, strict (`sigmoid(x) > t`)
-    j_on_logits: bool  # True: binarise `logits > logit(t)` (AuralSAM2's `logits > 0`); False: sigmoid
-    avs_clips_per_call: int | None  # AVSBench clips per call; None = protocol not defined for AVS
-    ref_expressions_per_call: int | None  # Ref-AVS expressions per call; None = not defined for Ref-AVS
-    null_metric: Literal["refavs_s", "foreground_ratio"] | None  # the headline S of the null split
-    n_thresholds: int = N_THRESHOLDS
-    beta2: float = F_BETA2
-    description: str = ""
-
-    def calls_of(self, task: Literal["avs", "ref"]) -> int:
-        """Clips (AVS) or expressions (Ref-AVS) per call under this protocol."""
-        per_call = self.avs_clips_per_call if task == "avs" else self.ref_expressions_per_call
-        if task not in ("avs", "ref") or per_call is None:
-            raise ValueError(
-                f"protocol {self.name!r} defines no grouping for task {task!r}; use a protocol made for it "
-                f"(AVSBENCH_OFFICIAL for avs, REFAVS_OFFICIAL for ref, AURALSAM2_RELEASED for both)"
-            )
-        return per_call
-
-    def binarize(self, logits: Tensor) -> Tensor:
-        """(F, H, W) float32 logits -> bool masks the way this protocol's J binarises them."""
-        if self.j_on_logits:
-            return logits > math.log(self.j_threshold / (1 - self.j_threshold))
-        return torch.sigmoid(logits) > self.j_threshold
-
-
-AVSBENCH_OFFICIAL = Protocol(
-    name="avsbench_official",
-    resolution=224,
-    j_threshold=0.5,
-    j_on_logits=False,
-    avs_clips_per_call=1,
-    ref_expressions_per_call=None,
-    null_metric=None,
-    description="AVSBench test.py: one clip per call, 224x224, sigmoid > 0.5, mean over clips",
-)
-REFAVS_OFFICIAL = Protocol(
-    name="refavs_official",
-    resolution=256,
-    j_threshold=0.4,
-    j_on_logits=False,
-    avs_clips_per_call=None,
-    ref_expressions_per_call=4,
-    null_metric="refavs_s",
-    description="Ref-AVS: 4 expressions x 10 frames per call, 256x256, J at sigmoid > 0.4, F per call, "
-    "S = mean over calls of sqrt(positives/pixels)",
-)
-AURALSAM2_RELEASED = Protocol(
-    name="auralsam2_released",
-    resolution=1024,
-    j_threshold=0.5,
-    j_on_logits=True,
-    avs_clips_per_call=1,
-    ref_expressions_per_call=4,
-    null_metric="foreground_ratio",
-    description="released AuralSAM2 trainer: 1024x1024, logits > 0, one clip per call (AVS), 4 expressions "
-    "per call (Ref-AVS), null S = global foreground ratio without sqrt; its V2 numbers are class-agnostic "
-    "(binarise AVSS labels > 0 before scoring)",
-)
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (AVSBENCH_OFFICIAL, REFAVS_OFFICIAL, AURALSAM2_RELEASED)}
-
-
-def get_protocol(name: str | Protocol) -> Protocol:
-    """A protocol by name (`avsbench_official`, `refavs_official`, `auralsam2_released`) or as given."""
-    if isinstance(name, Protocol):
-        return name
-    try:
-        return PROTOCOLS[name]
-    except KeyError:
-        raise ValueError(f"unknown evaluation protocol {name!r}; known: {sorted(PROTOCOLS)}") from None
-
-
-def resize_logits_and_gt(logits: Tensor, gt: Tensor | None, size: int | None) -> tuple[Tensor, Tensor | None]:
-    """Resize (F, H, W) logits bilinearly (align_corners=False, no antialias, as SAM2 upsamples its
-    masks) and the (F, H, W) gt by nearest neighbour with PIL's rule (source `floor((i + 0.5) * H / S)`,
-    torch's "nearest-exact"; the released loaders resize PIL label images) to size x size.
-    Returns float32 logits and bool gt; `size=None` or an equal size keeps them as they are."""
-    logits = logits.float()
-    if size is not None and tuple(logits.shape[-2:]) != (size, size):
-        logits = F.interpolate(logits[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-    if gt is not None:
-        if size is not None and tuple(gt.shape[-2:]) != (size, size):
-            gt = F.interpolate(_as_bool(gt).to(torch.uint8)[:, None], size=(size, size), mode="nearest-exact")
-            gt = gt[:, 0]
-        gt = _as_bool(gt)
-    return logits, gt
-
-
-def resize_for_protocol(
-    logits: Tensor, gt: Tensor | None, protocol: Protocol | str
-) -> tuple[Tensor, Tensor | None]:
-    """`resize_logits_and_gt` to the protocol's resolution."""
-    return resize_logits_and_gt(logits, gt, get_protocol(protocol).resolution)
-
-
-def __getattr__(name: str):
-    # `auralsam2.evaluator` imports this module, so its class is re-exported lazily.
-    if name == "StreamingEvaluator":
-        from auralsam2.evaluator import StreamingEvaluator
-
-        return StreamingEvaluator
-    raise AttributeError(f"module 'auralsam2.metrics' has no attribute {name!r}")

@@ -26,8 +26,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from auralsam2.sam2_decoder import PointInputs, prompted_decode
-from auralsam2.sam2_encoding import Pyramid, prepare_decoder_features
+from auralsam2.backbone.decoder import PointInputs, prompted_decode
+from auralsam2.backbone.encoding import Pyramid, prepare_decoder_features
 
 
 class DecoderPrompts(NamedTuple):

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from auralsam2.audio import VGGish
+from auralsam2.pretrain.history import StepHistory
 
 
 def pretrain_vggish(vggish: VGGish, batches: Iterator[tuple[Tensor, Tensor]], steps: int, num_classes: int,
@@ -34,7 +34,7 @@ def pretrain_vggish(vggish: VGGish, batches: Iterator[tuple[Tensor, Tensor]], st
     vggish.train()
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    history, window = [], []
+    history = StepHistory(steps, log_every, on_log)
     for step in range(steps):
         examples, labels = next(batches)
         logits = head(vggish(examples))
@@ -45,15 +45,9 @@ def pretrain_vggish(vggish: VGGish, batches: Iterator[tuple[Tensor, Tensor]], st
         scheduler.step()
         with torch.no_grad():
             exact = ((logits > 0) == labels.bool()).all(-1).float().mean()
-        window.append({"loss": float(loss.detach()), "exact_match": float(exact)})
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]} | {"step": step + 1}
-            history.append(mean)
-            window = []
-            if on_log:
-                on_log(step + 1, mean)
+        history.add(step, {"loss": float(loss.detach()), "exact_match": float(exact)})
     vggish.eval()
-    return history, head
+    return history.history, head
 
 
 @torch.no_grad()

@@ -1,10 +1,9 @@
 """Decode a split and score it under the official protocols, one item at a time.
 
 An *item* is what one forward sees: an AVSBench clip, or one Ref-AVS expression of a clip
-(`ClipItem`). A split is an `ItemSource` (random access by index; `feature_cache.dataset` serves one
-from the feature cache). For every item this module runs ONE forward (eval mode, no grad, bf16
-autocast on GPU), decodes the three released mask modes from it (`first`, `iou_select`,
-`iou_occ_select`; `auralsam2.model.decode_masks`), and feeds one `StreamingEvaluator` per decoding.
+(`auralsam2.items.ClipItem`); a split is an `ItemSource`. For every item this module runs ONE
+forward (eval mode, no grad, bf16 autocast on GPU), decodes the three released mask modes from it (`first`, `iou_select`,
+`iou_occ_select`; `auralsam2.decoding`), and feeds one `StreamingEvaluator` per decoding.
 Nothing but the current item is held: rows are handed to `rows_sink` every `flush_every` items.
 
 Conditioning frame (released): 0 for AVSBench evaluation, N // 2 for Ref-AVS (train and test),
@@ -22,24 +21,25 @@ Rows follow `dashboards/schema.py` (`frame_metrics`, `clip_metrics`) column for 
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from auralsam2.evaluator import Rows, StreamingEvaluator
-from auralsam2.metrics import AVSSAccumulator, get_protocol
-from auralsam2.model import AuralSAM2, decode_masks
+from auralsam2.decoding import DECODINGS, decode_masks
+from auralsam2.evaluation.protocols import get_protocol
+from auralsam2.evaluation.semantic import AVSSAccumulator
+from auralsam2.evaluation.streaming import Rows, StreamingEvaluator
+from auralsam2.items import ClipItem, ItemSource
+from auralsam2.model import AuralSAM2
+from auralsam2.utils.devices import autocast
 
 __all__ = [
-    "ClipItem",
     "EvalResult",
-    "ItemSource",
     "avss_oracle_semantic",
     "cond_frame_for",
     "evaluate_source",
@@ -48,58 +48,7 @@ __all__ = [
     "shard_indices",
 ]
 
-DECODINGS = ("first", "iou_select", "iou_occ_select")
 SEMANTIC_SIZE = 224  # the AVSS protocol's resolution
-
-
-@dataclass
-class ClipItem:
-    """One forward's worth of data: an AVS clip, or one Ref-AVS expression of a clip, in one view.
-
-    `pyramid`: 3 raw FPN levels (N, C, S/4, S/4), (N, C, S/8, S/8), (N, C, S/16, S/16).
-    `log_mel` (N, Ch, 96, 64) or None; `text` (L, H) expression hidden states or None.
-    `masks` (N, S, S) bool binary GT of the item (the referred object for Ref-AVS; all False for a
-    null expression or a frame without GT); `labelled` (N,) bool: frames with GT in the release.
-    `supervised`: frames the training loss supervises (released per-subset rule; empty for eval).
-    `labels` (N, S, S) uint8 AVSS class ids (for the semantic metric) or None.
-    """
-
-    key: str
-    clip_key: str
-    dataset: str
-    subset: str
-    split: str
-    category: str
-    pyramid: Sequence[Tensor]
-    log_mel: Tensor | None
-    text: Tensor | None
-    masks: Tensor
-    labelled: Tensor
-    supervised: list[int] = field(default_factory=list)
-    expression_uid: str = ""
-    is_null: bool = False
-    labels: Tensor | None = None
-    view: int = 0
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.masks.shape[0])
-
-
-class ItemSource(Protocol):
-    """A split as random-access items (`feature_cache.dataset.CacheItems` implements it)."""
-
-    def __len__(self) -> int: ...
-
-    def item_keys(self) -> list[str]:
-        """Unique item ids in order (clip keys for AVS, expression uids for Ref-AVS)."""
-        ...
-
-    def null_flags(self) -> list[bool]:
-        """Per item: True for a Ref-AVS null expression (scored by S only)."""
-        ...
-
-    def item(self, index: int, epoch: int = 0) -> ClipItem: ...
 
 
 @dataclass
@@ -140,13 +89,6 @@ def cond_frame_for(task: Literal["avs", "ref"], n_frames: int, rule: str = "auto
     raise ValueError(f"cond_frame rule must be auto, first or middle, got {rule!r}")
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA unless fp32 is asked for; nothing on CPU (released: fp32 on CPU)."""
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def predict_item(
     model: AuralSAM2,
@@ -160,7 +102,7 @@ def predict_item(
     was_training = model.training
     model.train(False)
     try:
-        with _autocast(device, precision):
+        with autocast(device, precision):
             out = model.forward_clip(
                 [x.to(device) for x in item.pyramid],
                 None if item.log_mel is None else item.log_mel.to(device),

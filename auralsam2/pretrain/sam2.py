@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from auralsam2.backbone.decoder import PointInputs, point_inputs_from_clicks
+from auralsam2.backbone.encoding import Pyramid
+from auralsam2.backbone.tracking import track_clip
+from auralsam2.backbone.transforms import preprocess_frames, preprocess_masks
 from auralsam2.losses import SegLossWeights, segmentation_loss
-from auralsam2.sam2_decoder import PointInputs, point_inputs_from_clicks
-from auralsam2.sam2_encoding import Pyramid
-from auralsam2.sam2_tracking import track_clip
-from auralsam2.transforms import preprocess_frames, preprocess_masks
+from auralsam2.pretrain.history import StepHistory
 
 
 @dataclass
@@ -207,7 +208,7 @@ def pretrain_sam2(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    history, window = [], []
+    history = StepHistory(steps, log_every, on_log)
     for step in range(steps):
         clip = next(clips)
         loss, stats = clip_loss(model, clip)
@@ -216,15 +217,9 @@ def pretrain_sam2(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
-        window.append(stats)
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]} | {"step": step + 1}
-            history.append(mean)
-            window = []
-            if on_log:
-                on_log(step + 1, mean)
+        history.add(step, stats)
     model.requires_grad_(False)
-    return history
+    return history.history
 
 
 @torch.no_grad()

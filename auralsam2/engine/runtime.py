@@ -1,7 +1,7 @@
-"""Where a training process runs, and the state that makes it resumable: the torchrun process
-group, the device and autocast, seeding, every RNG's state, and atomic checkpoint writes.
+"""Where a training process runs: the torchrun process group and DDP, the device and autocast,
+seeding and every RNG's state (what makes a resumed run continue exactly).
 
-Plumbing for `auralsam2.engine` (kept apart so the training loop reads top to bottom).
+Plumbing for `auralsam2.engine.loop` (kept apart so the training loop reads top to bottom).
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from auralsam2.config import TrainConfig
+from auralsam2.config import ExperimentConfig, TrainConfig
+from auralsam2.utils.devices import autocast, resolve_device, uses_bf16
 
-__all__ = ["Runtime", "atomic_save", "gather", "rng_state", "seed_everything", "set_rng_state", "setup_runtime",
-           "use_cudnn_attention"]
+__all__ = ["Runtime", "broadcast_buffers", "finish_runtime", "gather", "needs_find_unused", "rng_state",
+           "seed_everything", "set_rng_state", "setup_runtime", "use_cudnn_attention", "wrap_ddp"]
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Runtime:
         return self.rank == 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        return autocast(self.device, "bf16" if self.bf16 else "fp32")
 
 
 def setup_runtime(cfg: TrainConfig) -> Runtime:
@@ -48,12 +49,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
+    device = resolve_device(cfg.device, local_rank)
     owns = False
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -70,8 +66,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-    bf16 = device.type == "cuda" and cfg.precision in ("auto", "bf16")
-    return Runtime(rank, world, device, bf16, owns)
+    return Runtime(rank, world, device, uses_bf16(device, cfg.precision), owns)
 
 
 def use_cudnn_attention(enabled: bool) -> None:
@@ -129,7 +124,56 @@ def gather(obj: Any, rt: Runtime) -> list[Any]:
     return out
 
 
-def atomic_save(payload: Mapping[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(dict(payload), tmp)
-    os.replace(tmp, path)
+def needs_find_unused(cfg: ExperimentConfig) -> tuple[bool, str]:
+    """Whether DDP needs `find_unused_parameters`, and why. The release needed it for ~9.7 M
+    built-but-unused fuser parameters, which we do not build; what remains are parameters that a
+    step can leave without a gradient: AudioCon heads when the contrastive term is off (a skipped
+    step still reaches every head through an exact zero, `losses.contrastive._zero_through`), and
+    the last level's token path when sparse or dense prompts are ablated."""
+    mode = cfg.train.ddp_find_unused_parameters
+    if mode != "auto":
+        return mode == "on", f"train.ddp_find_unused_parameters = {mode}"
+    fuser, con = cfg.model.fuser, cfg.loss.audiocon
+    reasons = []
+    if con.mode == "off" or con.weight == 0:
+        reasons.append("contrastive loss off: the AudioCon projection heads get no gradient")
+    elif con.mode == "supcon" and fuser.uses_audio:
+        reasons.append("SupCon uses no audio: the audio projection head gets no gradient")
+    if fuser.modalities != "visual" and not (fuser.sparse_prompts and fuser.dense_prompts):
+        reasons.append("with sparse or dense prompts off, part of the deepest level's fusion feeds nothing")
+    return bool(reasons), "; ".join(reasons) or "every trainable parameter gets a gradient on every step"
+
+
+def wrap_ddp(model: nn.Module, cfg: ExperimentConfig, rt: Runtime) -> tuple[nn.Module, dict[str, str]]:
+    """The module the loop calls: `model` itself, or under torchrun its DDP wrapper; plus the tags
+    that record the `find_unused_parameters` choice (empty in one process)."""
+    if rt.world == 1:
+        return model, {}
+    from torch.nn.parallel import DistributedDataParallel
+
+    find_unused, why = needs_find_unused(cfg)
+    ddp = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                                  find_unused_parameters=find_unused)
+    return ddp, {"ddp_find_unused_parameters": str(find_unused), "ddp_find_unused_reason": why}
+
+
+def broadcast_buffers(model: nn.Module, rt: Runtime, skip_prefix: str = "sam2.") -> None:
+    """Copy rank 0's buffers (BN running stats are per rank: no SyncBN, released) to every rank."""
+    if rt.world == 1:
+        return
+    import torch.distributed as dist
+
+    for name, buffer in model.named_buffers():
+        if not name.startswith(skip_prefix):
+            dist.broadcast(buffer, 0)
+
+
+def finish_runtime(rt: Runtime) -> None:
+    """Every rank returns after rank 0 has written its files; leave a group we created."""
+    if rt.world == 1:
+        return
+    import torch.distributed as dist
+
+    dist.barrier()
+    if rt.owns_group:
+        dist.destroy_process_group()

@@ -1,0 +1,58 @@
+"""The trainable model from an experiment config: AuralFuser + audio encoder around the frozen SAM2,
+optionally started from a fuser checkpoint (ours or a released AuralSAM2 `.pth`)."""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from auralsam2.audio import AudioEncoder, VGGish
+from auralsam2.checkpoints import (
+    CheckpointError,
+    load_fuser_checkpoint,
+    load_released_fuser,
+    load_vggish_weights,
+)
+from auralsam2.config import ModelConfig, resolve_path
+from auralsam2.fuser import AuralFuser
+from auralsam2.model import AuralSAM2
+
+__all__ = ["build_model", "load_fuser_weights"]
+
+
+def build_model(cfg: ModelConfig, sam2: nn.Module) -> AuralSAM2:
+    """Fuser + audio encoder (+ the frozen SAM2) from the config; `init_checkpoint` loaded if set."""
+    fuser = AuralFuser(cfg.fuser)
+    audio = None
+    if cfg.fuser.uses_audio:
+        audio = AudioEncoder(VGGish(cfg.vggish), cfg.audio_channels, trainable=cfg.train_vggish)
+        if cfg.vggish_checkpoint:
+            load_vggish_weights(audio.vggish, resolve_path(cfg.vggish_checkpoint))
+            audio.vggish.requires_grad_(cfg.train_vggish)
+    if cfg.fuser.dim != sam2.hidden_dim:
+        raise ValueError(f"model.fuser.dim={cfg.fuser.dim} but the cache's SAM2 has hidden dim {sam2.hidden_dim}; "
+                         "set model.fuser.dim (and fusion_dim) to match")
+    model = AuralSAM2(sam2, fuser, audio, official_query_pe=cfg.official_query_pe)
+    if cfg.init_checkpoint:
+        load_fuser_weights(model, resolve_path(cfg.init_checkpoint))
+    return model
+
+
+def load_fuser_weights(model: AuralSAM2, path: str | os.PathLike) -> str:
+    """Load our `best.ckpt`/fuser checkpoint or a released AuralSAM2 `.pth` into `model`; returns
+    a one-line report. Our format must match the model's fuser config exactly."""
+    try:
+        loaded = load_fuser_checkpoint(path)
+    except CheckpointError as err:
+        if "load_released_fuser" not in str(err):
+            raise
+        report = load_released_fuser(model.fuser, path, model.audio_encoder)
+        return report.summary()
+    if loaded.fuser.config != model.fuser.config:
+        raise CheckpointError(f"{path}: fuser config {loaded.fuser.config.model_dump()} differs from the model's "
+                              f"{model.fuser.config.model_dump()}; evaluate it with its own config")
+    model.fuser.load_state_dict(loaded.fuser.state_dict())
+    if loaded.audio_encoder is not None and model.audio_encoder is not None:
+        model.audio_encoder.vggish.load_state_dict(loaded.audio_encoder.vggish.state_dict())
+    return f"{path}: loaded our fuser checkpoint (fingerprints {loaded.fingerprints})"

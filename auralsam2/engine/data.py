@@ -1,0 +1,48 @@
+"""What the training loop reads: the frozen SAM2 and the items (`TrainingData`), in the released
+`DistributedSampler` order (`DataOrder`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from auralsam2.items import ItemSource
+
+__all__ = ["DataOrder", "TrainingData"]
+
+
+@dataclass
+class TrainingData:
+    """Everything `train` reads: the frozen SAM2 the cache was built with, the training items and
+    the items used for model selection (the `val` split, or `test` when `select_on: test`)."""
+
+    sam2: nn.Module
+    train: ItemSource
+    select: ItemSource | None = None
+    select_split: str | None = None
+
+
+class DataOrder:
+    """The released `DistributedSampler(shuffle=True)` order: a permutation of all items per epoch
+    (seeded by seed + epoch, the same on every rank), padded by wrap-around to a multiple of the
+    world size, rank r taking every world-th item from r. A pure function of (seed, epoch): resuming
+    needs only the step counter."""
+
+    def __init__(self, n_items: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        if n_items < 1:
+            raise ValueError("no training items")
+        self.n, self.seed, self.rank, self.world = n_items, seed, rank, world
+        self.steps_per_epoch = math.ceil(n_items / world)
+        self._epoch, self._indices = -1, []
+
+    def index(self, epoch: int, position: int) -> int:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            perm = torch.randperm(self.n, generator=g).tolist()
+            total = self.steps_per_epoch * self.world
+            perm = (perm * math.ceil(total / self.n))[:total]
+            self._epoch, self._indices = epoch, perm[self.rank :: self.world]
+        return self._indices[position]

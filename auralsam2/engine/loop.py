@@ -1,0 +1,227 @@
+"""The training loop: config -> data -> model -> optimizer -> loop -> validation -> checkpoints.
+
+Read `train` top to bottom; it is the whole control flow (released `trainer/train.py`, `main.py`):
+
+* one item (an AVSBench clip, or one Ref-AVS expression) per GPU per step, its cached pyramid in
+  the epoch's view; SAM2 frozen and in eval mode, tracking with memory through the stock modules;
+  the fuser (and VGGish when it trains) learns; bf16 autocast around the forward on GPU only;
+* AdamW with the released parameter groups and poly decay per iteration (`engine.optim`);
+* validation on `val` by the configured protocol's J after every `validate_every_epochs` epochs and
+  at the end; `best.ckpt` when it improves; `last.ckpt` after every epoch (and every
+  `checkpoint_every_steps`), so `resume=True` continues exactly (`engine.state`); in deterministic
+  CPU mode an interrupted and resumed run ends with bit-identical weights;
+* DDP when launched by `torchrun` (`engine.runtime`); the training order is the released
+  `DistributedSampler` (`engine.data.DataOrder`); evaluation scores every item exactly once.
+
+The engine knows no orchestrator or tracker: data arrive as `TrainingData` (items from the feature
+cache, built by `feature_cache.dataset`), metrics leave through an optional `RunLogger`
+(`flows.tracking` implements it with MLflow).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from auralsam2.config import ExperimentConfig
+from auralsam2.engine.build import build_model
+from auralsam2.engine.data import DataOrder, TrainingData
+from auralsam2.engine.optim import make_optimizer
+from auralsam2.engine.runtime import (
+    Runtime,
+    broadcast_buffers,
+    finish_runtime,
+    seed_everything,
+    setup_runtime,
+    wrap_ddp,
+)
+from auralsam2.engine.state import (
+    LOSS_TERMS,
+    LossMeter,
+    Progress,
+    RunFiles,
+    RunLogger,
+    load_training_state,
+    save_best,
+    save_training_state,
+)
+from auralsam2.evaluation import EvalResult, evaluate_source
+from auralsam2.model import AuralSAM2, clip_loss
+
+__all__ = ["TrainResult", "train", "validate"]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    steps: int
+    total_steps: int
+    interrupted: bool
+    best_metric: float
+    best_step: int
+    selection: str
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    model: AuralSAM2 | None = field(default=None, repr=False)  # the trained model (this rank's copy)
+
+
+def train(
+    cfg: ExperimentConfig,
+    data: TrainingData,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    logger: RunLogger | None = None,
+    checkpoint_extra: Mapping[str, Any] | None = None,
+) -> TrainResult:
+    """Train `cfg` on `data`, writing `last.ckpt` / `best.ckpt` / `history.jsonl` to `run_dir`.
+
+    `resume`: continue from `run_dir/last.ckpt` (same config and world size for an exact
+    continuation). `checkpoint_extra`: plain values stored in `best.ckpt` (e.g. the MLflow run id).
+    """
+    # ---- config and runtime -----------------------------------------------------------------
+    tc = cfg.train
+    rt = setup_runtime(tc)
+    run = RunFiles(run_dir, rt, logger)
+    if tc.select_on == "test":
+        warnings.warn("model selection on the TEST split (train.select_on: test), as the released code does: "
+                      "the reported test numbers are optimistic; use val for honest numbers", stacklevel=2)
+        run.tag({"selection_split": "test", "selection_warning": "selected on test (optimistic)"})
+
+    # ---- data ---------------------------------------------------------------------------------
+    order = DataOrder(len(data.train), tc.seed, rt.rank, rt.world)
+    steps_per_epoch = order.steps_per_epoch
+    total_steps = tc.epochs * steps_per_epoch if tc.max_steps is None else min(tc.max_steps, tc.epochs * steps_per_epoch)
+
+    # ---- model (same init on every rank; DDP would broadcast rank 0's anyway) -------------------
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg.model, data.sam2).to(rt.device)
+    seed_everything(tc.seed + rt.rank)
+    loss_generator = torch.Generator().manual_seed(tc.seed + rt.rank)
+
+    # ---- optimizer and poly schedule ------------------------------------------------------------
+    optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps)
+
+    # ---- resume -------------------------------------------------------------------------------
+    progress = Progress()
+    if resume:
+        progress = load_training_state(run.last, rt, model, optimizer, scheduler, loss_generator)
+        run.truncate_history(progress.step)
+    model.train()
+    forward, ddp_tags = wrap_ddp(model, cfg, rt)
+    run.tag(ddp_tags)
+
+    def save_last(finished: bool) -> None:
+        save_training_state(run.last, cfg, rt, model, optimizer, scheduler, loss_generator, progress, total_steps,
+                            finished)
+
+    # ---- loop -----------------------------------------------------------------------------------
+    bar = _progress_bar(tc.progress and rt.main, total_steps, progress.step, cfg.run_name or cfg.experiment)
+    window = LossMeter()
+    interrupted = False
+    while progress.step < total_steps:
+        epoch, position = divmod(progress.step, steps_per_epoch)
+        item = data.train.item(order.index(epoch, position), epoch)
+        with rt.autocast():
+            out = forward(tuple(x.to(rt.device) for x in item.pyramid),
+                          None if item.log_mel is None else item.log_mel.to(rt.device),
+                          None if item.text is None else item.text.to(rt.device),
+                          cond_frame=item.n_frames // 2 if tc.cond_frame == "middle" else 0)
+        losses = clip_loss(out, item.masks.to(rt.device), item.supervised, cfg.loss.audiocon, cfg.loss.seg,
+                           loss_generator, cfg.loss.mask_prompt)
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        if cfg.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        progress.step += 1
+        step = progress.step
+
+        # ---- bookkeeping: loss curves, then validation and checkpoints at epoch ends -------------
+        values = {k: float(losses[k].detach()) for k in LOSS_TERMS}
+        window.add(values)
+        progress.epoch_losses.add(values)
+        lr = optimizer.param_groups[0]["lr"]
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['total']:.3f}", lr=f"{lr:.2e}")
+        if step % tc.log_every_steps == 0 or step == total_steps:
+            run.log({**{f"train/{k}": v for k, v in window.pop_means(rt).items()},
+                     "train/lr": lr, "train/epoch": step / steps_per_epoch}, step)
+        saved = step % steps_per_epoch == 0 or step == total_steps
+        if saved:
+            _end_epoch(cfg, data, model, rt, run, progress, steps_per_epoch, total_steps, checkpoint_extra)
+            save_last(finished=step == total_steps)
+        elif tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0:
+            save_last(finished=False)
+            saved = True
+        if tc.stop_after_steps is not None and tc.stop_after_steps <= step < total_steps:
+            if not saved:
+                save_last(finished=False)
+            interrupted = True
+            break
+    if bar is not None:
+        bar.close()
+    finish_runtime(rt)
+    return TrainResult(run.dir, run.last, run.best if run.best.is_file() else None, progress.step, total_steps,
+                       interrupted, progress.best_metric, progress.best_step,
+                       f"{data.select_split}/{tc.select_protocol}/{tc.select_decoding}/J", progress.epochs, model)
+
+
+def _progress_bar(show: bool, total: int, initial: int, name: str):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", desc=f"train {name}")
+
+
+def validate(cfg: ExperimentConfig, data: TrainingData, model: AuralSAM2, rt: Runtime) -> EvalResult | None:
+    """The selection metric on the selection split; RNG untouched (exact resume), every item once."""
+    if data.select is None:
+        return None
+    broadcast_buffers(model, rt)  # score rank 0's BN statistics, which it saves
+    tc = cfg.train
+    with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []):
+        return evaluate_source(model, data.select, data.select_split or "val", task=cfg.task,
+                               protocols=[tc.select_protocol], decodings=[tc.select_decoding],
+                               cond_frame=cfg.eval.cond_frame, precision=tc.precision,
+                               max_items=cfg.data.max_val_items, progress=False)
+
+
+def _end_epoch(cfg: ExperimentConfig, data: TrainingData, model: AuralSAM2, rt: Runtime, run: RunFiles,
+               progress: Progress, steps_per_epoch: int, total_steps: int,
+               checkpoint_extra: Mapping[str, Any] | None) -> None:
+    """At an epoch end (or the last step): the epoch's loss means, validation and model selection
+    when due (`best.ckpt`), the epoch record (logged and kept in `last.ckpt`)."""
+    tc, step = cfg.train, progress.step
+    final = step == total_steps
+    done_epochs = math.ceil(step / steps_per_epoch)
+    record: dict[str, float] = {"epoch": done_epochs, "step": step}
+    record.update({f"epoch/train_{k}": v for k, v in progress.epoch_losses.pop_means(rt).items()})
+    if final or done_epochs % tc.validate_every_epochs == 0:
+        result = validate(cfg, data, model, rt)
+        if result is not None:
+            metric = result.value(tc.select_protocol, tc.select_decoding, "J")
+            record.update(result.flat(prefix="select/"))
+            record["select/J"] = metric
+            if metric > progress.best_metric:
+                progress.best_metric, progress.best_step = metric, step
+                if rt.main:
+                    save_best(run.best, model, cfg, step, done_epochs, metric, data.select_split, checkpoint_extra)
+            record["select/best_J"] = progress.best_metric
+    if final and progress.best_step < 0:  # nothing to select on (no split, or no J on it): keep the last weights
+        progress.best_step = step
+        if rt.main:
+            save_best(run.best, model, cfg, step, done_epochs, math.nan, None, checkpoint_extra)
+    progress.epochs.append(record)
+    run.log(record, step)

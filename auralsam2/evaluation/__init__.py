@@ -1,0 +1,90 @@
+"""Evaluation with the official protocols, one module per concern:
+
+* `metrics`: binary J, F (one-pass curve) and the Ref-AVS null metric S, as the official code computes them;
+* `semantic`: the AVSS 71-class mIoU and F;
+* `protocols`: named recipes (resolution, thresholds, grouping into calls): AVSBench official,
+  Ref-AVS official, the released AuralSAM2 trainer;
+* `streaming`: `StreamingEvaluator`, every protocol at once, one clip at a time;
+* `evaluate`: decode a split with the model and score it (`evaluate_source`), DDP-sharded.
+"""
+
+from auralsam2.evaluation.evaluate import (
+    EvalResult,
+    avss_oracle_semantic,
+    cond_frame_for,
+    evaluate_source,
+    predict_item,
+    schema_rows,
+    shard_indices,
+)
+from auralsam2.evaluation.metrics import (
+    as_bool,
+    fmeasure,
+    fmeasure_curve,
+    fmeasure_from_curves,
+    fmeasure_histograms,
+    fmeasure_thresholds,
+    foreground_ratio,
+    is_binary,
+    jaccard,
+    jaccard_from_counts,
+    jaccard_from_masks,
+    mask_counts,
+    refavs_null_s,
+)
+from auralsam2.evaluation.protocols import (
+    AURALSAM2_RELEASED,
+    AVSBENCH_OFFICIAL,
+    PROTOCOLS,
+    REFAVS_OFFICIAL,
+    Protocol,
+    get_protocol,
+    resize_for_protocol,
+    resize_logits_and_gt,
+)
+from auralsam2.evaluation.semantic import (
+    AVSS_NUM_CLASSES,
+    AVSSAccumulator,
+    AVSSResult,
+    SemanticScore,
+    avss_semantic,
+)
+from auralsam2.evaluation.streaming import Rows, StreamingEvaluator
+
+__all__ = [
+    "AURALSAM2_RELEASED",
+    "AVSBENCH_OFFICIAL",
+    "AVSS_NUM_CLASSES",
+    "PROTOCOLS",
+    "REFAVS_OFFICIAL",
+    "AVSSAccumulator",
+    "AVSSResult",
+    "EvalResult",
+    "Protocol",
+    "Rows",
+    "SemanticScore",
+    "StreamingEvaluator",
+    "as_bool",
+    "avss_oracle_semantic",
+    "avss_semantic",
+    "cond_frame_for",
+    "evaluate_source",
+    "fmeasure",
+    "fmeasure_curve",
+    "fmeasure_from_curves",
+    "fmeasure_histograms",
+    "fmeasure_thresholds",
+    "foreground_ratio",
+    "get_protocol",
+    "is_binary",
+    "jaccard",
+    "jaccard_from_counts",
+    "jaccard_from_masks",
+    "mask_counts",
+    "predict_item",
+    "refavs_null_s",
+    "resize_for_protocol",
+    "resize_logits_and_gt",
+    "schema_rows",
+    "shard_indices",
+]

@@ -1,0 +1,11 @@
+"""The text path (Ref-AVS): the frozen encoder of referring expressions (`encoder`)."""
+
+from auralsam2.text.encoder import (
+    DEFAULT_TEXT_MODEL,
+    MAX_LENGTH,
+    TextEmbeddings,
+    TextEncoder,
+    tiny_text_encoder,
+)
+
+__all__ = ["DEFAULT_TEXT_MODEL", "MAX_LENGTH", "TextEmbeddings", "TextEncoder", "tiny_text_encoder"]
