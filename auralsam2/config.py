@@ -94,6 +94,9 @@ class DataConfig(_Strict):
     views: Literal["random", "cycle", "first"] = Field(
         "random", description="view of a training clip each epoch: seeded random, epoch modulo views, or view 0")
     max_train_items: int | None = Field(None, ge=1, description="use only the first N training items (demos)")
+    train_frames: int | None = Field(None, ge=1, description="ours: train on a window of this many consecutive "
+                                     "frames of each clip, placed per (seed, epoch, item); None = every frame "
+                                     "(released). Evaluation always sees whole clips")
     max_val_items: int | None = Field(None, ge=1, description="validate on the first N val items only")
     include_null_train: bool = Field(True, description="Ref-AVS: train on null expressions too (released)")
 
@@ -107,9 +110,21 @@ class ModelConfig(_Strict):
     vggish_checkpoint: str | None = Field(None, description="torchvggish weights (vggish-10086976.pth); None = random")
     train_vggish: bool = Field(True, description="train VGGish (paper); false = frozen as released")
     audio_channels: int = Field(2, ge=1, description="audio channels, one VGGish pass each (2 = stereo, released)")
+    text_encoder: str | None = Field(None, description="Ref-AVS: the frozen encoder of expressions, a local Hugging "
+                                     "Face folder or a model id in the local HF cache (released: "
+                                     "distilbert/distilroberta-base); its output is cached once. None = no text")
     official_query_pe: bool = Field(True, description="reproduce the released query-PE aliasing in the decoder")
     init_checkpoint: str | None = Field(None, description="start from this fuser checkpoint (ours or a released "
                                                           "AuralSAM2 .pth); None = fresh init")
+
+    @property
+    def text_encoder_source(self) -> str | None:
+        """`text_encoder` as an absolute folder when it names one (relative: the current directory,
+        else the project root), else the model id as given (looked up in the local HF cache)."""
+        if not self.text_encoder:
+            return None
+        folder = resolve_path(self.text_encoder)
+        return str(folder) if folder.is_dir() else self.text_encoder
 
     @model_validator(mode="after")
     def _audio_width(self) -> ModelConfig:
@@ -245,6 +260,19 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"data.dataset={self.data.dataset!r} with model.fuser.variant="
                              f"{self.model.fuser.variant!r}: use model.fuser.variant 'refavs' for Ref-AVS and "
                              "'avs' for the AVSBench datasets (ablate inputs with model.fuser.modalities)")
+        con = self.loss.audiocon
+        if con.mode in ("paper", "official") and con.weight > 0 and not self.model.fuser.uses_audio:
+            raise ValueError(f"loss.audiocon.mode={con.mode!r} contrasts pixels with the audio, but "
+                             f"model.fuser.modalities={self.model.fuser.modalities!r} has none; set "
+                             "loss.audiocon.mode to 'supcon' or 'off'")
+        if self.data.dataset != "refavs" and (self.model.fuser.uses_text or self.model.text_encoder):
+            raise ValueError(f"data.dataset={self.data.dataset!r} has no expressions: model.fuser.modalities="
+                             f"{self.model.fuser.modalities!r} / model.text_encoder={self.model.text_encoder!r} need "
+                             "Ref-AVS; use modalities 'audio' or 'visual' and no text encoder")
+        if self.data.dataset == "refavs" and self.model.fuser.uses_text and not self.model.text_encoder:
+            raise ValueError(f"model.fuser.modalities={self.model.fuser.modalities!r} reads the expressions: set "
+                             "model.text_encoder (released: distilbert/distilroberta-base, a local folder or a model "
+                             "id in the local Hugging Face cache)")
         return self
 
     @property
@@ -402,12 +430,12 @@ def resolve_path(value: str | os.PathLike, base: Path | None = None) -> Path:
     return (PROJECT_ROOT / path).resolve()
 
 
-def demo_config_path() -> Path:
-    """`configs/demo.yaml` (the pretrained synthetic SAM2) when its checkpoint is present, else
-    `configs/demo_tiny.yaml` (the random `tiny` SAM2; learns much less)."""
-    demo = PROJECT_ROOT / "configs" / "demo.yaml"
-    raw = _read_yaml(demo)
-    checkpoint = raw.get("model", {}).get("sam2", {}).get("checkpoint")
+def demo_config_path(name: str = "demo") -> Path:
+    """`configs/<name>.yaml` (the pretrained synthetic SAM2; `demo` for AVSBench, `demo_refavs` for
+    Ref-AVS) when its SAM2 checkpoint is present, else `configs/<name>_tiny.yaml` (the random `tiny`
+    SAM2; learns much less)."""
+    demo = PROJECT_ROOT / "configs" / f"{name}.yaml"
+    checkpoint = load_config(demo).model.sam2.checkpoint
     if checkpoint and resolve_path(checkpoint).is_file():
         return demo
-    return PROJECT_ROOT / "configs" / "demo_tiny.yaml"
+    return PROJECT_ROOT / "configs" / f"{name}_tiny.yaml"

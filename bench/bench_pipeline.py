@@ -144,7 +144,10 @@ def main(quick: bool = False, write: bool = False) -> dict:
               **{f"in_{k}_s": round(v, 1) for k, v in sorted(totals.items())},
               **{f"step_{k}_s": round(v, 1) for k, v in outcome["timings"].items()},
               **{f"J_{row}": round(r["J"], 3) for row, r in outcome["rows"].items()},
-              **{f"F_{row}": round(r["F"], 3) for row, r in outcome["rows"].items()}}
+              **{f"F_{row}": round(r["F"], 3) for row, r in outcome["rows"].items()},
+              **{f"refavs_{k}_{r['row']}_{r['split']}": None if r[k] is None else round(r[k], 3)
+                 for r in outcome["refavs_rows"] if r["protocol"] == "refavs_official"
+                 for k in (("S",) if r["split"] == "test_n" else ("J", "F"))}}
     print("demo pipeline benchmark")
     for k, v in result.items():
         print(f"  {k:>28}: {v}")

@@ -1,7 +1,8 @@
 """Why the synthetic demo does (not) hear: controlled experiments on the demo's data and model.
 
 Each experiment trains the demo config (`configs/demo.yaml`, CPU, one thread) for `--steps` steps
-and scores the multi-source test split (v1m + v2, AVSBench protocol, iou_select), like the demo:
+and scores the multi-source test split (v1m + v2, AVSBench protocol, iou_select), like the demo
+(`--split val` to choose a setting honestly):
 
 * `real`: the demo as configured (VGGish log-mel audio) - the reference;
 * `visual`: the visual-only ablation row;
@@ -78,7 +79,7 @@ class Items:
         return it
 
 
-def run(kind: str, steps: int, home: Path, codes, sets: dict | None = None) -> dict:
+def run(kind: str, steps: int, home: Path, codes, sets: dict | None = None, split: str = "test") -> dict:
     from auralsam2.checkpoints import read_weights
     from auralsam2.config import demo_config_path, load_config
     from auralsam2.engine import TrainingData, train
@@ -131,8 +132,8 @@ def run(kind: str, steps: int, home: Path, codes, sets: dict | None = None) -> d
     missing, unexpected = model.load_state_dict(weights, strict=False)
     assert not unexpected, unexpected
     model.eval()
-    test = Items(CacheItems(reader, "test", task=cfg.task, subsets=MULTI_SOURCE, training=False), use_codes, track_gt)
-    ev = evaluate_source(model, test, "test", task=cfg.task, protocols=["avsbench_official"], decodings=["iou_select"])
+    test = Items(CacheItems(reader, split, task=cfg.task, subsets=MULTI_SOURCE, training=False), use_codes, track_gt)
+    ev = evaluate_source(model, test, split, task=cfg.task, protocols=["avsbench_official"], decodings=["iou_select"])
     changed, total = 0.0, 0
     if kind != "visual":
         for i in range(len(test)):
@@ -146,7 +147,7 @@ def run(kind: str, steps: int, home: Path, codes, sets: dict | None = None) -> d
                 mb = fb.high_res_masks[0, fb.best_index] > 0
                 changed += float((ma ^ mb).float().mean())
                 total += 1
-    return {"experiment": kind + tag, "steps": steps, "train_s": round(train_s, 1),
+    return {"experiment": kind + tag, "steps": steps, "split": split, "train_s": round(train_s, 1),
             "J": round(ev.value("avsbench_official", "iou_select", "J"), 3),
             "F": round(ev.value("avsbench_official", "iou_select", "F"), 3),
             "pixels_changed_by_audio": round(changed / total, 4) if total else None}
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every experiment (YAML value), e.g. optim.lr=5e-3")
     parser.add_argument("--home", type=Path, default=None, help="data folder (default: a new temporary one)")
+    parser.add_argument("--split", default="test", help="multi-source split scored (val to choose settings)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     home = args.home or Path(tempfile.mkdtemp(prefix="diagnose-hearing-"))
@@ -175,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         import yaml
 
         sets = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.sets)}
-        rows.append(run(kind, args.steps, home, codes, sets))
+        rows.append(run(kind, args.steps, home, codes, sets, args.split))
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| experiment | steps | test J | test F | pixels changed by the audio |\n|---|---:|---:|---:|---:|")
+    print(f"\n| experiment | steps | {args.split} J | {args.split} F | pixels changed by the audio |\n|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['experiment']} | {r['steps']} | {r['J']} | {r['F']} | {r['pixels_changed_by_audio']} |")
     return 0

@@ -30,7 +30,9 @@ CLIP_METRICS = pa.schema([*_ID_COLUMNS, ("n_frames", pa.int32()), *_TAIL])
 ABLATION_SUMMARY = pa.schema([
     ("parent_run_id", pa.string()), ("row", pa.string()), ("dataset", pa.string()), ("split", pa.string()),
     ("protocol", pa.string()), ("J", pa.float64()), ("F", pa.float64()), ("J_and_F", pa.float64()),
-    ("paper_J", pa.float64()), ("paper_F", pa.float64()), ("paper_table", pa.string()),
+    ("S", pa.float64()),  # Ref-AVS null split: the protocol's S (refavs_official: mean sqrt per call;
+                          # auralsam2_released: global foreground ratio); null elsewhere
+    ("paper_J", pa.float64()), ("paper_F", pa.float64()), ("paper_S", pa.float64()), ("paper_table", pa.string()),
 ])
 
 TABLES: dict[str, tuple[pa.Schema, str]] = {

@@ -34,6 +34,26 @@ READERS: dict[str, Callable[..., ReadResult]] = {
     "refavs": read_refavs,
 }
 PALETTE_MASKS = {"avss"}  # datasets whose masks are RGB palette images
+
+
+def find_index(dataset: str, root: str | Path) -> Path:
+    """The metadata file a raw `dataset` folder must hold (cheap: no clip is read); a missing one is
+    a `FileNotFoundError` saying where to point --root."""
+    from data_specs.avsbench_v1 import _locate
+    from data_specs.avss import find_metadata
+
+    root = Path(root).resolve()
+    if dataset == "avss":
+        return find_metadata(root)
+    if dataset == "refavs":
+        if not (root / "metadata.csv").is_file():
+            raise FileNotFoundError(f"{root / 'metadata.csv'} not found; point --root at the REFAVS folder "
+                                    "(metadata.csv, media/, gt_mask/)")
+        return root / "metadata.csv"
+    if dataset in ("avsbench-s4", "avsbench-ms3"):
+        s4 = dataset == "avsbench-s4"
+        return _locate(root, "s4_meta_data.csv" if s4 else "ms3_meta_data.csv", "Single-source" if s4 else "Multi-sources")
+    raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(READERS)}")
 REPORT_COLUMNS = ("dataset", "clip_key", "file", "kind", "severity", "message", "expression_uid")
 
 

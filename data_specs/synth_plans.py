@@ -4,14 +4,17 @@ Subset rules:
 - v1s / S4 (single source): 2-4 objects, exactly one of them (uniform) sounds on every frame.
 - v1m / v2 / MS3 (multi source): 2-4 objects; per frame 0..k-1 of them sound (`schedule_multi`),
   plus, in some clips, an off-screen category that is heard but never masked.
-- Ref-AVS: 10-frame clips with 1-2 "sounders" (sound on >= 6 of 10 seconds) and >= 1 silent
-  object; expressions refer to one on-screen object whose mask is shown on every frame (the
+- Ref-AVS: 10-frame clips of four objects (distinct categories) painted in two colour pairs; in
+  each pair one object sounds (on >= 6 of 10 seconds) and one is silent. An expression names the
+  colour and that the object sounds ("the red object that is making a sound"), never its category,
+  so neither the text (two objects of that colour) nor the audio (two sounders) is enough alone:
+  the task needs hearing AND reading. The referred object's mask is shown on every frame (the
   Ref-AVS ground truth segments the referred object, not only while it sounds). test_u clips hold
-  one unseen category (never in train/val/test_s or AVSBench) and only it is referred to.
+  one unseen category (never in train/val/test_s or AVSBench), the referred sounder.
   Null folders (`null_c-<vid>`: same frames, audio of absent categories only, as if crossed from
-  another clip; `null_m-<vid>`: same frames, muted audio) carry expressions that name a category
-  absent from the picture, with empty masks. The meaning of `c`/`m` is undocumented upstream;
-  this is our reading.
+  another clip; `null_m-<vid>`: same frames, muted audio) carry expressions naming a colour that is
+  on screen (its objects present and silent) or absent from the picture, with empty masks. The
+  meaning of `c`/`m` is undocumented upstream; this is our reading.
 """
 
 from __future__ import annotations
@@ -19,8 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from data_specs.synth_world import (
-    CATALOG,
-    Category,
+    PAINTS,
     ClipPlan,
     ExpressionPlan,
     SynthConfig,
@@ -115,89 +117,66 @@ def refavs_split_counts(cfg: SynthConfig) -> dict[str, int]:
     return {"train": cfg.clips - n_val - n_test_s - n_test_u, "val": n_val, "test_s": n_test_s, "test_u": n_test_u}
 
 
-def _article(word: str) -> str:
-    return ("an " if word[0] in "aeiou" else "a ") + word
+# An expression names a colour and the fact that the object sounds, never its category or shape:
+# every media clip holds two objects of each named colour, one sounding and one silent, so the text
+# alone leaves two candidates (the pair) and the audio alone two (the sounders); only both together
+# single out the target. Null expressions use the same words where no object of that colour sounds.
+SOUNDING_TEMPLATES = (
+    "the {c} object that is making a sound",
+    "the sounding {c} one",
+    "the {c} thing that makes a sound",
+    "of the two {c} objects, the one that sounds",
+    "the {c} object making a noise",
+    "the {c} one you can hear",
+)
 
 
-def _sounder_texts(plan: ClipPlan, i: int, sounders: list[int]) -> list[str]:
-    cat = plan.objects[i].category
-    texts = [f"the {cat.look} that is making a sound", f"the {cat.spoken} that makes a sound",
-             f"the object that sounds like {_article(cat.spoken)}", f"the {cat.look}, which is making a sound",
-             f"the sounding {cat.shape}"]
-    if len(sounders) == 1 and all(o.on_screen for o in plan.objects):  # no off-screen sound either
-        texts += ["the object making a sound", "the only object that is sounding"]
-    elif len(sounders) == 2:
-        other = plan.objects[sounders[1] if sounders[0] == i else sounders[0]]
-        me = plan.objects[i]
-        dx = float(me.centres[:, 0].mean() - other.centres[:, 0].mean())
-        if abs(dx) >= 0.2 * plan.width:
-            texts.append(f"the object making a sound on the {'left' if dx < 0 else 'right'}")
-        if abs(me.gain_db - other.gain_db) >= 3.0:
-            texts.append(f"the {'louder' if me.gain_db > other.gain_db else 'quieter'} of the two sounding objects")
-    return texts
+def oracle_candidates(plan: ClipPlan, expression: ExpressionPlan) -> dict[str, list[int]]:
+    """The on-screen objects (fids) an oracle that knows only some modalities cannot rule out for a
+    non-null expression: `visual` sees the objects, `text` also reads the colour, `audio` also hears
+    who sounds, `audio+text` both. Objects never overlap and the referred object is masked on every
+    frame, so an oracle that picks uniformly among its candidates has expected J = 1 / candidates:
+    by construction 4, 2, 2 and 1 candidates, i.e. chance-level J of 0.25 (visual-only), 0.50
+    (text-only), 0.50 (audio-only) and 1.0 (audio + text)."""
+    colour = next(c for c in PAINTS if f" {c} " in f" {expression.text.replace(',', ' ')} ")
+    visual = [i for i, o in enumerate(plan.objects) if o.on_screen]
+    text = [i for i in visual if plan.objects[i].colour_name == colour]
+    audio = [i for i in visual if plan.sounding[i].any()]
+    return {"visual": visual, "text": text, "audio": audio, "audio+text": [i for i in text if i in audio]}
 
 
-def _silent_texts(plan: ClipPlan, i: int, n_silent: int) -> list[str]:
-    cat = plan.objects[i].category
-    texts = [f"the silent {cat.look}", f"the {cat.spoken} that makes no sound",
-             f"the {cat.look} that is not making a sound"]
-    if n_silent == 1:
-        texts.append("the object that makes no sound")
-    return texts
+def expression_corpus() -> list[str]:
+    """Every expression the synthetic Ref-AVS world can write (for the demo's tokenizer)."""
+    return [t.format(c=c) for t in SOUNDING_TEMPLATES for c in PAINTS]
 
 
-def _null_texts(cat: Category) -> list[str]:
-    return [f"the {cat.look} that is making a sound", f"the {cat.spoken} that makes a sound",
-            f"the object that sounds like {_article(cat.spoken)}"]
-
-
-def _expressions(rng: np.random.Generator, plan: ClipPlan, split: str, targets: list[int]) -> list[ExpressionPlan]:
-    """1-2 expressions per sounding target and, sometimes, one for a silent target."""
-    sounders = [i for i, o in enumerate(plan.objects) if o.on_screen and plan.sounding[i].any()]
-    silent = [i for i, o in enumerate(plan.objects) if o.on_screen and not plan.sounding[i].any()]
-    chosen: list[tuple[int, str]] = []
-    for i in targets:
-        if i in sounders:
-            texts = _sounder_texts(plan, i, sounders)
-            for j in rng.choice(len(texts), size=min(len(texts), 1 + int(rng.random() < 0.6)), replace=False):
-                chosen.append((i, texts[int(j)]))
-        elif rng.random() < 0.5 or not chosen:
-            texts = _silent_texts(plan, i, len(silent))
-            chosen.append((i, texts[int(rng.integers(len(texts)))]))
-    counters: dict[str, int] = {}
-    rows = []
-    for i, text in chosen:
-        name = plan.objects[i].category.name
-        counters[name] = counters.get(name, 0) + 1
-        rows.append(ExpressionPlan(f"{plan.vid}_{name}_{counters[name]}", split, i, text, plan.vid))
-    return rows
+def _texts(rng: np.random.Generator, colour: str, n: int) -> list[str]:
+    picks = rng.choice(len(SOUNDING_TEMPLATES), size=n, replace=False)
+    return [SOUNDING_TEMPLATES[int(j)].format(c=colour) for j in picks]
 
 
 def plan_refavs_media(cfg: SynthConfig, index: int, split: str) -> ClipPlan:
-    """One non-null Ref-AVS media folder with its expressions."""
+    """One non-null Ref-AVS media folder: four on-screen objects of distinct categories in two
+    colour pairs; in each pair one object sounds (on most seconds) and one is silent. test_u clips
+    hold one unseen category, the sounder of the first pair, and only it is referred to."""
     rng = clip_rng(cfg.seed, "refavs", "media", index)
     width, height = frame_size(cfg, rng)
-    k = object_count(rng, cfg)
     if split == "test_u":
-        names = choose(rng, cfg.unseen_categories, 1) + choose(rng, cfg.categories, k - 1)
+        names = choose(rng, cfg.unseen_categories, 1) + choose(rng, cfg.categories, 3)
         pool = list(cfg.categories) + list(cfg.unseen_categories)
     else:
-        names = choose(rng, cfg.categories, k)
+        names = choose(rng, cfg.categories, 4)
         pool = list(cfg.categories)
-    order = rng.permutation(k)
-    names = [names[j] for j in order]
-    objects = draw_objects(rng, cfg, names, REFAVS_FRAMES, width, height)
-    n_sounders = min(k - 1, 1 + int(rng.random() < 0.4))
-    if split == "test_u":
-        unseen = [i for i, n in enumerate(names) if n in cfg.unseen_categories]
-        others = [i for i in range(k) if i not in unseen]
-        sounders = unseen + choose(rng, others, n_sounders - 1)
-    else:
-        sounders = [int(i) for i in rng.choice(k, size=n_sounders, replace=False)]
-    sounding = np.zeros((k, REFAVS_FRAMES), dtype=bool)
-    for i in sounders:
-        while sounding[i].sum() < 6:  # a sounder sounds on most seconds, so "the sounding X" is clear
-            sounding[i] = rng.random(REFAVS_FRAMES) < 0.85
+    colours = choose(rng, list(PAINTS), 2)
+    roles = [(0, True), (0, False), (1, True), (1, False)]  # (colour pair, sounds) of names[0..3]
+    order = [int(j) for j in rng.permutation(4)]  # on-screen index (fid) -> role
+    objects = draw_objects(rng, cfg, [names[j] for j in order], REFAVS_FRAMES, width, height)
+    sounding = np.zeros((4, REFAVS_FRAMES), dtype=bool)
+    for fid, j in enumerate(order):
+        pair, sounds = roles[j]
+        objects[fid].paint = colours[pair]
+        while sounds and sounding[fid].sum() < 6:  # a sounder sounds on most seconds
+            sounding[fid] = rng.random(REFAVS_FRAMES) < 0.85
     if rng.random() < cfg.offscreen_clip_prob:
         name = choose(rng, [c for c in pool if c not in names], 1)[0]
         objects.append(offscreen_object(rng, cfg, name, REFAVS_FRAMES, width, height))
@@ -207,27 +186,28 @@ def plan_refavs_media(cfg: SynthConfig, index: int, split: str) -> ClipPlan:
     vid = f"{yt}_{start * 1000}_{(start + REFAVS_FRAMES) * 1000}"
     plan = ClipPlan("refavs", "refavs", split, yt, start, REFAVS_FRAMES, width, height, objects, sounding,
                     int(rng.integers(2**31)), uid=vid, vid=vid)
-    if split == "test_u":
-        targets = [i for i, n in enumerate(names) if n in cfg.unseen_categories]
-    else:
-        silent = [i for i in range(k) if i not in sounders]
-        targets = sorted(sounders + [silent[int(rng.integers(len(silent)))]])
-    plan.expressions = _expressions(rng, plan, split, targets)
+    targets = [order.index(0)] if split == "test_u" else sorted(order.index(j) for j in (0, 2))
+    counters: dict[str, int] = {}
+    for fid in targets:
+        name = objects[fid].category.name
+        for text in _texts(rng, objects[fid].paint, 1 + int(rng.random() < 0.5)):
+            counters[name] = counters.get(name, 0) + 1
+            plan.expressions.append(ExpressionPlan(f"{vid}_{name}_{counters[name]}", split, fid, text, vid))
     return plan
 
 
 def plan_null_folder(cfg: SynthConfig, media: ClipPlan, kind: str, split: str, n_expressions: int) -> ClipPlan:
-    """`null_<kind>-<vid>`: the frames of `media`, other audio, expressions naming absent categories."""
+    """`null_<kind>-<vid>`: the frames of `media` with other audio (`c`: only absent categories,
+    off screen; `m`: muted), so no on-screen object sounds; expressions name a colour on screen
+    (its objects are present and silent) or a colour absent from the picture."""
     rng = clip_rng(cfg.seed, "refavs-null", f"{kind}/{media.vid}", 0)
     on_screen = [o for o in media.objects if o.on_screen]
     present = {o.category.name for o in on_screen}
     absent = [c for c in cfg.categories if c not in present]
     objects = list(on_screen)
     sounding = np.zeros((len(objects), media.n_frames), dtype=bool)
-    heard: list[str] = []
     if kind == "c":  # audio crossed in from elsewhere: only categories absent from the picture sound
-        heard = choose(rng, absent, 1 + int(rng.random() < 0.5))
-        for name in heard:
+        for name in choose(rng, absent, 1 + int(rng.random() < 0.5)):
             objects.append(offscreen_object(rng, cfg, name, media.n_frames, media.width, media.height))
             row = rng.random(media.n_frames) < 0.7
             row[int(rng.integers(media.n_frames))] = True
@@ -236,11 +216,11 @@ def plan_null_folder(cfg: SynthConfig, media: ClipPlan, kind: str, split: str, n
     plan = ClipPlan("refavs", "refavs", split, media.ytid, media.start_s, media.n_frames, media.width,
                     media.height, objects, sounding, media.render_seed, uid=folder, vid=media.vid,
                     frames_from=media.uid)
+    painted = sorted({o.colour_name for o in on_screen})
+    unpainted = [c for c in PAINTS if c not in painted]
     for n in range(1, n_expressions + 1):
-        name = heard[0] if heard and rng.random() < 0.5 else absent[int(rng.integers(len(absent)))]
-        texts = _null_texts(CATALOG[name])
-        plan.expressions.append(ExpressionPlan(f"{folder}_null_{n}", split, 0, texts[int(rng.integers(len(texts)))],
-                                               folder))
+        colour = painted[int(rng.integers(len(painted)))] if rng.random() < 0.6 else unpainted[int(rng.integers(len(unpainted)))]
+        plan.expressions.append(ExpressionPlan(f"{folder}_null_{n}", split, 0, _texts(rng, colour, 1)[0], folder))
     return plan
 
 
@@ -268,9 +248,9 @@ def plan_refavs(cfg: SynthConfig) -> list[ClipPlan]:
             todo.expressions = []
             for j in range(cfg.refavs_todo_rows):
                 i = j % len(todo.on_screen)
-                cat = todo.objects[i].category
-                todo.expressions.append(ExpressionPlan(f"{todo.vid}_{cat.name}_{j + 1}", "TODO", i,
-                                                       f"the {cat.look}", todo.vid))
+                obj = todo.objects[i]
+                todo.expressions.append(ExpressionPlan(f"{todo.vid}_{obj.category.name}_{j + 1}", "TODO", i,
+                                                       f"the {obj.colour_name} {obj.category.shape}", todo.vid))
             folders.append(todo)
     folders += media["test_s"] + media["test_u"]
     for plan in media["test_s"]:

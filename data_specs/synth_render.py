@@ -121,7 +121,7 @@ def render_clip(plan: ClipPlan) -> tuple[list[np.ndarray], np.ndarray]:
             yy, xx = np.mgrid[box[0], box[1]].astype(np.float32)
             proj = ((xx - cx) * math.cos(light[i]) + (yy - cy) * math.sin(light[i])) / max(r, 1.0)
             shade = (0.88 + 0.14 * proj)[..., None]
-            colour = np.asarray(obj.category.colour, dtype=np.float32)
+            colour = np.asarray(obj.colour, dtype=np.float32)
             patch = frame[box]
             patch[mask] = colour * 0.55
             fill = np.clip(colour * shade + 10 * (shade - 0.88), 0, 255)

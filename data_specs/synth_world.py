@@ -77,6 +77,13 @@ CATALOG: dict[str, Category] = {c.name: c for c in (
 SEEN_CATEGORIES = ("guitar", "dog", "piano", "violin", "car", "bird", "tabla", "man")
 UNSEEN_CATEGORIES = ("lion", "emergency-car", "mower")
 
+# Ref-AVS paint: there an object's colour is drawn apart from its category (which keeps its shape
+# and its sound), so that an expression can name a colour that two objects share.
+PAINTS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35), "blue": (35, 75, 215), "green": (30, 165, 60), "yellow": (235, 205, 30),
+    "white": (245, 245, 245), "orange": (245, 135, 20), "purple": (125, 45, 175), "cyan": (30, 200, 215),
+}
+
 
 class SynthConfig(BaseModel):
     """Everything that shapes the synthetic world. Same config -> byte-identical files."""
@@ -171,6 +178,15 @@ class ObjectPlan:
     gain_db: float
     seed: int  # seeds the object's sound waveform
     on_screen: bool = True
+    paint: str | None = None  # Ref-AVS: a PAINTS name; None = the category's own colour
+
+    @property
+    def colour(self) -> tuple[int, int, int]:
+        return PAINTS[self.paint] if self.paint else self.category.colour
+
+    @property
+    def colour_name(self) -> str:
+        return self.paint or self.category.colour_name
 
 
 @dataclass
@@ -227,7 +243,7 @@ class ClipPlan:
             "size": [self.width, self.height], "n_frames": self.n_frames,
             "objects": [{
                 "index": i, "category": o.category.name, "class_id": o.category.class_id,
-                "on_screen": o.on_screen, "radius": round(float(o.radius), 2), "gain_db": round(o.gain_db, 2),
+                "colour": o.colour_name, "on_screen": o.on_screen, "radius": round(float(o.radius), 2), "gain_db": round(o.gain_db, 2),
                 "centres": [[round(float(x), 1), round(float(y), 1)] for x, y in o.centres],
                 "sounding": [int(s) for s in self.sounding[i]],
             } for i, o in enumerate(self.objects)],

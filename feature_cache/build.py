@@ -295,7 +295,17 @@ def cache_is_current(ingest: str | os.PathLike, out: str | os.PathLike, settings
         return False
     if (out_dir / MANIFEST).read_bytes() != live:
         return False
+    if settings.text_encoder and not text_is_current(info, settings.text_encoder):
+        return False
     return not fingerprint_differences(info["fingerprint"], expected_fields(settings))
+
+
+def text_is_current(info: dict[str, Any], text_encoder: str) -> bool:
+    """True when cache.json `info` records a text file built from exactly this encoder's files."""
+    from auralsam2.text import text_encoder_identity
+
+    entry = info.get("text")
+    return bool(entry) and entry["fingerprint"].get("files_sha256") == text_encoder_identity(text_encoder)
 
 
 def build_cache(ingest: str | os.PathLike, out: str | os.PathLike, settings: CacheSettings, *,
@@ -324,5 +334,6 @@ def build_cache(ingest: str | os.PathLike, out: str | os.PathLike, settings: Cac
 
 
 __all__ = ["CACHE_JSON", "CLIPS", "INDEX", "MANIFEST", "CachePlan", "CacheSummary", "build_cache", "build_text",
+           "text_is_current",
            "cache_is_current",
            "created_now", "finalize_cache", "locate_ingest", "plan_cache", "read_cache_json"]

@@ -31,6 +31,19 @@ __all__ = ["CacheItems", "cache_expectation", "choose_view", "eval_items", "open
 ViewPolicy = Literal["random", "cycle", "first"]
 
 
+def _mix(seed: int, epoch: int, index: int, salt: int = 0) -> torch.Generator:
+    mixed = (((seed * 1_000_003 + epoch) * 1_000_033 + index) * 1_000_037 + salt) % (2**63 - 1)
+    return torch.Generator().manual_seed(mixed)
+
+
+def choose_window(frames: int, n: int, seed: int, epoch: int, index: int) -> slice:
+    """The training window of `frames` consecutive frames of an `n`-frame item in an epoch."""
+    if frames >= n:
+        return slice(0, n)
+    start = int(torch.randint(n - frames + 1, (1,), generator=_mix(seed, epoch, index, salt=1)))
+    return slice(start, start + frames)
+
+
 def choose_view(policy: ViewPolicy, views: int, seed: int, epoch: int, index: int) -> int:
     """The view a training item uses in an epoch; deterministic in (seed, epoch, index)."""
     if views <= 1 or policy == "first":
@@ -52,13 +65,14 @@ class CacheItems:
 
     def __init__(self, reader: CacheReader, split: str, *, task: Literal["avs", "ref"] = "avs",
                  subsets: Sequence[str] = (), training: bool = False, views: ViewPolicy = "first", seed: int = 0,
-                 include_null: bool = True, max_items: int | None = None) -> None:
+                 include_null: bool = True, max_items: int | None = None, frames: int | None = None) -> None:
         self.reader = reader
         self.split = split
         self.task = task
         self.training = training
         self.view_policy: ViewPolicy = views
         self.seed = seed
+        self.frames = frames
         wanted = {s.lower() for s in subsets}
         self._items: list[tuple[str, str, bool]] = []  # (clip key, expression uid, is_null)
         if task == "avs":
@@ -125,6 +139,14 @@ class CacheItems:
             text = expression.hidden
             record = next((e for e in clip.expressions if e.uid == uid), None)
             category = (record.category if record is not None else "") or clip.category
+        pyramid, log_mel = tuple(feats.pyramid), feats.log_mel
+        if self.training and self.frames is not None and self.frames < n:
+            w = choose_window(self.frames, n, self.seed, epoch, index)
+            pyramid = tuple(x[w] for x in pyramid)
+            log_mel = None if log_mel is None else log_mel[w]
+            masks, labelled = masks[w], labelled[w]
+            labels = None if labels is None else labels[w]
+            n = self.frames
         supervised: list[int] = []
         if self.training:
             if is_null:
@@ -138,7 +160,7 @@ class CacheItems:
                                      "check the ingest report for missing masks")
         return ClipItem(
             key=uid or key, clip_key=key, dataset=clip.dataset, subset=clip.subset, split=self.split,
-            category=category, pyramid=tuple(feats.pyramid), log_mel=feats.log_mel, text=text, masks=masks,
+            category=category, pyramid=pyramid, log_mel=log_mel, text=text, masks=masks,
             labelled=labelled, supervised=supervised, expression_uid=uid, is_null=is_null,
             labels=labels if clip.dataset == "avss" else None, view=view,
         )
@@ -180,7 +202,20 @@ def open_reader(cfg, device: str | torch.device = "cpu") -> CacheReader:
             f"data.cache: no feature cache at {root}; build it first, e.g. `auralsam2 cache --shards "
             f"{resolve_path(cfg.data.ingest, data_home())} --out {root} --sam2-config {sam2.config}"
             f"{f' --checkpoint {checkpoint}' if checkpoint else ''} --views {cfg.data.cache_views}`")
-    return CacheReader(root, expect=expect, device=device, checkpoint=checkpoint)
+    reader = CacheReader(root, expect=expect, device=device, checkpoint=checkpoint)
+    if cfg.model.text_encoder and cfg.data.dataset == "refavs":
+        from feature_cache.build import text_is_current
+        from feature_cache.schema import StaleCacheError
+
+        if not text_is_current(reader.info, cfg.model.text_encoder_source):
+            built = (reader.text_fingerprint or {}).get("text_encoder")
+            raise StaleCacheError(
+                f"data.cache {root}: its text embeddings were built {f'with {built!r}' if built else 'without a text encoder'}"
+                f", not with model.text_encoder={cfg.model.text_encoder!r} as it is now; rebuild them with "
+                f"`auralsam2 cache --shards {resolve_path(cfg.data.ingest, data_home())} --out {root} --sam2-config "
+                f"{sam2.config} --text-encoder {cfg.model.text_encoder}` (the SAM2 features are reused) or "
+                "`auralsam2 run` with this config")
+    return reader
 
 
 def eval_items(cfg, reader: CacheReader, split: str, max_items: int | None = None) -> CacheItems:
@@ -196,7 +231,7 @@ def training_data(cfg, reader: CacheReader):
 
     train = CacheItems(reader, cfg.data.train_split, task=cfg.task, subsets=cfg.data.subsets, training=True,
                        views=cfg.data.views, seed=cfg.train.seed, include_null=cfg.data.include_null_train,
-                       max_items=cfg.data.max_train_items)
+                       max_items=cfg.data.max_train_items, frames=cfg.data.train_frames)
     split = cfg.data.val_split if cfg.train.select_on == "val" else (cfg.eval.splits[0] if cfg.eval.splits else None)
     select = None
     if split is not None:

@@ -4,8 +4,9 @@ The released model feeds the fuser the frozen text encoder's `last_hidden_state`
 padding positions included) for each expression; it never trains the encoder, so the output is
 cached once. Rows are sorted by uid, in record batches of `ROWS_PER_BATCH`, stored in the cache's
 16-bit dtype (bf16 words in uint16, as the pyramids), with the attention mask. The file's
-fingerprint is the text model's (name, weights and tokenizer sha256, max length, dtype), not the
-SAM2 one, and its source records a hash of the expression list, so a changed list rebuilds it.
+fingerprint is the text model's (`text_fingerprint`: its files, weights, tokenizer and call), not
+the SAM2 one, so changing the encoder rebuilds this file only; its source records a hash of the
+expression list, so a changed list rebuilds it too.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from feature_cache.schema import FORMAT_VERSION, canonical_json, file_metadata, 
 
 ROWS_PER_BATCH = 256
 ENCODE_BATCH = 32
-TINY_TEXT_ENCODER = "tiny"  # test-only: auralsam2.text.tiny_text_encoder() (random weights)
 
 
 @dataclass(frozen=True)
@@ -45,22 +45,27 @@ class TextResult:
 
 
 def load_text_encoder(name: str, device: str | torch.device = "cpu"):
-    """`auralsam2.text.TextEncoder` for a local dir / cached HF id, or the test-only tiny one ('tiny')."""
-    from auralsam2.text import TextEncoder, tiny_text_encoder
+    """`auralsam2.text.TextEncoder` from a local folder or a model id in the local HF cache."""
+    from auralsam2.text import TextEncoder
 
-    if name == TINY_TEXT_ENCODER:
-        return tiny_text_encoder().to(device)
     return TextEncoder.from_pretrained(name, device=str(device))
 
 
 def text_fingerprint(name: str, encoder, dtype: str) -> dict[str, Any]:
-    vocab = canonical_json(sorted(encoder.tokenizer.get_vocab().items()))
+    """What determines a cached expression embedding: the encoder's files (`text_encoder_identity`),
+    its weights as loaded, the whole tokenizer (vocabulary, merges, normalisation) and the released
+    tokenizer call, the output taken and the storage dtype."""
+    from auralsam2.text import TOKENIZER_SETTINGS, text_encoder_identity
+
+    backend = getattr(encoder.tokenizer, "backend_tokenizer", None)
+    tokenizer = backend.to_str() if backend is not None else canonical_json(sorted(encoder.tokenizer.get_vocab().items()))
     return {
         "format": FORMAT_VERSION,
         "text_encoder": name,
+        "files_sha256": text_encoder_identity(name),
         "weights_sha256": state_sha256(encoder.model.state_dict()),
-        "tokenizer_sha256": hashlib.sha256(vocab.encode()).hexdigest(),
-        "max_length": int(encoder.max_length),
+        "tokenizer_sha256": hashlib.sha256(tokenizer.encode()).hexdigest(),
+        "tokenizer_settings": {**TOKENIZER_SETTINGS, "max_length": int(encoder.max_length)},
         "hidden_size": int(encoder.hidden_size),
         "output": "last_hidden_state",
         "dtype": dtype,

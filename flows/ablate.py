@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 
 from auralsam2.config import (
     PROJECT_ROOT,
+    ConfigError,
     ExperimentConfig,
     apply_overrides,
     config_from_mapping,
@@ -57,12 +58,21 @@ class AblationRow:
 
 @dataclass
 class SummarySelection:
-    """Which numbers the summary table reports for each row."""
+    """Which numbers the summary table reports for each row: one summary row per (split, protocol).
+
+    With `subsets`, J and F are the means over those subsets' clips of the per-clip values (exact for
+    the one-clip-per-call AVS protocols); without, the protocols' own aggregates of the whole split
+    (Ref-AVS: J and F per call of 4 expressions, S on the null split)."""
 
     split: str = "test"
     protocol: str = ""        # default: the config's headline protocol
     decoding: str = ""        # default: the config's primary decoding
     subsets: list[str] = field(default_factory=list)  # e.g. the multi-source subsets; [] = all
+    splits: list[str] = field(default_factory=list)  # several splits (Ref-AVS test_s, test_u, test_n); [] = [split]
+    protocols: list[str] = field(default_factory=list)  # several protocols; [] = [protocol]
+
+    def split_list(self) -> list[str]:
+        return list(self.splits) or [self.split]
 
 
 def load_grid(grid: str = "paper", rows: Sequence[str] | None = None, path: str | os.PathLike = GRID_FILE
@@ -100,6 +110,18 @@ def row_config(base: ExperimentConfig, row: AblationRow) -> ExperimentConfig:
     return cfg.with_run_name(f"{row.name}-{config_hash(cfg)}")
 
 
+def row_configs(base: ExperimentConfig, grid: str, rows: Sequence[str] | None) -> list[ExperimentConfig | str]:
+    """The grid's row configs that apply to the base's dataset, or, for an invalid one, its error."""
+    out: list[ExperimentConfig | str] = []
+    for row in load_grid(grid, rows):
+        if row.applies_to(base.data.dataset):
+            try:
+                out.append(row_config(base, row))
+            except ConfigError as err:
+                out.append(f"ablation row {row.name!r}: {err}")
+    return out
+
+
 def finished_run(cfg: ExperimentConfig) -> dict[str, Any] | None:
     """The result of an earlier finished run of exactly this config (any run named `*-<config hash>`
     in the experiment's run folder, e.g. the pipeline's run for the grid's `full` row), if its best
@@ -120,7 +142,8 @@ def finished_run(cfg: ExperimentConfig) -> dict[str, Any] | None:
     return None
 
 
-def selection_metrics(run_id: str, cfg: ExperimentConfig, sel: SummarySelection) -> dict[str, float]:
+def selection_metrics(run_id: str, cfg: ExperimentConfig, sel: SummarySelection, split: str | None = None,
+                      protocol: str | None = None) -> dict[str, float]:
     """J and F of one evaluated run for the summary selection, from its clip_metrics Parquet.
 
     For the one-clip-per-call protocols (AVSBench official, AuralSAM2 released on AVS) the mean
@@ -128,18 +151,18 @@ def selection_metrics(run_id: str, cfg: ExperimentConfig, sel: SummarySelection)
     """
     from dashboards.views import connect
 
-    protocol = sel.protocol or cfg.eval.headline_protocol
+    protocol = protocol or sel.protocol or cfg.eval.headline_protocol
     decoding = sel.decoding or cfg.eval.primary_decoding
     con = connect(data_home())
     where = ["run_id = $run", "split = $split", "protocol = $protocol", "decoding = $decoding", "not is_null"]
-    params: dict[str, Any] = {"run": run_id, "split": sel.split, "protocol": protocol, "decoding": decoding}
+    params: dict[str, Any] = {"run": run_id, "split": split or sel.split, "protocol": protocol, "decoding": decoding}
     if sel.subsets:
         where.append("list_contains($subsets, subset)")
         params["subsets"] = list(sel.subsets)
     j, f, n = con.execute(f"select avg(J), avg(F), count(*) from clip_metrics where {' and '.join(where)}",
                           params).fetchone()
     return {"J": float("nan") if j is None else float(j), "F": float("nan") if f is None else float(f),
-            "clips": int(n), "protocol": protocol, "decoding": decoding}
+            "S": float("nan"), "clips": int(n), "protocol": protocol, "decoding": decoding}
 
 
 @task(name="ablation-row", cache_policy=NO_CACHE)
@@ -158,7 +181,16 @@ def ablation_row_task(config_yaml: str, row_name: str, parent_run_id: str | None
     if not summary.get("best_checkpoint"):
         raise RuntimeError(f"ablation row {row_name!r}: training produced no best checkpoint ({summary})")
     run_id = summary.get("run_id") or f"local-{cfg.run_name}"
-    evaluate_split(summary["best_checkpoint"], cfg, sel.split, run_id, tracking)
+    numbers = []
+    for split in sel.split_list():
+        evaluated = evaluate_split(summary["best_checkpoint"], cfg, split, run_id, tracking)
+        for protocol in sel.protocols or [sel.protocol or cfg.eval.headline_protocol]:
+            if sel.subsets:
+                numbers.append({"split": split, **selection_metrics(run_id, cfg, sel, split, protocol)})
+            else:
+                got = evaluated["by_protocol"][protocol]
+                numbers.append({"split": split, "protocol": protocol, "decoding": evaluated["decoding"],
+                                "J": got["J"], "F": got["F"], "S": got["S"]})
     # wall-clock (epoch) spans of the library work, and when this process started, for benchmarks
     # that run rows in worker processes
     spans = [(started, trained), (trained, time.time())]
@@ -170,23 +202,36 @@ def ablation_row_task(config_yaml: str, row_name: str, parent_run_id: str | None
         process_started = None
     return {"row": row_name, "run_name": cfg.run_name, "run_id": run_id, "reused": reused, "pid": os.getpid(),
             "library_spans": spans, "process_started": process_started,
-            "checkpoint": summary["best_checkpoint"], **selection_metrics(run_id, cfg, sel)}
+            "checkpoint": summary["best_checkpoint"], "numbers": numbers, **numbers[0]}
+
+
+def _paper(row: AblationRow, key: str, split: str) -> dict[str, Any]:
+    """The paper's numbers for this dataset/backbone: `{J, F, table}`, or per split `{test_s: {...}}`."""
+    entry = row.paper.get(key) or {}
+    return entry.get(split, entry) if isinstance(entry.get(split), dict) else entry
 
 
 def summary_rows(results: list[dict[str, Any]], rows: list[AblationRow], base: ExperimentConfig,
                  parent_run_id: str, sel: SummarySelection) -> list[dict[str, Any]]:
+    """One summary row per (grid row, split, protocol), with the paper's number beside ours."""
     backbone = base.model.sam2.config
     key = f"{base.experiment}/{backbone}"
     out = []
     for result, row in zip(results, rows, strict=True):
-        paper = row.paper.get(key) or {}
-        j, f = result["J"], result["F"]
-        out.append({
-            "parent_run_id": parent_run_id, "row": row.name, "dataset": base.data.dataset, "split": sel.split,
-            "protocol": result["protocol"], "J": j, "F": f, "J_and_F": (j + f) / 2,
-            "paper_J": paper.get("J"), "paper_F": paper.get("F"), "paper_table": paper.get("table") or row.table,
-        })
+        for n in result.get("numbers") or [{"split": sel.split, **result}]:
+            paper = _paper(row, key, n["split"])
+            j, f = n["J"], n["F"]
+            out.append({
+                "parent_run_id": parent_run_id, "row": row.name, "dataset": base.data.dataset, "split": n["split"],
+                "protocol": n["protocol"], "J": j, "F": f, "J_and_F": (j + f) / 2, "S": _finite(n.get("S")),
+                "paper_J": paper.get("J"), "paper_F": paper.get("F"), "paper_S": paper.get("S"),
+                "paper_table": paper.get("table") or row.table,
+            })
     return out
+
+
+def _finite(v: float | None) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
 def _fmt(v: float | None) -> str:
@@ -194,12 +239,21 @@ def _fmt(v: float | None) -> str:
 
 
 def summary_markdown(rows: list[dict[str, Any]], title: str) -> str:
-    lines = [f"### {title}", "", "| row | J | F | J&F | paper J | paper F | ΔJ vs paper | source |",
-             "|---|---|---|---|---|---|---|---|"]
+    """The summary as a Markdown table; split/protocol/S columns only when the summary has several
+    splits or protocols, or an S (so the AVSBench table reads as before)."""
+    multi = len({(r["split"], r["protocol"]) for r in rows}) > len({r["row"] for r in rows}) or \
+        any(r.get("S") is not None for r in rows)
+    head = "| row | split | protocol | J | F | J&F | S |" if multi else "| row | J | F | J&F |"
+    lines = [f"### {title}", "", head + " paper J | paper F | ΔJ vs paper | source |",
+             "|" + "---|" * (head.count("|") - 1 + 4)]
     for r in rows:
-        dj = None if r["paper_J"] is None else r["J"] - r["paper_J"]
-        lines.append(f"| {r['row']} | {_fmt(r['J'])} | {_fmt(r['F'])} | {_fmt(r['J_and_F'])} | {_fmt(r['paper_J'])} | "
-                     f"{_fmt(r['paper_F'])} | {_fmt(dj)} | {r['paper_table']} |")
+        dj = None if r["paper_J"] is None or _finite(r["J"]) is None else r["J"] - r["paper_J"]
+        ours = f"{_fmt(r['J'])} | {_fmt(r['F'])} | {_fmt(r['J_and_F'])}"
+        if multi:
+            paper_s = "" if r.get("paper_S") is None else f" (paper {_fmt(r['paper_S'])})"
+            ours = f"{r['split']} | {r['protocol']} | {ours} | {_fmt(r.get('S'))}{paper_s}"
+        lines.append(f"| {r['row']} | {ours} | {_fmt(r['paper_J'])} | {_fmt(r['paper_F'])} | {_fmt(dj)} | "
+                     f"{r['paper_table']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -209,7 +263,8 @@ def summary_png(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["row"] for r in rows]
+    multi = len({(r["row"], r["split"], r["protocol"]) for r in rows}) > len({r["row"] for r in rows})
+    names = [f"{r['row']}\n{r['split']} {r['protocol'].split('_')[0]}" if multi else r["row"] for r in rows]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows)), 3.2), dpi=110)
     xs = range(len(rows))
     ax.bar([x - 0.2 for x in xs], [r["J"] for r in rows], width=0.4, label="J (ours)")
@@ -244,7 +299,7 @@ def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = 
     base = config_from_mapping(yaml.safe_load(config_yaml), "ablation base config")
     sel = selection or SummarySelection()
     grid_rows = [r for r in load_grid(grid, rows) if r.applies_to(base.data.dataset)]
-    title = f"{base.experiment}: ablation grid {grid!r} ({sel.split}, {', '.join(sel.subsets) or 'all subsets'})"
+    title = f"{base.experiment}: ablation grid {grid!r} ({', '.join(sel.split_list())}, {', '.join(sel.subsets) or 'all subsets'})"
     parent_name = f"ablate-{grid}-{config_hash(base)}"
     parent_id = mlf.start_run(base.experiment, parent_name, tags={"auralsam2.kind": "ablation", "grid": grid}) \
         if tracking else f"local-{parent_name}"
@@ -348,6 +403,9 @@ def _rows_in_lanes(args: list[tuple], workers: int) -> list[dict[str, Any]]:
 def run_ablate(config_path: str | os.PathLike, overrides: Sequence[str] = (), *, grid: str = "paper",
                rows: Sequence[str] | None = None, selection: SummarySelection | None = None,
                tracking: bool = True, row_workers: int = 1) -> dict[str, Any]:
+    from flows.preflight import preflight
+
     cfg = load_config(config_path, overrides)
+    preflight(cfg, "ablate", steps=("train", "evaluate"), rows=row_configs(cfg, grid, rows))
     return ablate_flow(config_yaml=config_to_yaml(cfg), grid=grid, rows=list(rows) if rows else None,
                        selection=selection, tracking=tracking, row_workers=row_workers)

@@ -75,18 +75,56 @@ def ingest(
 
 
 DEMO_SELECTION = {"split": "test", "protocol": "avsbench_official", "decoding": "iou_select", "subsets": ["v1m", "v2"]}
+DEMO_REFAVS_SELECTION = {"split": "test_s", "splits": ["test_s", "test_u", "test_n"], "decoding": "iou_select",
+                         "protocols": ["refavs_official", "auralsam2_released"]}
+
+
+def _hears_line(rows: dict[str, dict]) -> str | None:
+    if "full" not in rows or "visual_only" not in rows:
+        return None
+    full, visual = rows["full"]["J"], rows["visual_only"]["J"]
+    hears = full >= 0.6 and full - visual >= 0.15
+    return (f"Does it hear? Multi-source test split (v1m + v2), AVSBench protocol: full J = {full:.3f}, "
+            f"visual-only J = {visual:.3f}, difference {full - visual:+.3f} "
+            f"(target: J >= 0.6 and difference >= 0.15): {'YES' if hears else 'NOT YET'}")
+
+
+def _hears_and_reads_line(table: list[dict]) -> str | None:
+    """Ref-AVS official protocol: full J on test_s (>= 0.5) and test_u vs the better single-modality
+    row (>= +0.10 on both), and S on test_n below visual-only's."""
+    at = {(r["row"], r["split"]): r for r in table if r["protocol"] == "refavs_official"}
+    need = [(row, split) for row in ("full", "audio_visual", "text_visual", "visual_only")
+            for split in ("test_s", "test_u", "test_n")]
+    if any(k not in at for k in need):
+        return None
+    checks, parts = [], []
+    for split in ("test_s", "test_u"):
+        full = at[("full", split)]["J"]
+        single = max(at[("audio_visual", split)]["J"], at[("text_visual", split)]["J"])
+        checks.append(full - single >= 0.10)
+        parts.append(f"{split}: full J = {full:.3f} vs best single modality {single:.3f} ({full - single:+.3f})")
+    checks.append(at[("full", "test_s")]["J"] >= 0.5)
+    s_full, s_visual = at[("full", "test_n")]["S"], at[("visual_only", "test_n")]["S"]
+    checks.append(s_full is not None and s_visual is not None and s_full < s_visual)
+    parts.append(f"test_n: S full {s_full if s_full is None else round(s_full, 3)} vs visual-only "
+                 f"{s_visual if s_visual is None else round(s_visual, 3)}")
+    return (f"Does it hear and read? Ref-AVS official protocol: {'; '.join(parts)} (targets: full J >= 0.5 on "
+            f"test_s, >= +0.10 over the better single modality on test_s and test_u, S below visual-only): "
+            f"{'YES' if all(checks) else 'NOT YET'}")
 
 
 @app.command()
 def demo(
     clips: int = typer.Option(None, help="Clips per subset of the synthetic world (default: the world's default)."),
     seed: int = typer.Option(0, help="World seed."),
-    grid: str = typer.Option("demo", help="Ablation grid of configs/ablations.yaml to run after the full model."),
+    grid: str = typer.Option("demo", help="AVSBench ablation grid of configs/ablations.yaml."),
+    refavs_grid: str = typer.Option("demo_refavs", help="Ref-AVS ablation grid ('' skips Ref-AVS)."),
     row_workers: int = typer.Option(2, help="Grid rows trained at once (this process and N-1 worker processes, one torch thread each)."),
 ) -> dict:
-    """The whole chain on the built-in synthetic world: world -> shards -> cache -> a mini ablation grid
-    (rows in parallel, here and in a worker process; its `full` row is the trained model) -> evaluate -> MLflow -> Parquet;
-    prints the table and where everything is."""
+    """The whole chain on the built-in synthetic world, for both datasets: world -> shards -> cache ->
+    a mini ablation grid (rows in parallel, here and in a worker process; its `full` row is the trained
+    model) -> evaluate -> MLflow -> Parquet; AVSBench, then Ref-AVS (audio + text); prints the tables
+    and where everything is."""
     import time
 
     from auralsam2.config import demo_config_path
@@ -98,27 +136,31 @@ def demo(
     home = data_home()
     world = home / "world"
     config = SynthConfig(seed=seed, **({"clips": clips} if clips else {}))
-    typer.echo(f"[1/3] synthetic world -> {world}")
+    steps = 3 if refavs_grid else 2
+    typer.echo(f"[1/{steps + 1}] synthetic world -> {world}")
     generate_world(world, config, progress=False)
-    world_s = time.perf_counter() - started
-    config_path = demo_config_path()
-    order = (f"the '{grid}' ablation grid ({row_workers} rows at a time) -> train (its `full` row) -> evaluate"
-             if row_workers > 1 else f"train -> evaluate -> the '{grid}' ablation grid")
-    typer.echo(f"[2/3] pipeline ({config_path.name}): ingest -> cache -> {order}")
-    result = run_pipeline(config_path, raw=world / "AVSBench", ablate_grid=grid,
-                          selection=SummarySelection(**DEMO_SELECTION), row_workers=row_workers)
+    timings = {"world": time.perf_counter() - started}
+    order = (f"the '{{grid}}' ablation grid ({row_workers} rows at a time) -> train (its `full` row) -> evaluate"
+             if row_workers > 1 else "train -> evaluate -> the '{grid}' ablation grid")
+    runs = [("AVSBench", demo_config_path("demo"), world / "AVSBench", grid, DEMO_SELECTION)]
+    if refavs_grid:
+        runs.append(("Ref-AVS", demo_config_path("demo_refavs"), world / "REFAVS", refavs_grid, DEMO_REFAVS_SELECTION))
+    results = {}
+    for step, (name, config_path, raw, grid_name, selection) in enumerate(runs, 2):
+        typer.echo(f"[{step}/{steps + 1}] {name} pipeline ({config_path.name}): ingest -> cache -> "
+                   + order.format(grid=grid_name))
+        results[name] = run_pipeline(config_path, raw=raw, ablate_grid=grid_name,
+                                     selection=SummarySelection(**selection), row_workers=row_workers)
+        timings.update({f"{name} {k}": v for k, v in results[name]["timings"].items()})
     total = time.perf_counter() - started
-    typer.echo("[3/3] results")
-    ablation = result["ablation"]
-    typer.echo(ablation["markdown"])
-    rows = {r["row"]: r for r in ablation["rows"]}
-    if "full" in rows and "visual_only" in rows:
-        full, visual = rows["full"]["J"], rows["visual_only"]["J"]
-        hears = full >= 0.6 and full - visual >= 0.15
-        typer.echo(f"Does it hear? Multi-source test split (v1m + v2), AVSBench protocol: full J = {full:.3f}, "
-                   f"visual-only J = {visual:.3f}, difference {full - visual:+.3f} "
-                   f"(target: J >= 0.6 and difference >= 0.15): {'YES' if hears else 'NOT YET'}")
-    timings = {"world": world_s, **result["timings"]}
+    typer.echo(f"[{steps + 1}/{steps + 1}] results")
+    for name, result in results.items():
+        ablation = result["ablation"]
+        typer.echo(ablation["markdown"])
+        line = _hears_line({r["row"]: r for r in ablation["rows"]}) if name == "AVSBench" else \
+            _hears_and_reads_line(ablation["rows"])
+        if line:
+            typer.echo(line + "\n")
     typer.echo("time per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s")
     uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
     typer.echo(f"""
@@ -131,9 +173,12 @@ Outputs (all under {home}):
 Next:
   MLflow UI      .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000
   DuckDB query   .venv/bin/auralsam2 query worst_clips --param limit=10
-                 .venv/bin/auralsam2 query "select row, J, F, J_and_F from ablation_summary order by J desc"
+                 .venv/bin/auralsam2 query "select dataset, row, split, protocol, J, F, S from ablation_summary order by all"
 """)
-    return {"rows": rows, "timings": timings, "total_s": total, "row_results": ablation["results"]}
+    return {"results": results, "timings": timings, "total_s": total,
+            "rows": {r["row"]: r for r in results["AVSBench"]["ablation"]["rows"]},
+            "refavs_rows": results["Ref-AVS"]["ablation"]["rows"] if "Ref-AVS" in results else [],
+            "row_results": [x for res in results.values() for x in res["ablation"]["results"]]}
 
 
 @app.command("pretrain-tiny-sam2")
@@ -191,6 +236,28 @@ def pretrain_tiny_vggish(
     typer.echo(f"wrote {record['checkpoint']} (sha256 {record['sha256'][:16]}...)")
     typer.echo(f"held-out: exact match {record['eval']['exact_match']:.3f}, "
                f"per-label accuracy {record['eval']['label_accuracy']:.3f}")
+
+
+@app.command("make-tiny-text-encoder")
+def make_tiny_text_encoder(
+    out: Path = typer.Option(None, help="Folder to write (default: the committed asset auralsam2/assets/"
+                             "text_tiny_synth and its recipe .json beside it)."),
+    seed: int = typer.Option(0, help="Seed of the random weights."),
+    hidden_size: int = typer.Option(32, min=2, help="Hidden size (the fuser's model.fuser.text_dim)."),
+    layers: int = typer.Option(2, min=1, help="Transformer layers."),
+    vocab_size: int = typer.Option(400, min=50, help="Byte-level BPE vocabulary size."),
+) -> None:
+    """Write the synthetic Ref-AVS demo's frozen text encoder as a Hugging Face folder.
+
+    A random tiny RoBERTa with a byte-level BPE tokenizer trained on the synthetic world's
+    expressions; the demo loads it through the same `model.text_encoder` path (a `save_pretrained`
+    folder) as the released distilroberta-base.
+    """
+    from flows.pretrain import run_make_tiny_text_encoder
+
+    record = run_make_tiny_text_encoder(out=out, seed=seed, hidden_size=hidden_size, layers=layers,
+                                        vocab_size=vocab_size)
+    typer.echo(f"wrote {record['folder']} ({', '.join(record['files_sha256'])})")
 
 
 @app.command()
@@ -291,11 +358,12 @@ def serve(
     Start a server first: `prefect server start --host 127.0.0.1` and
     `export PREFECT_API_URL=http://127.0.0.1:4200/api`.
     """
+    from auralsam2.config import ConfigError
     from flows.pipeline import serve_pipeline
 
     try:
         serve_pipeline(config, cron, set_, raw=raw, ablate_grid=ablate, name=name)
-    except RuntimeError as exc:
+    except (ConfigError, RuntimeError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
 
 

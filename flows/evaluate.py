@@ -150,6 +150,9 @@ def evaluate_split(checkpoint: str | os.PathLike, cfg: ExperimentConfig, split: 
             "J": result.value(headline, cfg.eval.primary_decoding, "J"),
             "F": result.value(headline, cfg.eval.primary_decoding, "F"),
             "S": result.value(headline, cfg.eval.primary_decoding, "S"),
+            "by_protocol": {p: {m: result.value(p, cfg.eval.primary_decoding, m)
+                                for m in ("J", "F", "S", "S_refavs_sqrt_per_call", "S_auralsam2_foreground_ratio")}
+                            for p in protocols},
             "metrics": flat, "parquet": [str(p) for p in written],
             "protocol": headline, "decoding": cfg.eval.primary_decoding}
 
@@ -246,8 +249,10 @@ def run_evaluate(checkpoint: str | os.PathLike, config_path: str | os.PathLike |
         else:
             config = load_config(config_path, overrides)
     from feature_cache.dataset import open_reader
+    from flows.preflight import preflight
 
     resolved, _ = checkpoint_config(checkpoint, config)  # fail fast, before the flow starts
+    preflight(resolved, "evaluate", steps=("evaluate",), checkpoint=checkpoint)
     open_reader(resolved, "cpu")
     return evaluate_flow(checkpoint=str(Path(checkpoint).resolve()),
                          config_yaml=None if config is None else config_to_yaml(config),

@@ -61,7 +61,7 @@ def cache_settings(cfg: ExperimentConfig):
         checkpoint=str(resolve_path(checkpoint)) if checkpoint else None,  # model files: cwd, then project root
         image_size=cfg.model.sam2.image_size,
         views=cfg.data.cache_views,
-        text_encoder=getattr(cfg.data, "text_encoder", None) if cfg.data.dataset == "refavs" else None,
+        text_encoder=cfg.model.text_encoder_source if cfg.data.dataset == "refavs" else None,
     )
 
 
@@ -201,7 +201,11 @@ def pipeline_flow(config_yaml: str, raw: str | None = None, subset: str = "all",
 def run_pipeline(config_path: str | os.PathLike, overrides: Sequence[str] = (), *, raw: str | os.PathLike | None = None,
                  subset: str = "all", ablate_grid: str | None = None, selection: SummarySelection | None = None,
                  workers: int | None = None, dask_address: str | None = None, row_workers: int = 1) -> dict[str, Any]:
+    from flows.ablate import row_configs
+    from flows.preflight import preflight
+
     cfg = load_config(config_path, overrides)
+    preflight(cfg, "run", raw=raw, rows=row_configs(cfg, ablate_grid, None) if ablate_grid else ())
     return pipeline_flow(config_yaml=config_to_yaml(cfg), raw=str(Path(raw).resolve()) if raw else None,
                          subset=subset, ablate_grid=ablate_grid, selection=selection, workers=workers,
                          dask_address=dask_address, row_workers=row_workers)
@@ -219,7 +223,11 @@ def serve_pipeline(config_path: str | os.PathLike, cron: str, overrides: Sequenc
             "scheduling needs a Prefect server: run `prefect server start --host 127.0.0.1` and "
             "export PREFECT_API_URL=http://127.0.0.1:4200/api (the ephemeral API cannot run schedules)"
         )
+    from flows.ablate import row_configs
+    from flows.preflight import preflight
+
     cfg = load_config(config_path, overrides)
+    preflight(cfg, "serve", raw=raw, rows=row_configs(cfg, ablate_grid, None) if ablate_grid else ())
     pipeline_flow.serve(
         name=name or f"{cfg.experiment}-pipeline",
         cron=cron,

@@ -24,6 +24,7 @@ from data_specs.synth_objects import object_clip
 ASSETS = Path(__file__).resolve().parent.parent / "auralsam2" / "assets"
 ASSET = ASSETS / "sam2_tiny_synth.pt"
 VGGISH_ASSET = ASSETS / "vggish_tiny_synth.pth"
+TEXT_ASSET = ASSETS / "text_tiny_synth"
 EVAL_STREAM = 999  # held-out clip stream (training uses stream `seed`)
 
 
@@ -138,4 +139,27 @@ def run_pretrain_tiny_vggish(out: Path | None = None, steps: int = 600, seed: in
         "wall_s": round(time.time() - started, 1),
     }
     atomic_write_json(out.with_suffix(".json"), record, sort_keys=False)
+    return record
+
+
+def run_make_tiny_text_encoder(out: Path | None = None, seed: int = 0, hidden_size: int = 32, layers: int = 2,
+                               vocab_size: int = 400) -> dict:
+    """Write the demo's text encoder (a random, frozen tiny RoBERTa whose byte-level BPE tokenizer is
+    trained on every expression the synthetic Ref-AVS world writes) as a `save_pretrained` folder,
+    plus a recipe JSON beside it with the sha256 of each file."""
+    from auralsam2.pretrain.text import write_tiny_text_encoder
+    from auralsam2.text import text_encoder_identity
+    from data_specs.synth_plans import expression_corpus
+
+    out = Path(out) if out else TEXT_ASSET
+    write_tiny_text_encoder(out, expression_corpus(), hidden_size=hidden_size, layers=layers, heads=2,
+                            vocab_size=vocab_size, seed=seed)
+    record = {
+        "folder": out.name, "files_sha256": text_encoder_identity(out),
+        "command": f"auralsam2 make-tiny-text-encoder --seed {seed} --hidden-size {hidden_size} --layers {layers} "
+                   f"--vocab-size {vocab_size}",
+        "corpus": "data_specs.synth_plans.expression_corpus()", "weights": "random (frozen, as released)",
+        "torch": torch.__version__, "machine": platform.machine(),
+    }
+    atomic_write_json(out.with_name(out.name + ".json"), record, sort_keys=False)
     return record

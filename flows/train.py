@@ -202,9 +202,11 @@ def run_train(config_path: str | os.PathLike | None = None, overrides: Sequence[
               tracking: bool = True, nproc: int = 1) -> dict[str, Any]:
     """Load a config (file + `--set` overrides, or `config`) and run the train flow."""
     from feature_cache.dataset import open_reader
+    from flows.preflight import preflight
 
     cfg = config if config is not None else load_config(config_path, overrides)
-    open_reader(cfg, "cpu")  # fail fast, before the flow starts, on a missing or mismatching cache
+    preflight(cfg, "train", steps=("train", "evaluate"))
+    open_reader(cfg, "cpu")  # fail fast, before the flow starts, on a mismatching cache
     return train_flow(config_yaml=config_to_yaml(cfg), resume=resume, parent_run_id=parent_run_id,
                       tracking=tracking, nproc=nproc)
 

@@ -29,6 +29,7 @@ from feature_cache.verify import verify_cache
 from flows.cache import run_cache
 from flows.cli import app
 from tests.test_feature_cache import ingest_plain, tree_bytes
+from tests.train_fixtures import tiny_text_encoder_dir
 
 EPOCH = 1767225600
 CREATED = dt.datetime.fromtimestamp(EPOCH, dt.UTC).isoformat()
@@ -42,7 +43,8 @@ def env(tmp_path_factory) -> SimpleNamespace:
     ingest = ingest_plain("refavs", base / "world" / "REFAVS", base / "ingest", clips_per_shard=2)
     torch.manual_seed(4)
     checkpoint = save_sam2_checkpoint(build_sam2_model("tiny"), base / "tiny.pt")
-    settings = CacheSettings(sam2_config="tiny", checkpoint=str(checkpoint), views=2, text_encoder="tiny")
+    settings = CacheSettings(sam2_config="tiny", checkpoint=str(checkpoint), views=2,
+                             text_encoder=str(tiny_text_encoder_dir()))
     local = base / "local"
     summary = run_cache(ingest, local, settings, created=CREATED, progress=False)
     assert summary.shards_built == summary.shards > 1

@@ -106,6 +106,12 @@ def test_cross_field_checks_say_what_to_set():
         load_config(None, ["model.vggish.embedding_dim=16"])  # 2 x 16 != 256
     with pytest.raises(ConfigError, match="variant 'refavs'"):
         load_config(None, ["data.dataset=refavs"])
+    with pytest.raises(ConfigError, match="reads the expressions: set model.text_encoder"):
+        load_config(None, ["data.dataset=refavs", "model.fuser.variant=refavs"])
+    with pytest.raises(ConfigError, match="has no expressions"):
+        load_config(None, ["model.text_encoder=distilbert/distilroberta-base"])
+    ref = load_config(None, ["data.dataset=refavs", "model.fuser.variant=refavs", "model.fuser.modalities=audio"])
+    assert ref.model.text_encoder is None  # audio + visual only: no text encoder needed
 
 
 def test_extends_merges_and_yaml_round_trips(tmp_path):

@@ -30,7 +30,7 @@ from auralsam2.backbone import (
     preprocess_masks,
     save_sam2_checkpoint,
 )
-from auralsam2.text import tiny_text_encoder
+from auralsam2.text import TextEncoder
 from data_specs.ingest import PALETTE_MASKS, finalize, prepare
 from data_specs.shards import iter_shard, write_shard
 from data_specs.synth import SynthConfig, generate_world
@@ -47,6 +47,7 @@ from feature_cache.views import (
     transform_mask,
     view_params,
 )
+from tests.train_fixtures import tiny_text_encoder_dir
 
 WORLD = SynthConfig(seed=5, clips=4, size=96)
 CREATED = "2026-01-01T00:00:00+00:00"
@@ -75,7 +76,7 @@ def cache_env_fixture(tmp_path_factory) -> SimpleNamespace:
     torch.manual_seed(3)
     checkpoint = save_sam2_checkpoint(build_sam2_model("tiny"), base / "tiny.pt")
     settings = CacheSettings(sam2_config="tiny", checkpoint=str(checkpoint), views=2)
-    ref_settings = settings.model_copy(update={"text_encoder": "tiny"})
+    ref_settings = settings.model_copy(update={"text_encoder": str(tiny_text_encoder_dir())})
     build_cache(avss, base / "cache-avss", settings, created=CREATED, progress=False)
     build_cache(refavs, base / "cache-refavs", ref_settings, created=CREATED, progress=False)
     return SimpleNamespace(base=base, avss=avss, refavs=refavs, checkpoint=checkpoint, settings=settings,
@@ -268,7 +269,7 @@ def test_refavs_object_masks_expressions_text_and_log_mel(cache_env) -> None:
         want = render_masks(raw, clip.view_params, reader.model.image_size) > 0
         assert torch.equal(clip.object_masks[fid], want)
 
-    encoder = tiny_text_encoder()
+    encoder = TextEncoder.from_pretrained(tiny_text_encoder_dir())
     assert [e.uid for e in clip.expressions] == [e.uid for e in sample.clip.expressions]
     for e in clip.expressions:
         fresh = encoder([e.text])

@@ -17,6 +17,7 @@ from feature_cache.schema import CacheSettings
 from feature_cache.verify import verify_cache
 from flows.cache import run_cache
 from tests.test_feature_cache import ingest_plain, tree_bytes
+from tests.train_fixtures import tiny_text_encoder_dir
 
 CREATED = "2026-01-01T00:00:00+00:00"
 
@@ -27,7 +28,8 @@ def test_dask_built_cache_is_byte_identical_to_the_local_build(tmp_path) -> None
     ingest = ingest_plain("refavs", tmp_path / "world" / "REFAVS", tmp_path / "ingest", clips_per_shard=2)
     torch.manual_seed(4)
     checkpoint = save_sam2_checkpoint(build_sam2_model("tiny"), tmp_path / "tiny.pt")
-    settings = CacheSettings(sam2_config="tiny", checkpoint=str(checkpoint), views=2, text_encoder="tiny")
+    settings = CacheSettings(sam2_config="tiny", checkpoint=str(checkpoint), views=2,
+                             text_encoder=str(tiny_text_encoder_dir()))
 
     build_cache(ingest, tmp_path / "local", settings, created=CREATED, progress=False)
     summary = run_cache(ingest, tmp_path / "dask", settings, workers=2, created=CREATED, progress=False)

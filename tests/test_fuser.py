@@ -336,14 +336,33 @@ def test_mask_prompt_projections_do_not_depend_on_position():
     assert torch.allclose(torch.roll(a, 1, dims=-1), b, atol=1e-5)
 
 
-def test_mask_prompt_needs_audio():
+def test_mask_prompt_needs_audio_or_text():
     with pytest.raises(ValueError, match="mask_prompt=true with modalities='visual'.*set mask_prompt: false"):
         FuserConfig.tiny(mask_prompt=True, modalities="visual")
-    with pytest.raises(ValueError, match="mask_prompt=true with modalities='text'"):
-        FuserConfig.tiny(mask_prompt=True, modalities="text", variant="refavs")
     assert FuserConfig.tiny(mask_prompt=True, dense_prompts=False, sparse_prompts=False).mask_prompt
     _, out = run(FuserConfig.tiny(mask_prompt=True, variant="refavs", audiocon="paper"))
     assert out.mask_prompt.shape == (N, 1, 8, 8)
+    _, text_only = run(FuserConfig.tiny(mask_prompt=True, variant="refavs", modalities="text", audiocon="paper"))
+    assert text_only.mask_prompt.shape == (N, 1, 8, 8) and text_only.proj_audio is None
+
+
+def test_mask_prompt_with_audio_and_text_is_on_only_where_both_maps_are():
+    """audio+text: the logits are the minimum of the audio map's and the text map's (each can only
+    switch a cell off); the text heads learn from the mask logits."""
+    cfg = FuserConfig.tiny(mask_prompt=True, variant="refavs", audiocon="paper", mask_prompt_peak_ratio=0.0)
+    fuser, both = run(cfg)
+    mp = fuser.mask_prompt
+    with torch.no_grad():
+        mp.text_threshold.fill_(-2.0)  # the text map marks every cell: only the audio decides
+        out = fuser(tiny_pyramid(c=32), torch.randn(N, 32), torch.randn(25, 32))
+        k = cfg.used_levels[0]
+        audio_map = torch.einsum("nphw,np->nhw", out.proj_visual[k], out.proj_audio[k]) - mp.threshold
+        assert torch.allclose(out.mask_prompt[:, 0], audio_map / cfg.mask_prompt_temperature, atol=1e-4)
+        mp.text_threshold.fill_(2.0)  # the text map marks no cell: nothing is on, whatever the audio says
+        assert (fuser(tiny_pyramid(c=32), torch.randn(N, 32), torch.randn(25, 32)).mask_prompt < 0).all()
+    both.mask_prompt.sum().backward()
+    assert fuser.mask_prompt.text_visual.proj[0].weight.grad is not None
+    assert fuser.mask_prompt.text_threshold.grad is not None
 
 
 def test_derived_defaults_are_resolved_and_contradictions_are_errors():

@@ -189,3 +189,27 @@ rows:
     md = summary_markdown(table, "t").splitlines()
     assert md[4] == "| full | 0.750 | 0.850 | 0.800 | 0.800 | 0.900 | -0.050 | Table 4 |"
     assert md[5] == "| visual_only | 0.500 | 0.600 | 0.550 | n/a | n/a | n/a | Table 3 |"
+
+
+def test_refavs_summary_has_one_row_per_split_and_protocol_with_s_and_the_papers_numbers(tmp_path: Path) -> None:
+    from auralsam2.config import load_config
+    from flows.ablate import summary_markdown, summary_rows
+
+    base = load_config(PROJECT_ROOT / "configs" / "refavs_hiera_l.yaml")
+    rows = load_grid("demo_refavs")
+    assert [r.name for r in rows] == ["full", "audio_visual", "text_visual", "visual_only"]
+    numbers = [{"split": s, "protocol": p, "J": 0.5 if s != "test_n" else float("nan"),
+                "F": 0.6 if s != "test_n" else float("nan"), "S": 0.1 if s == "test_n" else float("nan")}
+               for s in ("test_s", "test_u", "test_n") for p in ("refavs_official", "auralsam2_released")]
+    results = [{"numbers": numbers, **numbers[0]} for _ in rows]
+    table = summary_rows(results, rows, base, "parent", SummarySelection(splits=["test_s", "test_u", "test_n"]))
+    assert len(table) == 4 * 3 * 2 and {r["dataset"] for r in table} == {"refavs"}
+    full_s = next(r for r in table if (r["row"], r["split"], r["protocol"]) == ("full", "test_s", "refavs_official"))
+    assert (full_s["paper_J"], full_s["paper_F"], full_s["paper_table"]) == (0.5616, 0.6119, "Table 1")
+    full_n = next(r for r in table if (r["row"], r["split"], r["protocol"]) == ("full", "test_n", "refavs_official"))
+    assert full_n["S"] == 0.1 and full_n["paper_S"] == 0.065
+    text_s = next(r for r in table if (r["row"], r["split"]) == ("text_visual", "test_s"))
+    assert text_s["paper_J"] == 0.5295 and text_s["paper_table"] == "Figure 3"
+    md = summary_markdown(table, "t").splitlines()
+    assert md[2].startswith("| row | split | protocol | J | F | J&F | S |")
+    assert "| full | test_n | refavs_official | n/a | n/a | n/a | 0.100 (paper 0.065) |" in "\n".join(md)

@@ -273,11 +273,13 @@ def test_refavs_layout_and_expressions(world, truth):
         assert all(m.shape == frame.shape[:2] and set(np.unique(m)) <= {0, 255} for m in masks)
         clip = truth[("refavs", folder)]
         on_screen = [o for o in clip["objects"] if o["on_screen"]]
+        for o in clip["objects"] if r["split"] != "TODO" else []:  # a colour, never a category or a shape
+            cat = CATALOG[o["category"]]
+            assert cat.spoken not in r["exp"] and f" {cat.shape}" not in r["exp"], (r["uid"], r["exp"])
         if null:
             assert not any(m.any() for m in masks)
-            for o in on_screen:  # a null expression names something absent from the picture
-                cat = CATALOG[o["category"]]
-                assert cat.spoken not in r["exp"] and cat.look not in r["exp"], (r["uid"], r["exp"])
+            # nothing on screen sounds: the named colour is either absent or on silent objects only
+            assert not any(any(o["sounding"]) for o in on_screen), r["uid"]
         else:
             target = clip["objects"][int(r["fid"])]
             assert target["on_screen"] and r["uid"] == f"{r['vid']}_{target['category']}_{r['uid'].rsplit('_', 1)[1]}"
@@ -396,3 +398,23 @@ def test_config_validation_names_the_field():
         SynthConfig(unseen_categories=("guitar",))
     with pytest.raises(ValueError, match="categories"):
         SynthConfig(categories=("guitar", "dog", "piano", "violin"))
+
+
+def test_refavs_needs_hearing_and_reading(world, truth):
+    """Every non-null expression leaves an oracle that knows only the picture 4 candidate objects,
+    one that also reads the text 2, one that also hears the audio 2, and only one with both: the
+    chance-level J of the text-only and audio-only oracles is 0.5, of the visual-only one 0.25."""
+    from data_specs.synth_plans import oracle_candidates, plan_refavs
+
+    plans = [p for p in plan_refavs(SMALL) if p.split != "TODO"]
+    counted = 0
+    for plan in plans:
+        for e in plan.expressions:
+            if e.uid.split("_null_")[0].startswith("null_"):
+                continue
+            c = oracle_candidates(plan, e)
+            assert {k: len(v) for k, v in c.items()} == {"visual": 4, "text": 2, "audio": 2, "audio+text": 1}, e
+            assert c["audio+text"] == [e.fid]
+            counted += 1
+    assert counted >= 10
+

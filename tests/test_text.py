@@ -56,3 +56,28 @@ def test_round_trip_through_a_local_directory(encoder, tmp_path):
 def test_missing_weights_name_the_directory_to_provide(tmp_path):
     with pytest.raises(FileNotFoundError, match="distilroberta-base.*save_pretrained"):
         TextEncoder.from_pretrained(tmp_path / "no-such-model")
+
+
+def test_free_english_tokenizes_with_the_released_settings(encoder, tmp_path):
+    """Casing, punctuation, digits, non-ASCII and long expressions go through the saved folder's
+    tokenizer with the released call (max_length 25, padded, truncated); byte-level BPE has no
+    unknown token, so every character survives tokenisation."""
+    from auralsam2.text import TOKENIZER_SETTINGS, text_encoder_identity
+
+    encoder.tokenizer.save_pretrained(tmp_path)
+    encoder.model.save_pretrained(tmp_path)
+    loaded = TextEncoder.from_pretrained(tmp_path)
+    tok = loaded.tokenizer
+    texts = ["The DOG, barking loudly!", "object nº 3 at 10:30 — left side", "café naïve Ünïcode 東京",
+             "the man who is playing the acoustic guitar on the far left while a woman sings and a dog "
+             "barks behind him near the red car"]
+    out = loaded(texts)
+    assert out.hidden.shape == (4, 25, 32) and out.attention_mask.shape == (4, 25)
+    for text, mask in zip(texts[:3], out.attention_mask[:3], strict=True):
+        ids = tok(text)["input_ids"]
+        assert int(mask.sum()) == min(len(ids), 25)  # truncated at 25, as released
+        assert tok.decode(ids, skip_special_tokens=True) == text  # byte-level: every character survives
+        assert tok.unk_token_id not in ids
+    assert len(tok(texts[3])["input_ids"]) > 25 and int(out.attention_mask[3].sum()) == 25
+    assert TOKENIZER_SETTINGS == {"max_length": 25, "padding": "max_length", "truncation": True}
+    assert set(text_encoder_identity(tmp_path)) >= {"config.json", "model.safetensors", "tokenizer.json"}

@@ -14,7 +14,7 @@ from pathlib import Path
 from auralsam2.config import ExperimentConfig, load_config
 from auralsam2.paths import data_home
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
 
 # A tiny fuser/VGGish matching the `tiny` SAM2 (hidden 32) and the `tiny` text encoder (hidden 32).
 TINY_MODEL = [
@@ -50,6 +50,19 @@ def _ingest(dataset: str) -> Path:
     return out
 
 
+def tiny_text_encoder_dir() -> Path:
+    """The tests' text encoder as a `save_pretrained` folder (hidden 32): it loads through the code
+    the released distilroberta-base takes (built on first call)."""
+    from auralsam2.pretrain.text import write_tiny_text_encoder
+    from data_specs.synth_plans import expression_corpus
+
+    out = data_home() / "train-tests" / "text-encoder"
+    with _LOCK:
+        if not (out / "config.json").is_file():
+            write_tiny_text_encoder(out, expression_corpus(), hidden_size=32)
+    return out
+
+
 def tiny_cache(dataset: str = "avss", sam2_config: str = "tiny", image_size: int | None = None,
                views: int = 2) -> Path:
     """A complete feature cache of the tiny world (built on first call; thread-safe, idempotent)."""
@@ -62,7 +75,7 @@ def tiny_cache(dataset: str = "avss", sam2_config: str = "tiny", image_size: int
         info = read_cache_json(out)
         if info is None or info.get("status") != "complete":
             settings = CacheSettings(sam2_config=sam2_config, image_size=image_size, views=views,
-                                     text_encoder="tiny" if dataset == "refavs" else None, device="cpu")
+                                     text_encoder=str(tiny_text_encoder_dir()) if dataset == "refavs" else None, device="cpu")
             build_cache(_ingest(dataset), out, settings, progress=False)
     return out
 
@@ -73,6 +86,6 @@ def tiny_config(*overrides: str, dataset: str = "avss", experiment: str = "tests
     base = [f"data.cache={cache}", f"data.dataset={dataset}", f"experiment={experiment}", *TINY_MODEL, *QUIET,
             "train.epochs=2", "train.log_every_steps=2", "optim.lr=1e-3"]
     if dataset == "refavs":
-        base += ["model.fuser.variant=refavs", "eval.splits=[test_s,test_n]",
+        base += ["model.fuser.variant=refavs", f"model.text_encoder={tiny_text_encoder_dir()}", "eval.splits=[test_s,test_n]",
                  "eval.protocols=[refavs_official,auralsam2_released]"]
     return load_config(None, [*base, *overrides])

@@ -64,7 +64,8 @@ class FuserConfig(BaseModel):
     mask_prompt: bool = Field(
         False,
         description="ours, off in the released model: also prompt SAM2, on every frame, with a mask: where "
-        "the frame's sound is, from AudioCon's pixel-audio similarity (auralsam2.fuser.mask_prompt); needs audio",
+        "the frame's sound (and, with text, the expression) points, from per-cell similarities "
+        "(auralsam2.fuser.mask_prompt); needs audio or text",
     )
     mask_prompt_temperature: float = Field(
         0.05, gt=0, description="mask prompt = sigmoid((cosine - threshold) / temperature)"
@@ -112,9 +113,9 @@ class FuserConfig(BaseModel):
         if self.modalities == "visual" and self.sparse_prompts:
             raise ValueError("sparse_prompts=true with modalities='visual': a visual-only fuser has no tokens to "
                              "make sparse prompts from; set sparse_prompts: false (or leave it unset)")
-        if self.mask_prompt and not self.uses_audio:
-            raise ValueError(f"mask_prompt=true with modalities={self.modalities!r}: the mask prompt marks where "
-                             "the sound is and needs audio; set mask_prompt: false")
+        if self.mask_prompt and self.modalities == "visual":
+            raise ValueError("mask_prompt=true with modalities='visual': the mask prompt marks what the audio "
+                             "and/or the text point at, and a visual-only fuser has neither; set mask_prompt: false")
         if not (self.sparse_prompts or self.dense_prompts or self.mask_prompt):
             raise ValueError("at least one of sparse_prompts / dense_prompts / mask_prompt must be on")
         return self

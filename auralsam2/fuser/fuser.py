@@ -168,7 +168,7 @@ class AuralFuser(nn.Module):
             if tuple(level.shape) != want:
                 raise ValueError(f"pyramid level {k} has shape {tuple(level.shape)}, expected {want}")
         tokens = self._tokens(n, audio_embeddings, text_embeddings)  # (Na, C)
-        audio_tokens = None if tokens is None else tokens[:n]  # per-frame audio, before the 1-D blocks
+        entering = tokens  # the tokens before the 1-D blocks mix them (what the mask prompt reads)
 
         fused: dict[int, Tensor] = {}  # k -> (N, G*G, C)
         fused_tokens: dict[int, Tensor] = {}  # k -> (Na, C)
@@ -200,7 +200,7 @@ class AuralFuser(nn.Module):
         h, w = int(grid[0]), int(grid[1])
         dense, sparse = self._prompts(n, fused, fused_tokens)
         if self.mask_prompt is not None:  # ours: the heads read the mask prompt's inputs instead
-            return self._with_mask_prompt(dense, sparse, patches, audio_tokens, (h, w))
+            return self._with_mask_prompt(dense, sparse, patches, entering, n, (h, w))
         used = cfg.used_levels
         proj_v = [self._project_visual(fused[k], frame_attn.get(k), h, w) if k in used else None for k in range(3)]
         proj_a = None
@@ -239,14 +239,19 @@ class AuralFuser(nn.Module):
         return head(audio)
 
     def _with_mask_prompt(self, dense: list[Tensor] | None, sparse: list[Tensor] | None, patches: list[Tensor],
-                          audio: Tensor, grid: tuple[int, int]) -> FuserOutput:
+                          tokens: Tensor, n: int, grid: tuple[int, int]) -> FuserOutput:
         """Our mask prompt (`auralsam2.fuser.mask_prompt`): the AudioCon heads on its position-free
         inputs (returned in the finest used level's slot, the only projections AudioCon then sees),
-        the mask logits, and the released prompts gated."""
+        the mask logits from the audio and/or the text, and the released prompts gated."""
+        cfg = self.config
         h, w = grid
-        v, a, logits = self.mask_prompt(self._project_visual(self.mask_prompt.visual_input(patches), None, h, w),
-                                        self._project_audio(audio))
+        embedded = self.mask_prompt.visual_input(patches)  # (N, G*G, C)
+        audio = self._project_audio(tokens[:n]) if cfg.uses_audio else None  # token t = frame t's audio
+        text = None
+        if cfg.uses_text:  # the projected expression tokens (all L, padding included, as released)
+            text = tokens[n:] if cfg.uses_audio else tokens
+        v, a, logits = self.mask_prompt(self._project_visual(embedded, None, h, w), audio, embedded, text, grid)
         dense, sparse = self.mask_prompt.gate(dense, sparse)
-        k = self.config.used_levels[0]
+        k = cfg.used_levels[0]
         return FuserOutput(dense, sparse, [v if j == k else None for j in range(3)],
-                           [a if j == k else None for j in range(3)], logits)
+                           None if a is None else [a if j == k else None for j in range(3)], logits)

@@ -6,10 +6,13 @@ under `no_grad` in eval mode; the fuser receives `last_hidden_state` `(25, 768)`
 padding positions included and unmasked. We return the attention mask too, so that callers can
 choose, but the released fuser ignores it.
 
-Weights are never downloaded here: `TextEncoder.from_pretrained` reads a local directory (or the
-local Hugging Face cache when a model id is given) and otherwise raises an error naming the
-directory to provide. Tests and the synthetic demo use `tiny_text_encoder()`: a randomly
-initialised tiny RoBERTa with a real byte-level BPE tokenizer trained in-process.
+Weights are never downloaded here: `locate_text_encoder` finds a local Hugging Face-format
+directory, or a model id's snapshot in the local Hugging Face cache, and `TextEncoder.from_pretrained`
+loads that folder (the same code for both); anything else is an error naming what to provide.
+`text_encoder_identity` hashes the files the folder is loaded from (weights, config, tokenizer):
+the text cache's fingerprint, cheap enough to check before any work. Unit tests may use
+`tiny_text_encoder()`: a randomly initialised tiny RoBERTa with a real byte-level BPE tokenizer
+trained in-process.
 """
 
 from __future__ import annotations
@@ -23,8 +26,52 @@ from torch import Tensor, nn
 
 DEFAULT_TEXT_MODEL = "distilbert/distilroberta-base"
 MAX_LENGTH = 25
+# The released tokenizer call: `tokenizer(texts, max_length=25, padding="max_length", truncation=True)`.
+TOKENIZER_SETTINGS = {"max_length": MAX_LENGTH, "padding": "max_length", "truncation": True}
+# What `from_pretrained` reads from a folder; weights: the first of these that exists.
+_CONFIG_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                 "special_tokens_map.json", "added_tokens.json")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
-__all__ = ["DEFAULT_TEXT_MODEL", "MAX_LENGTH", "TextEmbeddings", "TextEncoder", "tiny_text_encoder"]
+__all__ = ["DEFAULT_TEXT_MODEL", "MAX_LENGTH", "TOKENIZER_SETTINGS", "TextEmbeddings", "TextEncoder",
+           "locate_text_encoder", "text_encoder_identity", "tiny_text_encoder"]
+
+
+def locate_text_encoder(name_or_dir: str | Path) -> Path:
+    """The local folder a text encoder loads from: `name_or_dir` itself when it is a directory (a
+    `save_pretrained` folder), else the snapshot of that model id in the local Hugging Face cache
+    (`$HF_HOME`); never the network. `FileNotFoundError` says how to provide it."""
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"text encoder {str(path)!r}: the folder has no config.json; give a folder "
+                                    "written by `save_pretrained` (tokenizer and model)")
+        return path.resolve()
+    source = str(name_or_dir)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, local_files_only=True))
+    except Exception as err:  # noqa: BLE001 (not an id, not cached, or no hub client: all mean "not here")
+        raise FileNotFoundError(
+            f"text encoder {source!r}: no such folder, and not in the local Hugging Face cache "
+            f"({type(err).__name__}). Save '{DEFAULT_TEXT_MODEL}' on a machine with internet "
+            "(`AutoTokenizer.from_pretrained(id).save_pretrained(DIR)` and the same for `AutoModel`), copy DIR "
+            "here and set model.text_encoder: DIR (or put the model in this machine's HF cache)") from None
+
+
+def text_encoder_identity(name_or_dir: str | Path) -> dict[str, str]:
+    """sha256 of every file `from_pretrained` reads from the encoder's folder (config, tokenizer,
+    weights), by file name: changes exactly when the loaded encoder or its tokenizer can change."""
+    from auralsam2.utils.hashing import sha256_file
+
+    folder = locate_text_encoder(name_or_dir)
+    files = {name: folder / name for name in _CONFIG_FILES if (folder / name).is_file()}
+    weights = next((folder / w for w in _WEIGHT_FILES if (folder / w).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"text encoder {str(folder)!r}: no weights file ({' or '.join(_WEIGHT_FILES)})")
+    files[weights.name] = weights
+    return {name: sha256_file(path) for name, path in sorted(files.items())}
 
 
 class TextEmbeddings(NamedTuple):
@@ -53,23 +100,20 @@ class TextEncoder(nn.Module):
     def from_pretrained(
         cls, name_or_dir: str | Path = DEFAULT_TEXT_MODEL, max_length: int = MAX_LENGTH, device: str = "cpu"
     ) -> TextEncoder:
-        """Load tokenizer + encoder from a local directory or the local HF cache, never the network.
-
-        Raises a `FileNotFoundError` that names what to provide when the weights are not on disk.
-        """
+        """Load tokenizer + encoder from `locate_text_encoder`'s folder (a local directory or the
+        local HF cache), never the network; a `FileNotFoundError` names what to provide."""
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging
 
-        source = str(name_or_dir)
+        logging.disable_progress_bar()
+        folder = locate_text_encoder(name_or_dir)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-            model = AutoModel.from_pretrained(source, local_files_only=True, add_pooling_layer=False)
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            model = AutoModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=False)
         except (OSError, ValueError) as err:
-            raise FileNotFoundError(
-                f"text encoder {source!r} is not available offline ({type(err).__name__}: {err}). "
-                f"Download '{DEFAULT_TEXT_MODEL}' (or roberta-base/roberta-large) elsewhere with "
-                "`save_pretrained(<dir>)` for both the tokenizer and the model, copy <dir> here and "
-                "pass that directory (config field `text_encoder`)."
-            ) from err
+            raise FileNotFoundError(f"text encoder {str(name_or_dir)!r} ({folder}): cannot be loaded "
+                                    f"({type(err).__name__}: {str(err).splitlines()[0]}); give a folder written by "
+                                    "`save_pretrained` for both the tokenizer and the model") from None
         return cls(model.to(device), tokenizer, max_length)
 
     @property
@@ -87,13 +131,8 @@ class TextEncoder(nn.Module):
         if isinstance(expressions, str):
             expressions = [expressions]
         device = next(self.model.parameters()).device
-        tokens = self.tokenizer(
-            list(expressions),
-            max_length=self.max_length,
-            padding="max_length",
-            truncation=True,
-            return_tensors="pt",
-        )
+        settings = {**TOKENIZER_SETTINGS, "max_length": self.max_length}
+        tokens = self.tokenizer(list(expressions), **settings, return_tensors="pt")
         ids = tokens["input_ids"].to(device)
         mask = tokens["attention_mask"].to(device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
