@@ -292,12 +292,12 @@ def test_mask_prompt_starts_from_sam2_plus_the_mask():
     assert all(float(s.detach().abs().max()) == 0 for s in out.sparse)
     assert out.mask_prompt.shape == (N, 1, 8, 8)
     # AudioCon sees one set of projections (at the finest level's slot); the mask is their cosine,
-    # on where it clears both the threshold (0.5 at init) and the peak ratio x the frame's best cosine
+    # on where it clears both the threshold (0.5 at init) and 0.80 x the frame's best cosine
     assert [v is not None for v in out.proj_visual] == [True, False, False]
     assert [a is not None for a in out.proj_audio] == [True, False, False]
     cosine = torch.einsum("nphw,np->nhw", out.proj_visual[0], out.proj_audio[0])[:, None]
     peak = cosine.amax(dim=(2, 3), keepdim=True)
-    expect = torch.minimum(cosine - 0.5, cosine - cfg.mask_prompt_peak_ratio * peak) / cfg.mask_prompt_temperature
+    expect = torch.minimum(cosine - 0.5, cosine - 0.80 * peak) / cfg.mask_prompt_temperature
     assert torch.allclose(out.mask_prompt, expect, atol=1e-5)
     # the map is detached: a loss on the mask trains the threshold, not the projection heads
     out.mask_prompt.sum().backward()
