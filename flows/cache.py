@@ -26,6 +26,8 @@ from typing import Any
 
 import typer
 
+from flows.console import fail
+
 _PREFECT: dict[str, Any] = {}
 
 
@@ -174,11 +176,6 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="Feature cache: build it (options below), `verify` it, or report its `size`.")
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
-
-
 @app.callback(invoke_without_command=True)
 def cache(
     ctx: typer.Context,
@@ -207,7 +204,7 @@ def cache(
         return
     if shards is None or out is None or sam2_config is None:
         typer.echo(ctx.get_help())
-        _fail("`auralsam2 cache` needs --shards INGEST_DIR, --out CACHE_DIR and --sam2-config NAME "
+        fail("`auralsam2 cache` needs --shards INGEST_DIR, --out CACHE_DIR and --sam2-config NAME "
               "(or a subcommand: verify, size)")
     from feature_cache.schema import CacheError, CacheSettings, StaleCacheError
 
@@ -220,7 +217,7 @@ def cache(
         summary = run_cache(shards, out, settings, workers=workers, dask_address=dask, rebuild=rebuild,
                             recheck=not quick_resume)
     except (StaleCacheError, CacheError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo("\n".join(summary.lines()))
 
 
@@ -260,5 +257,5 @@ def size(
         else:
             report = cache_size(cache_dir)
     except (CacheError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo("\n".join(report.lines()))

@@ -13,6 +13,7 @@ import typer
 
 import flows  # noqa: F401  (applies the embedded Prefect/MLflow defaults before Prefect is imported)
 from auralsam2.paths import data_home
+from flows.console import fail
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
@@ -22,11 +23,6 @@ class Dataset(StrEnum):
     avsbench_s4 = "avsbench-s4"
     avsbench_ms3 = "avsbench-ms3"
     refavs = "refavs"
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 @app.command()
@@ -70,7 +66,7 @@ def ingest(
         summary = run_ingest(dataset.value, root, out, subset=subset, strict=strict,
                              clips_per_shard=clips_per_shard, workers=workers, dask_address=dask)
     except (StrictModeError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo("\n".join(summary.lines()))
 
 
@@ -279,7 +275,7 @@ def train(
         summary = run_train(config, set_, resume=resume, parent_run_id=parent_run_id, tracking=not no_tracking,
                             nproc=nproc_per_node)
     except (ConfigError, CacheError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     state = "interrupted" if summary["interrupted"] else "finished"
     typer.echo(f"training {state} after {summary['steps']}/{summary['total_steps']} steps: {summary['run_dir']}")
     typer.echo(f"best {summary['selection']} = {summary['best_metric']:.4f} at step {summary['best_step']}"
@@ -307,7 +303,7 @@ def evaluate(
         summary = run_evaluate(checkpoint, config, set_, splits=split or None, run_id=run_id,
                                tracking=not no_tracking)
     except (ConfigError, CacheError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for name, result in summary["splits"].items():
         parts = [f"{k}={result[k]:.4f}" for k in ("J", "F", "S") if result[k] == result[k]]
         typer.echo(f"{name}: {result['n_items']} items, {result['protocol']} {result['decoding']}: {' '.join(parts)}")
@@ -335,7 +331,7 @@ def run(
         result = run_pipeline(config, set_, raw=raw, subset=subset, ablate_grid=ablate, workers=workers,
                               dask_address=dask, row_workers=row_workers)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"{result['experiment']}: run {result['run_name']}, best checkpoint {result['train']['best_checkpoint']}")
     for split, r in result["evaluate"]["splits"].items():
         typer.echo(f"  {split}: {r['protocol']} {r['decoding']} J={r['J']:.4f} F={r['F']:.4f}")
@@ -364,7 +360,7 @@ def serve(
     try:
         serve_pipeline(config, cron, set_, raw=raw, ablate_grid=ablate, name=name)
     except (ConfigError, RuntimeError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @app.command()
@@ -386,7 +382,7 @@ def ablate(
         result = run_ablate(config, set_, grid=grid, rows=rows.split(",") if rows else None, selection=selection,
                             row_workers=row_workers)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(result["markdown"])
     typer.echo(f"parent run {result['parent_run_id']}; summary {result['summary']}")
 
@@ -422,7 +418,7 @@ def query(
         else:
             result = con.execute(sql)
     except Exception as exc:  # duckdb raises its own error types; show the message, not a traceback
-        _fail(str(exc))
+        fail(str(exc))
     columns = [d[0] for d in result.description]
     rows = result.fetchall()
     if csv_out:
@@ -455,6 +451,7 @@ def _refresh_runs(home: Path) -> None:
 
 
 app.add_typer(__import__("flows.cache", fromlist=["app"]).app, name="cache")  # auralsam2 cache [verify|size]
+app.command("segment")(__import__("flows.segment", fromlist=["segment_command"]).segment_command)
 
 
 def main() -> None:  # pragma: no cover

@@ -1,0 +1,173 @@
+"""`auralsam2 segment` on real video files: synthetic clips encoded into videos (masks equal
+`evaluate`'s on the same frames), FFmpeg test sources in mp4/webm/mov, long videos in windows, SAM2
+prompts, a Ref-AVS checkpoint with --text, and the clear errors for unusable videos."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests.train_fixtures import tiny_config
+from tests.video_fixtures import encode_video, lavfi_video
+
+
+def _checkpoint(tmp: Path, dataset: str) -> tuple[Path, object]:
+    """A fuser checkpoint (random weights drawn under a fixed seed) with its config inside."""
+    from auralsam2.engine import build_model
+    from auralsam2.engine.state import save_best
+    from feature_cache.dataset import open_reader
+
+    cfg = tiny_config(dataset=dataset)
+    reader = open_reader(cfg)
+    torch.manual_seed(3)
+    model = build_model(cfg.model, reader.model)
+    path = tmp / f"{dataset}.ckpt"
+    save_best(path, model, cfg, 0, 0, math.nan, None, None)
+    return path, cfg
+
+
+@pytest.fixture(scope="module")
+def avs(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("segment"), "avss")
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["segment", *args])
+    return result.exit_code, result.output
+
+
+def _clip_video(cfg, path: Path, repeat: int) -> tuple[object, Path]:
+    """The first test clip of the tiny cache as a video: its raw frames (each shown `repeat` times
+    at `repeat` fps, so one per second) and its WAV."""
+    from feature_cache.dataset import eval_items, open_reader
+
+    reader = open_reader(cfg)
+    item = eval_items(cfg, reader, "test").item(0)
+    record = reader.clip_record(item.clip_key)
+    frames = [np.asarray(Image.open(record.path(p)).convert("RGB")) for p in record.frame_paths]
+    audio, rate = sf.read(record.path(record.audio_path), dtype="int16", always_2d=True)
+    return item, encode_video(path, frames, repeat, audio, rate, repeat=repeat)
+
+
+def test_masks_equal_evaluate_on_the_same_frames(avs, tmp_path):
+    """A lossless video of a test clip (16 fps: the sampler must pick frame 15 of each second) gives
+    the logits `evaluate` computes from the feature cache, and PNG masks of them."""
+    from auralsam2.evaluation import cond_frame_for, predict_item
+    from flows.segment import load_segmenter, run_segment
+
+    checkpoint, cfg = avs
+    item, video = _clip_video(cfg, tmp_path / "clip.mkv", repeat=16)
+    model, _, _ = load_segmenter(checkpoint, "cpu")
+    expected, _ = predict_item(model, item, cond_frame_for("avs", item.n_frames), ["iou_select"])
+    from auralsam2.video import SegmentSettings, segment_windows
+    from feature_cache.schema import DTYPES
+
+    windows = list(segment_windows(model, str(video), SegmentSettings(storage_dtype=DTYPES["bf16"])))
+    assert [len(w.frames) for w in windows] == [item.n_frames]
+    got = windows[0].logits
+    # same numbers up to float summation order (the cache was built with another thread count)
+    assert torch.allclose(got, expected["iou_select"].cpu(), rtol=0, atol=1e-5), (got - expected["iou_select"]).abs().max()
+
+    summary = run_segment(video, checkpoint, tmp_path / "out", progress=False)
+    assert summary["n_frames"] == item.n_frames
+    h, w = windows[0].frames[0].rgb.shape[:2]
+    want = (F.interpolate(expected["iou_select"][:, None].float(), size=(h, w), mode="bilinear",
+                          align_corners=False)[:, 0] > 0).numpy()
+    for t, frame in enumerate(summary["frames"]):
+        png = np.asarray(Image.open(tmp_path / "out" / frame["mask"])) > 0
+        assert png.shape == (h, w)
+        assert np.array_equal(png, want[t]), t
+        assert frame["time"] == pytest.approx(t + 15 / 16, abs=1e-3)  # Matroska: 1 ms timestamps
+    assert want.any() and not want.all()  # the comparison is not between two empty masks
+
+
+@pytest.mark.parametrize("suffix", ["mp4", "webm", "mov"])
+def test_reads_each_container_and_writes_overlay_with_sound(avs, tmp_path, suffix):
+    from auralsam2.video import probe_video
+
+    video = lavfi_video(tmp_path / f"src.{suffix}", 3)
+    code, output = _invoke(str(video), "--checkpoint", str(avs[0]), "--out", str(tmp_path / "out"))
+    assert code == 0, output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n_frames"] == 3 and summary["video"]["audio_codec"]
+    assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 3
+    overlay = probe_video(tmp_path / "out" / "overlay.mp4")
+    assert (overlay.width, overlay.height, overlay.fps) == (160, 120, 1.0)
+    assert overlay.audio_codec == "aac" and overlay.duration == pytest.approx(3.0, abs=0.1)
+    assert not list((tmp_path / "out").glob(".*tmp*"))
+
+
+def test_long_video_in_windows_and_every_frame(avs, tmp_path):
+    from flows.segment import run_segment
+
+    video = lavfi_video(tmp_path / "long.mp4", 12, fps=5)
+    summary = run_segment(video, avs[0], tmp_path / "out", progress=False)
+    assert summary["n_frames"] == 12
+    assert [f["index"] for f in summary["frames"] if f["cond_frame"]] == [0, 5, 10]  # windows 5, 5, 2
+    every = run_segment(video, avs[0], tmp_path / "every", every_frame=True, window=8, progress=False)
+    assert every["n_frames"] == 60 and every["settings"]["sampling"] == "every_frame"
+    assert [f["time"] for f in every["frames"][:3]] == pytest.approx([0.0, 0.2, 0.4])
+
+
+def test_points_and_box_prompt_the_first_frame(avs, tmp_path):
+    from flows.segment import run_segment
+
+    video = lavfi_video(tmp_path / "src.mp4", 6)
+    run_segment(video, avs[0], tmp_path / "plain", progress=False)
+    prompted = run_segment(video, avs[0], tmp_path / "prompted", points=[(40, 30)], box=(20, 10, 100, 90),
+                           progress=False)
+    assert prompted["settings"]["box"] == [20, 10, 100, 90]
+    first = [f["cond_frame"] for f in prompted["frames"]]
+    assert first[0] and first[5]  # the prompted window is conditioned on frame 0
+    a = np.asarray(Image.open(tmp_path / "plain" / "masks" / "000000.png"))
+    b = np.asarray(Image.open(tmp_path / "prompted" / "masks" / "000000.png"))
+    assert not np.array_equal(a, b)  # the prompt reached the decoder
+
+
+def test_refavs_checkpoint_reads_the_expression(tmp_path):
+    from flows.segment import run_segment
+
+    checkpoint, _ = _checkpoint(tmp_path, "refavs")
+    video = lavfi_video(tmp_path / "src.webm", 3)
+    code, output = _invoke(str(video), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "none"))
+    assert code == 1 and "--text" in output and "Traceback" not in output
+    one = run_segment(video, checkpoint, tmp_path / "a", text="the sounding dog", progress=False)
+    two = run_segment(video, checkpoint, tmp_path / "b", text="the silent red car on the left", progress=False)
+    assert one["settings"]["text"] == "the sounding dog" and one["settings"]["window"] == 10
+    assert [f["object_score"] for f in one["frames"]] != [f["object_score"] for f in two["frames"]]
+
+
+def test_unusable_videos_get_one_clear_message(avs, tmp_path):
+    silent = lavfi_video(tmp_path / "silent.mp4", 2, sound=False)
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    whole = lavfi_video(tmp_path / "whole.mkv", 3)
+    truncated = tmp_path / "truncated.mkv"
+    truncated.write_bytes(whole.read_bytes()[:600])
+    audio_only = tmp_path / "audio_only.mkv"
+    import av
+
+    with av.open(str(audio_only), "w") as out:
+        stream = out.add_stream("pcm_s16le", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 16000
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    cases = {silent: "has no sound", garbage: "not a readable video", truncated: str(truncated),
+             audio_only: "no video stream", tmp_path / "missing.mp4": "no such file"}
+    for video, needle in cases.items():
+        code, output = _invoke(str(video), "--checkpoint", str(avs[0]), "--out", str(tmp_path / "o"))
+        assert code == 1, (video, output)
+        assert needle in output and "Traceback" not in output, (video, output)
+        assert sum(line.startswith("error:") for line in output.splitlines()) == 1
