@@ -50,7 +50,7 @@ class ClipOutput(NamedTuple):
     """`forward_clip` result: per-frame decoder outputs (frame-index order) and the fuser outputs."""
 
     frames: list[FrameOutput]
-    fuser: FuserOutput
+    fuser: FuserOutput | None  # None for plain SAM2 (`use_fuser=False`)
     cond_frame: int
 
     @property
@@ -236,16 +236,24 @@ class AuralSAM2(nn.Module):
         cond_frame: int | None = None,
         point_inputs: PointInputs | None = None,
         mask_inputs: Tensor | None = None,
+        cond_mask: Tensor | None = None,
+        use_fuser: bool = True,
     ) -> ClipOutput:
         """Run one clip. `visual`: frames or a (cached) pyramid; `audio`: log-mel examples or
         embeddings; `text`: expression or its hidden states. `cond_frame` defaults to the released
         rule: N // 2 in training, 0 in eval (AVSBench; Ref-AVS uses N // 2 always: pass it).
-        `point_inputs`/`mask_inputs` prompt the conditioning frame (SAM2 format); a fuser with
-        `mask_prompt` prompts every frame with its mask (unless `mask_inputs` is given)."""
+        `point_inputs`/`mask_inputs` prompt the conditioning frame (SAM2 format); `cond_mask`
+        (1, 1, S, S) binary is the conditioning frame's output (stock SAM2 `add_new_mask`); a fuser with
+        `mask_prompt` prompts every other frame with its mask. `use_fuser=False`: plain SAM2, no
+        audio or text prompts (the paper's Table 6 "SAM2" rows)."""
         pyramid = self.pyramid_of(visual)
         n = pyramid.s16.shape[0]
         if cond_frame is None:
             cond_frame = n // 2 if self.training else 0
+        if not use_fuser:
+            frames = track_clip(self.sam2, pyramid, None, cond_frame, point_inputs, mask_inputs=mask_inputs,
+                                cond_mask=cond_mask, official_query_pe=self.official_query_pe)
+            return ClipOutput(frames, None, cond_frame)
         dtype = next(self.fuser.parameters()).dtype
         levels = [x.to(dtype) for x in pyramid]
         fused = self.fuser(levels, self.audio_embeddings(audio), self.text_hidden(text))
@@ -260,7 +268,8 @@ class AuralSAM2(nn.Module):
             cond_frame,
             point_inputs,
             mask_inputs=mask_inputs,
-            frame_mask_inputs=None if fused.mask_prompt is None or mask_inputs is not None else fused.mask_prompt.sigmoid(),
+            frame_mask_inputs=None if fused.mask_prompt is None else fused.mask_prompt.sigmoid(),
+            cond_mask=cond_mask,
             official_query_pe=self.official_query_pe,
         )
         return ClipOutput(frames, fused, cond_frame)

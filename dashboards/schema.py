@@ -20,7 +20,10 @@ _ID_COLUMNS = [
     ("clip_key", pa.string()), ("expression_uid", pa.string()),
 ]
 _TAIL = [
-    ("protocol", pa.string()), ("decoding", pa.string()), ("J", pa.float64()), ("F", pa.float64()),
+    ("protocol", pa.string()), ("decoding", pa.string()),
+    ("prompts", pa.string()),  # SAM2 prompts from the GT on the conditioning frame: none, points, box, points+box, mask
+    ("method", pa.string()),   # auralsam2 (the fuser's prompts) or sam2 (SAM2 alone, no fuser)
+    ("J", pa.float64()), ("F", pa.float64()),
     ("pred_area", pa.int64()), ("gt_area", pa.int64()), ("pixels", pa.int64()), ("object_score", pa.float64()),
     ("category", pa.string()), ("is_null", pa.bool_()),
 ]

@@ -21,6 +21,9 @@ RUNS_BASE = pa.schema([
 ])
 
 
+_DUCK_TYPES = {"string": "varchar", "double": "double", "int64": "bigint", "int32": "integer", "bool": "boolean"}
+
+
 def _quote(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
@@ -33,7 +36,11 @@ def connect(data_home: str | Path, database: str | Path = ":memory:") -> duckdb.
         files = sorted((root / name).glob("*/*.parquet")) if (root / name).is_dir() else []
         if files:
             pattern = _quote(root / name / "*" / "*.parquet")
-            con.execute(f"create or replace view {name} as select * from read_parquet({pattern}, union_by_name=true)")
+            source = f"read_parquet({pattern}, union_by_name=true)"
+            present = {row[0] for row in con.execute(f"describe select * from {source}").fetchall()}
+            # files written before a column existed still read: the column is NULL there
+            added = [f"null::{_DUCK_TYPES[str(f.type)]} as \"{f.name}\"" for f in schema if f.name not in present]
+            con.execute(f"create or replace view {name} as select *{''.join(', ' + a for a in added)} from {source}")
         else:
             _empty_view(con, name, schema)
     runs = root / "runs.parquet"

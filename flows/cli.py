@@ -293,22 +293,43 @@ def evaluate(
     set_: list[str] = typer.Option([], "--set", help="Override a config field (repeatable)."),
     run_id: str = typer.Option(None, "--run-id", help="MLflow run to log into (default: the checkpoint's run)."),
     no_tracking: bool = typer.Option(False, "--no-tracking", help="Do not log to MLflow."),
+    prompts: str = typer.Option(None, "--prompts", help="Also run the paper's prompt-engineering protocol "
+                                "(Tables 6-7) in these modes, e.g. points,box,points+box,mask: SAM2 prompts from "
+                                "the GT on the conditioning frame, for SAM2 alone and for AuralSAM2 with audio."),
 ) -> None:
     """Evaluate a checkpoint: official protocols, per-frame/per-clip Parquet, MLflow metrics and overlays."""
     from auralsam2.config import ConfigError
+    from auralsam2.evaluation import parse_prompt_modes
     from feature_cache.schema import CacheError
     from flows.evaluate import run_evaluate
 
     try:
+        modes = parse_prompt_modes(prompts) if prompts else ()
         summary = run_evaluate(checkpoint, config, set_, splits=split or None, run_id=run_id,
-                               tracking=not no_tracking)
+                               tracking=not no_tracking, prompts=modes)
     except (ConfigError, CacheError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     for name, result in summary["splits"].items():
         parts = [f"{k}={result[k]:.4f}" for k in ("J", "F", "S") if result[k] == result[k]]
         typer.echo(f"{name}: {result['n_items']} items, {result['protocol']} {result['decoding']}: {' '.join(parts)}")
+        if result["prompts"]:
+            typer.echo(_prompts_table(name, result["prompts"]))
     typer.echo(f"run_id {summary['run_id']}; per-clip metrics: auralsam2 query worst_clips --param "
                f"run_id={summary['run_id']}")
+
+
+def _prompts_table(split: str, rows: list[dict]) -> str:
+    """The prompt-engineering rows of one split beside the paper's Tables 6-7 (V1m, Hiera-B+)."""
+    def num(value, scale=1.0):
+        return "-" if value is None or value != value else f"{value * scale:.2f}"
+
+    lines = [f"prompt engineering on {split} (ours; paper: AVSBench V1m, Hiera-B+, its GPU):",
+             f"  {'method':<10} {'prompts':<11} {'J':>6} {'F':>6} {'fps':>8}   {'paper J':>7} {'paper F':>7} {'paper fps':>9}"]
+    for r in rows:
+        lines.append(f"  {r['method']:<10} {r['prompts']:<11} {num(r['J'], 100):>6} {num(r['F'], 100):>6} "
+                     f"{num(r['frames_per_s']):>8}   {num(r['paper_J'], 100):>7} {num(r['paper_F'], 100):>7} {num(r['paper_fps']):>9}"
+                     + (f"   ({r['n_unprompted']} items had no GT to prompt with)" if r["n_unprompted"] else ""))
+    return "\n".join(lines)
 
 
 @app.command()
@@ -436,6 +457,18 @@ def query(
         table.add_row(*("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
     Console(width=max(120, 16 * len(columns))).print(table)
     typer.echo(f"{len(rows)} row(s)")
+
+
+@app.command()
+def report(
+    out: Path = typer.Option(None, help="Folder to write index.html and assets/ into (default: <data>/report)."),
+) -> None:
+    """Write the static HTML report (opens from disk): ablation grids beside the paper, metrics per split,
+    training curves, runs compared, prompt engineering, best and worst clips, ingest and cache summaries."""
+    from flows.report import run_report
+
+    index = run_report(out)
+    typer.echo(f"report written to {index}")
 
 
 def _refresh_runs(home: Path) -> None:

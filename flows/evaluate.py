@@ -16,6 +16,7 @@ The MLflow run is the training run recorded in the checkpoint when it exists, el
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,9 +89,10 @@ def clip_frames(reader, clip_key: str, size: int):
 
 
 def evaluate_split(checkpoint: str | os.PathLike, cfg: ExperimentConfig, split: str, run_id: str,
-                   tracking: bool = True) -> dict[str, Any]:
+                   tracking: bool = True, prompts: Sequence[str] = ()) -> dict[str, Any]:
     """Evaluate one split (plain Python; the flow's task calls this). Returns the headline numbers,
-    the flat metrics and the Parquet files written."""
+    the flat metrics and the Parquet files written. `prompts`: also run the prompt-engineering
+    protocol (`auralsam2.evaluation.prompts`) in these modes, for SAM2 alone and for AuralSAM2."""
 
     from auralsam2.engine import build_model, load_fuser_weights
     from auralsam2.evaluation import evaluate_source
@@ -111,15 +113,15 @@ def evaluate_split(checkpoint: str | os.PathLike, cfg: ExperimentConfig, split: 
     headline = cfg.eval.headline_protocol
     scores: list[tuple[float, str]] = []
 
-    def sink(decoding: str, frame_rows: list[dict], clip_rows: list[dict]) -> None:
-        part = parts.get(decoding, 0)
-        parts[decoding] = part + 1
-        name = f"{split}__{decoding}__p{part:05d}"
+    def sink(decoding: str, frame_rows: list[dict], clip_rows: list[dict], tag: str = "") -> None:
+        part = parts.get(decoding + tag, 0)
+        parts[decoding + tag] = part + 1
+        name = f"{split}__{decoding}{tag}__p{part:05d}"
         if frame_rows:
             written.append(write_table(frame_rows, "frame_metrics", run_id, home, name))
         if clip_rows:
             written.append(write_table(clip_rows, "clip_metrics", run_id, home, name))
-        if decoding == cfg.eval.primary_decoding:
+        if decoding == cfg.eval.primary_decoding and not tag:
             scores.extend((r["J"], r["expression_uid"] or r["clip_key"]) for r in clip_rows
                           if r["protocol"] == headline and not r["is_null"])
 
@@ -134,6 +136,13 @@ def evaluate_split(checkpoint: str | os.PathLike, cfg: ExperimentConfig, split: 
                              avss_semantic=cfg.eval.avss_semantic and cfg.data.dataset == "avss",
                              progress=cfg.eval.progress)
     flat = result.flat(prefix="test/")
+    if math.isfinite(result.frames_per_s):
+        flat[f"test/{split}/frames_per_s"] = result.frames_per_s
+    prompt_rows = []
+    if prompts:
+        prompt_rows = _prompt_passes(model, source, cfg, split, run_id, protocols, prompts, sink, result)
+        for row in prompt_rows:
+            flat.update(row.pop("metrics"))
     if tracking:
         c = mlf.client()
         logger = mlf.MlflowLogger(run_id, c)
@@ -153,8 +162,56 @@ def evaluate_split(checkpoint: str | os.PathLike, cfg: ExperimentConfig, split: 
             "by_protocol": {p: {m: result.value(p, cfg.eval.primary_decoding, m)
                                 for m in ("J", "F", "S", "S_refavs_sqrt_per_call", "S_auralsam2_foreground_ratio")}
                             for p in protocols},
-            "metrics": flat, "parquet": [str(p) for p in written],
+            "metrics": flat, "parquet": [str(p) for p in written], "prompts": prompt_rows,
             "protocol": headline, "decoding": cfg.eval.primary_decoding}
+
+
+def _prompt_passes(model, source, cfg: ExperimentConfig, split: str, run_id: str, protocols, modes, sink,
+                   audio_only) -> list[dict[str, Any]]:
+    """Paper Tables 6-7: each prompt mode for SAM2 alone and for AuralSAM2 (one pass each, the
+    primary decoding); rows {method, prompts, J, F, frames_per_s, n_unprompted, paper_*, metrics}."""
+    from auralsam2.evaluation import METHODS, evaluate_source
+
+    headline, decoding = cfg.eval.headline_protocol, cfg.eval.primary_decoding
+    paper = paper_prompt_numbers()
+    results = [("auralsam2", "none", audio_only)]
+    for method in METHODS:
+        for mode in modes:
+            tag = f"__{method}-{mode.replace('+', '_')}"
+            result = evaluate_source(model, source, split, task=cfg.task, protocols=protocols, decodings=[decoding],
+                                     cond_frame=cfg.eval.cond_frame, precision=cfg.train.precision, run_id=run_id,
+                                     rows_sink=lambda d, f, c, tag=tag: sink(d, f, c, tag), prompt_mode=mode,
+                                     method=method, progress=cfg.eval.progress)
+            results.append((method, mode, result))
+    rows = []
+    for method, mode, result in results:
+        known = paper.get((method, mode), {})
+        rows.append({"method": method, "prompts": mode, "J": result.value(headline, decoding, "J"),
+                     "F": result.value(headline, decoding, "F"), "frames_per_s": result.frames_per_s,
+                     "n_unprompted": result.n_unprompted, "paper_J": known.get("J"), "paper_F": known.get("F"),
+                     "paper_fps": known.get("fps"), "paper_table": known.get("table"),
+                     "metrics": {} if mode == "none" else _prompt_metrics(result, method, mode)})
+    return rows
+
+
+def _prompt_metrics(result, method: str, mode: str) -> dict[str, float]:
+    prefix = f"prompts/{method}/{mode.replace('+', '_')}/test/"
+    out = result.flat(prefix=prefix)
+    if math.isfinite(result.frames_per_s):
+        out[f"{prefix}{result.split}/frames_per_s"] = result.frames_per_s
+    return out
+
+
+PAPER_PROMPTS_FILE = Path(__file__).resolve().parents[1] / "configs" / "paper_prompts.yaml"
+
+
+def paper_prompt_numbers(path: Path = PAPER_PROMPTS_FILE) -> dict[tuple[str, str], dict[str, Any]]:
+    """The paper's Tables 6-7 (V1m, Hiera-B+) keyed by (method, prompts); empty when the file is absent."""
+    import yaml
+
+    if not path.is_file():
+        return {}
+    return {(r["method"], r["prompts"]): r for r in yaml.safe_load(path.read_text())["rows"]}
 
 
 def _overlays(model, source, reader, cfg: ExperimentConfig, split: str, scores: list[tuple[float, str]]):
@@ -204,17 +261,18 @@ def _evaluation_run(cfg: ExperimentConfig, checkpoint: str, extra: dict, run_id:
 
 
 @task(name="evaluate-split", cache_policy=NO_CACHE)
-def evaluate_split_task(checkpoint: str, config_yaml: str, split: str, run_id: str, tracking: bool) -> dict[str, Any]:
+def evaluate_split_task(checkpoint: str, config_yaml: str, split: str, run_id: str, tracking: bool,
+                        prompts: list[str] | None = None) -> dict[str, Any]:
     """One split of one checkpoint (a split is one task)."""
     import yaml
 
     cfg = config_from_mapping(yaml.safe_load(config_yaml), "<evaluate flow config>")
-    return evaluate_split(checkpoint, cfg, split, run_id, tracking)
+    return evaluate_split(checkpoint, cfg, split, run_id, tracking, prompts or ())
 
 
 @flow(name="evaluate")
 def evaluate_flow(checkpoint: str, config_yaml: str | None = None, splits: list[str] | None = None,
-                  run_id: str | None = None, tracking: bool = True) -> dict[str, Any]:
+                  run_id: str | None = None, tracking: bool = True, prompts: list[str] | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on the configured (or given) splits; returns per-split summaries."""
     import yaml
 
@@ -223,7 +281,7 @@ def evaluate_flow(checkpoint: str, config_yaml: str | None = None, splits: list[
     run_id = _evaluation_run(cfg, checkpoint, extra, run_id, tracking)
     status = "FAILED"
     try:
-        results = {split: evaluate_split_task(checkpoint, config_to_yaml(cfg), split, run_id, tracking)
+        results = {split: evaluate_split_task(checkpoint, config_to_yaml(cfg), split, run_id, tracking, prompts)
                    for split in (splits or list(cfg.eval.splits))}
         status = "FINISHED"
     finally:
@@ -236,8 +294,10 @@ def evaluate_flow(checkpoint: str, config_yaml: str | None = None, splits: list[
 
 def run_evaluate(checkpoint: str | os.PathLike, config_path: str | os.PathLike | None = None,
                  overrides: Sequence[str] = (), *, config: ExperimentConfig | None = None,
-                 splits: Sequence[str] | None = None, run_id: str | None = None, tracking: bool = True) -> dict[str, Any]:
-    """Run the evaluate flow. `config_path`/`overrides` (or `config`) replace the checkpoint's config."""
+                 splits: Sequence[str] | None = None, run_id: str | None = None, tracking: bool = True,
+                 prompts: Sequence[str] = ()) -> dict[str, Any]:
+    """Run the evaluate flow. `config_path`/`overrides` (or `config`) replace the checkpoint's config.
+    `prompts`: prompt-engineering modes (points, box, points+box, mask) to run too."""
     if config is None and (config_path is not None or overrides):
         if config_path is None:
             cfg_ckpt, _ = checkpoint_config(checkpoint, None)
@@ -256,4 +316,5 @@ def run_evaluate(checkpoint: str | os.PathLike, config_path: str | os.PathLike |
     open_reader(resolved, "cpu")
     return evaluate_flow(checkpoint=str(Path(checkpoint).resolve()),
                          config_yaml=None if config is None else config_to_yaml(config),
-                         splits=list(splits) if splits else None, run_id=run_id, tracking=tracking)
+                         splits=list(splits) if splits else None, run_id=run_id, tracking=tracking,
+                         prompts=list(prompts) or None)

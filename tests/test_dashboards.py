@@ -18,14 +18,14 @@ from flows.runs_export import export_runs
 def _frame_rows(run_id: str, clip: str, js: list[float], category: str, is_null: bool = False,
                 pred_area: int = 10) -> list[dict]:
     return [dict(run_id=run_id, dataset="avss", subset="v1m", split="test", clip_key=clip, expression_uid="",
-                 frame=t, protocol="avsbench_official", decoding="iou_select", J=j, F=j, pred_area=pred_area,
+                 frame=t, protocol="avsbench_official", decoding="iou_select", prompts="none", method="auralsam2", J=j, F=j, pred_area=pred_area,
                  gt_area=20, pixels=100, object_score=0.5, category=category, is_null=is_null, labelled=True)
             for t, j in enumerate(js)]
 
 
 def _clip_row(run_id: str, clip: str, j: float, category: str, is_null: bool = False) -> dict:
     return dict(run_id=run_id, dataset="avss", subset="v1m", split="test", clip_key=clip, expression_uid="",
-                n_frames=2, protocol="avsbench_official", decoding="iou_select", J=j, F=j, pred_area=20, gt_area=40,
+                n_frames=2, protocol="avsbench_official", decoding="iou_select", prompts="none", method="auralsam2", J=j, F=j, pred_area=20, gt_area=40,
                 pixels=200, object_score=0.5, category=category, is_null=is_null)
 
 

@@ -410,7 +410,11 @@ def test_track_clip_frame_mask_inputs_prompt_every_frame(tiny, pyramid):
     for t in range(n - 1):
         assert _max_diff(changed[t].low_res_masks, every[t].low_res_masks) == 0
     assert _max_diff(changed[-1].low_res_masks, every[-1].low_res_masks) > 0
-    with pytest.raises(ValueError, match="not both"):
-        track_clip(tiny, pyramid, None, cond_frame=0, mask_inputs=masks[:1], frame_mask_inputs=masks)
+    # a mask on the conditioning frame is its output (stock SAM2); the other frames keep theirs
+    full = torch.rand(1, 1, tiny.image_size, tiny.image_size, generator=gen) > 0.5
+    with torch.no_grad():
+        both = track_clip(tiny, pyramid, None, cond_frame=0, cond_mask=full, frame_mask_inputs=masks)
+    assert torch.equal(both[0].high_res_masks[0, 0] > 0, full[0, 0]) and both[0].ious.eq(1).all()
+    assert not torch.equal(both[1].high_res_masks, every[1].high_res_masks)  # other memory from frame 0
     with pytest.raises(ValueError, match=rf"frame_mask_inputs must be \({n}, 1, H, W\)"):
         track_clip(tiny, pyramid, None, cond_frame=0, frame_mask_inputs=masks[:2])

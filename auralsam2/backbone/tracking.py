@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from auralsam2.backbone.decoder import PointInputs, prompted_decode
+from auralsam2.backbone.decoder import DecoderOutput, PointInputs, prompted_decode
 from auralsam2.backbone.encoding import Pyramid, prepare_decoder_features
 
 
@@ -75,6 +75,19 @@ def _frame_prompts(prompts: Sequence[Tensor] | None, t: int) -> list[Tensor] | N
     return [None if p is None else p[t : t + 1] for p in prompts]
 
 
+def _mask_as_output(model: nn.Module, pix_feat: Tensor, high_res: list[Tensor], mask: Tensor) -> DecoderOutput:
+    """Stock SAM2's mask-as-output for a frame prompted with a mask, as multimask-shaped outputs
+    (the three copies are the same mask; IoUs 1)."""
+    size = (model.image_size, model.image_size)
+    if mask.ndim != 4 or mask.shape[:2] != (1, 1) or tuple(mask.shape[-2:]) != size:
+        raise ValueError(f"cond_mask must be (1, 1, {size[0]}, {size[1]}) (the output of the frame), "
+                         f"got {tuple(mask.shape)}")
+    low, high, ious, _, _, obj_ptr, score = model._use_mask_as_output(pix_feat, high_res, mask)
+    return DecoderOutput(low_res_masks=low.expand(-1, 3, -1, -1), high_res_masks=high.expand(-1, 3, -1, -1),
+                         ious=ious.expand(-1, 3), object_score_logits=score, mask_tokens=obj_ptr[:, None],
+                         obj_ptr=obj_ptr)
+
+
 def track_clip(
     model: nn.Module,
     pyramid: Pyramid,
@@ -84,6 +97,7 @@ def track_clip(
     *,
     mask_inputs: Tensor | None = None,
     frame_mask_inputs: Tensor | None = None,
+    cond_mask: Tensor | None = None,
     official_query_pe: bool = True,
     binarize_memory_masks: bool = True,
 ) -> list[FrameOutput]:
@@ -96,7 +110,10 @@ def track_clip(
     `point_inputs_from_clicks`) and `mask_inputs` (1, 1, H, W) are SAM2 prompts for the
     conditioning frame only (paper Table 6); they are decoded together with the audio prompts.
     `frame_mask_inputs` (N, 1, H, W): a mask prompt for every frame (values in [0, 1], or logits),
-    e.g. the fuser's audio-visual localisation map; exclusive with `mask_inputs`.
+    e.g. the fuser's audio-visual localisation map; on the conditioning frame `mask_inputs`, when
+    given, replaces it. `cond_mask` (1, 1, S, S) binary: the conditioning frame's OUTPUT, as stock
+    SAM2's `add_new_mask` does with `use_mask_input_as_output_without_sam` (every SAM 2.1 config;
+    `SAM2Base._use_mask_as_output`); the memory and the object pointer are made from it.
     `official_query_pe`: see `prompted_two_way`. `binarize_memory_masks=False` feeds
     `sigmoid(logits)` to the memory encoder instead (not the released regime; lets gradients
     through spatial memory).
@@ -114,8 +131,6 @@ def track_clip(
             "build it with build_sam2_model or call freeze_sam2(model)"
         )
     if frame_mask_inputs is not None:
-        if mask_inputs is not None:
-            raise ValueError("give mask_inputs (conditioning frame) or frame_mask_inputs (every frame), not both")
         if frame_mask_inputs.ndim != 4 or tuple(frame_mask_inputs.shape[:2]) != (num_frames, 1):
             raise ValueError(f"frame_mask_inputs must be ({num_frames}, 1, H, W), got {tuple(frame_mask_inputs.shape)}")
     dense, sparse = _unpack_prompts(prompts)
@@ -145,18 +160,21 @@ def track_clip(
             x.permute(1, 2, 0).view(1, x.size(2), *size)
             for x, size in zip(cur_feats[:-1], feats.feat_sizes[:-1], strict=True)
         ]
-        out = prompted_decode(
-            model,
-            pix_feat,
-            high_res,
-            _frame_prompts(dense, t),
-            _frame_prompts(sparse, t),
-            point_inputs=point_inputs if is_cond else None,
-            mask_inputs=frame_mask_inputs[t : t + 1] if frame_mask_inputs is not None
-            else mask_inputs if is_cond else None,
-            multimask_output=True,
-            official_query_pe=official_query_pe,
-        )
+        if is_cond and cond_mask is not None:
+            out = _mask_as_output(model, pix_feat, high_res, cond_mask)
+        else:
+            out = prompted_decode(
+                model,
+                pix_feat,
+                high_res,
+                _frame_prompts(dense, t),
+                _frame_prompts(sparse, t),
+                point_inputs=point_inputs if is_cond else None,
+                mask_inputs=mask_inputs if is_cond and mask_inputs is not None
+                else None if frame_mask_inputs is None else frame_mask_inputs[t : t + 1],
+                multimask_output=True,
+                official_query_pe=official_query_pe,
+            )
         best = int(torch.argmax(out.ious[0]).item())
         maskmem_features, maskmem_pos_enc = model._encode_new_memory(
             current_vision_feats=cur_feats,

@@ -5,7 +5,8 @@
 * `protocols`: named recipes (resolution, thresholds, grouping into calls): AVSBench official,
   Ref-AVS official, the released AuralSAM2 trainer;
 * `streaming`: `StreamingEvaluator`, every protocol at once, one clip at a time;
-* `evaluate`: decode a split with the model and score it (`evaluate_source`), DDP-sharded.
+* `evaluate`: decode a split with the model and score it (`evaluate_source`), DDP-sharded;
+* `prompts`: SAM2 prompts from the ground truth (paper Tables 6-7), for SAM2 alone and AuralSAM2.
 """
 
 from auralsam2.evaluation.evaluate import (
@@ -32,6 +33,7 @@ from auralsam2.evaluation.metrics import (
     mask_counts,
     refavs_null_s,
 )
+from auralsam2.evaluation.prompts import METHODS, PROMPT_MODES, GTPrompts, gt_prompts, parse_prompt_modes
 from auralsam2.evaluation.protocols import (
     AURALSAM2_RELEASED,
     AVSBENCH_OFFICIAL,
@@ -55,11 +57,14 @@ __all__ = [
     "AURALSAM2_RELEASED",
     "AVSBENCH_OFFICIAL",
     "AVSS_NUM_CLASSES",
+    "METHODS",
+    "PROMPT_MODES",
     "PROTOCOLS",
     "REFAVS_OFFICIAL",
     "AVSSAccumulator",
     "AVSSResult",
     "EvalResult",
+    "GTPrompts",
     "Protocol",
     "Rows",
     "SemanticScore",
@@ -76,11 +81,13 @@ __all__ = [
     "fmeasure_thresholds",
     "foreground_ratio",
     "get_protocol",
+    "gt_prompts",
     "is_binary",
     "jaccard",
     "jaccard_from_counts",
     "jaccard_from_masks",
     "mask_counts",
+    "parse_prompt_modes",
     "predict_item",
     "refavs_null_s",
     "resize_for_protocol",

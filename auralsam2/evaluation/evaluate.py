@@ -22,6 +22,7 @@ Rows follow `dashboards/schema.py` (`frame_metrics`, `clip_metrics`) column for 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from auralsam2.decoding import DECODINGS, decode_masks
+from auralsam2.evaluation.prompts import METHODS, PROMPT_MODES, GTPrompts, gt_prompts
 from auralsam2.evaluation.protocols import get_protocol
 from auralsam2.evaluation.semantic import AVSSAccumulator
 from auralsam2.evaluation.streaming import Rows, StreamingEvaluator
@@ -60,6 +62,10 @@ class EvalResult:
     metrics: dict[str, dict[str, dict[str, float]]]
     semantic: dict[str, float] = field(default_factory=dict)
     n_items: int = 0
+    frames_per_s: float = math.nan  # frames through the model per second of forward time (this rank)
+    prompts: str = "none"
+    method: str = "auralsam2"
+    n_unprompted: int = 0  # items a prompt mode could not prompt (empty GT on the conditioning frame)
 
     def value(self, protocol: str, decoding: str = "iou_select", metric: str = "J") -> float:
         """One number, NaN when absent (e.g. J of a null-only split)."""
@@ -75,7 +81,7 @@ class EvalResult:
                     if isinstance(value, int | float) and math.isfinite(value):
                         out[name] = float(value)
         out.update({f"{prefix}{self.split}/{k}": v for k, v in self.semantic.items() if math.isfinite(v)})
-        return out
+        return out  # frames_per_s is a timing, not a metric: callers log it where wanted
 
 
 def cond_frame_for(task: Literal["avs", "ref"], n_frames: int, rule: str = "auto") -> int:
@@ -96,9 +102,17 @@ def predict_item(
     cond_frame: int,
     decodings: Sequence[str] = DECODINGS,
     precision: str = "auto",
+    prompts: GTPrompts | None = None,
+    use_fuser: bool = True,
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """One eval forward -> ({decoding: logits (N, S, S) float32}, object-score logits (N,) float32)."""
+    """One eval forward -> ({decoding: logits (N, S, S) float32}, object-score logits (N,) float32).
+    `prompts`: SAM2 prompts for the conditioning frame; `use_fuser=False`: SAM2 alone."""
     device = model.sam2.device
+    point_inputs = cond_mask = None
+    if prompts is not None:
+        cond_mask = None if prompts.cond_mask is None else prompts.cond_mask.to(device)
+        if prompts.point_inputs is not None:
+            point_inputs = {k: v.to(device) for k, v in prompts.point_inputs.items()}
     was_training = model.training
     model.train(False)
     try:
@@ -108,6 +122,9 @@ def predict_item(
                 None if item.log_mel is None else item.log_mel.to(device),
                 None if item.text is None else item.text.to(device),
                 cond_frame=cond_frame,
+                point_inputs=point_inputs,
+                cond_mask=cond_mask,
+                use_fuser=use_fuser,
             )
     finally:
         model.train(was_training)
@@ -201,7 +218,8 @@ def _distributed() -> tuple[int, int]:
 
 
 def schema_rows(
-    rows: Rows, decoding: str, run_id: str, labelled: dict[str, set[int]] | None = None
+    rows: Rows, decoding: str, run_id: str, labelled: dict[str, set[int]] | None = None,
+    prompts: str = "none", method: str = "auralsam2",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Evaluator rows -> (frame_metrics rows, clip_metrics rows), exactly the columns of
     `dashboards.schema.FRAME_METRICS` / `CLIP_METRICS`. Missing J/F (null expressions, empty-GT
@@ -214,7 +232,7 @@ def schema_rows(
                 "clip_key": r["clip_key"], "expression_uid": r["expression_uid"]}
 
     def tail(r: dict[str, Any], f_key: str, score_key: str) -> dict[str, Any]:
-        return {"protocol": r["protocol"], "decoding": decoding,
+        return {"protocol": r["protocol"], "decoding": decoding, "prompts": prompts, "method": method,
                 "J": nan if r["J"] is None else float(r["J"]),
                 "F": nan if r[f_key] is None else float(r[f_key]),
                 "pred_area": int(r["pred_area"]), "gt_area": int(r["gt_area"] or 0), "pixels": int(r["pixels"]),
@@ -250,6 +268,9 @@ def evaluate_source(
     flush_every: int = 32,
     progress: bool = False,
     indices: Iterable[int] | None = None,
+    prompt_mode: str = "none",
+    method: str = "auralsam2",
+    prompt_seed: int = 0,
 ) -> EvalResult:
     """Score `source` (one split) under `protocols` x `decodings`; returns the aggregates.
 
@@ -257,7 +278,13 @@ def evaluate_source(
     at the end (on every rank under DDP; write them with a rank-specific part name). With
     torch.distributed initialised, ranks score disjoint whole calls and the aggregates are merged
     (every rank gets the same result). `indices`: score only these items (overrides sharding).
+    `prompt_mode` (`auralsam2.evaluation.prompts`): SAM2 prompts from the conditioning frame's GT;
+    `method="sam2"`: SAM2 alone, without the fuser (paper Tables 6 and 7).
     """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if prompt_mode != "none" and prompt_mode not in PROMPT_MODES:
+        raise ValueError(f"prompt_mode must be 'none' or one of {PROMPT_MODES}, got {prompt_mode!r}")
     rank, world = _distributed()
     n_total = len(source) if max_items is None else min(len(source), max_items)
     if indices is None:
@@ -267,12 +294,13 @@ def evaluate_source(
     evaluators = {mode: StreamingEvaluator(protocols, task=task) for mode in decodings}
     semantic = AVSSAccumulator() if avss_semantic else None
     labelled: dict[str, set[int]] = {}
+    forward_seconds, forward_frames, unprompted = 0.0, 0, 0
 
     def flush() -> None:
         for mode, ev in evaluators.items():
             rows = ev.pop_rows()
             if rows_sink is not None and (rows.frames or rows.clips):
-                frame_rows, clip_rows = schema_rows(rows, mode, run_id, labelled)
+                frame_rows, clip_rows = schema_rows(rows, mode, run_id, labelled, prompt_mode, method)
                 rows_sink(mode, frame_rows, clip_rows)
         labelled.clear()
 
@@ -290,7 +318,18 @@ def evaluate_source(
             frames = [t for t in range(n) if bool(item.labelled[t])]
             if not frames:
                 continue
-        logits, scores = predict_item(model, item, cond_frame_for(task, n, cond_frame), decodings, precision)
+        cond = cond_frame_for(task, n, cond_frame)
+        prompts = None
+        if prompt_mode != "none":
+            if not item.is_null and bool(item.labelled[cond]):
+                prompts = gt_prompts(item.masks[cond], prompt_mode, model.image_size, item.key, prompt_seed)
+            unprompted += prompts is None
+        started = time.perf_counter()
+        logits, scores = predict_item(model, item, cond, decodings, precision, prompts, method == "auralsam2")
+        if logits[decodings[0]].is_cuda:
+            torch.cuda.synchronize(logits[decodings[0]].device)
+        forward_seconds += time.perf_counter() - started
+        forward_frames += n
         rows_idx = torch.as_tensor(frames, dtype=torch.long)
         gt = None if item.is_null else item.masks[rows_idx]
         meta = {"dataset": item.dataset, "subset": item.subset, "split": item.split, "clip_key": item.clip_key,
@@ -318,7 +357,9 @@ def evaluate_source(
     sem = {}
     if semantic is not None and semantic.n_frames:
         sem = semantic.result().as_dict(prefix="avss_semantic_oracle_")
-    return EvalResult(split=split, metrics=metrics, semantic=sem, n_items=n_items)
+    fps = forward_frames / forward_seconds if forward_seconds > 0 else math.nan
+    return EvalResult(split=split, metrics=metrics, semantic=sem, n_items=n_items, frames_per_s=fps,
+                      prompts=prompt_mode, method=method, n_unprompted=unprompted)
 
 
 def _merge_semantic(semantic: AVSSAccumulator | None) -> AVSSAccumulator | None:

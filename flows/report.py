@@ -1,0 +1,98 @@
+"""`auralsam2 report [--out DIR]`: the static HTML report of everything in the data folder.
+
+Collects what `dashboards.report` cannot read itself: the runs table and training curves from the
+MLflow store, the ingest summaries (`ingest.json`, findings in `ingest_report.parquet`) and the
+feature caches' sizes; then renders `DIR/index.html` (default `<data>/report`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["collect_inputs", "run_report"]
+
+CURVE_METRICS = ("train/total", "select/J")
+MAX_CURVE_RUNS = 24  # the most recent training runs get a curve
+
+
+def _mlflow_store(home: Path) -> bool:
+    return os.environ.get("MLFLOW_TRACKING_URI") is not None or (home / "mlflow" / "mlflow.db").is_file()
+
+
+def _curves(home: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Per training run (newest first, at most MAX_CURVE_RUNS): the metric histories of CURVE_METRICS."""
+    if not _mlflow_store(home):
+        return {}
+    from flows.tracking import client
+
+    c = client()
+    experiments = [e.experiment_id for e in c.search_experiments()]
+    if not experiments:
+        return {}
+    runs = c.search_runs(experiments, filter_string="metrics.`train/total` >= 0", max_results=MAX_CURVE_RUNS,
+                         order_by=["attributes.start_time DESC"])
+    out = {}
+    for run in runs:
+        out[run.info.run_id] = {m: sorted((h.step, h.value) for h in c.get_metric_history(run.info.run_id, m))
+                                for m in CURVE_METRICS}
+    return out
+
+
+def _ingests(home: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    out = []
+    for summary in sorted((home / "ingest").glob("**/ingest.json")):
+        info = json.loads(summary.read_text())
+        findings: dict[str, int] = {}
+        report = summary.parent / "ingest_report.parquet"
+        if report.is_file():
+            for kind in pq.read_table(report, columns=["kind"]).column("kind").to_pylist():
+                findings[kind] = findings.get(kind, 0) + 1
+        out.append({"name": str(summary.parent.relative_to(home)), "dataset": info.get("dataset"),
+                    "clips_kept": info.get("clips_kept"), "clips_quarantined": info.get("clips_quarantined"),
+                    "shards": info.get("shards"), "bytes": info.get("bytes"), "findings": findings})
+    return out
+
+
+def _caches(home: Path) -> list[dict[str, Any]]:
+    from feature_cache.build import read_cache_json
+    from feature_cache.size import cache_size
+
+    out = []
+    for marker in sorted((home / "cache").glob("**/cache.json")):
+        info = read_cache_json(marker.parent)
+        if not info or info.get("status") != "complete":
+            continue
+        size = cache_size(marker.parent)
+        out.append({"name": str(marker.parent.relative_to(home)), "dataset": info.get("dataset"),
+                    "sam2_config": size.sam2_config, "image_size": size.image_size, "dtype": size.dtype,
+                    "records": size.records, "bytes_per_record": size.bytes_per_record,
+                    "features_bytes": size.features_bytes, "audio_bytes": size.audio_bytes,
+                    "text_bytes": size.text_bytes})
+    return out
+
+
+def collect_inputs(home: Path):
+    """`dashboards.report.ReportInputs` for the data folder `home` (refreshes the runs table first)."""
+    from dashboards.report import ReportInputs
+    from flows.evaluate import paper_prompt_numbers
+
+    if _mlflow_store(home):
+        from flows.runs_export import export_runs
+
+        export_runs(home)
+    return ReportInputs(data_home=home, curves=_curves(home), ingests=_ingests(home), caches=_caches(home),
+                        paper_prompts=paper_prompt_numbers())
+
+
+def run_report(out: str | os.PathLike | None = None, home: Path | None = None) -> Path:
+    """Write the report; returns the path of its index.html."""
+    from auralsam2.paths import data_home
+    from dashboards.report import write_report
+
+    home = home or data_home()
+    return write_report(collect_inputs(home), Path(out) if out else home / "report")
