@@ -14,7 +14,7 @@ OURS, PAPER = "#d9480f", "#868e96"
 def _fragment(fig, div_id: str) -> str:
     fig.update_layout(margin={"l": 50, "r": 20, "t": 50, "b": 60}, template="plotly_white",
                       legend={"orientation": "h", "y": -0.25})
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"chart-{div_id}",
                        config={"displaylogo": False, "responsive": True})
 
 
@@ -36,7 +36,7 @@ def ablation_chart(rows: Sequence[dict[str, Any]], div_id: str, title: str) -> s
     fig.add_bar(name="ours J", x=label, y=[r["J"] for r in rows], marker_color=OURS)
     paper = [r.get("paper_J") if _finite(r.get("paper_J")) else None for r in rows]
     if any(p is not None for p in paper):
-        fig.add_bar(name="paper J (real data)", x=label, y=paper, marker_color=PAPER)
+        fig.add_bar(name="paper J (real data; setting in the table)", x=label, y=paper, marker_color=PAPER)
     fig.update_layout(title=title, barmode="group", yaxis_title="J", yaxis_range=[0, 1], height=380)
     return _fragment(fig, div_id)
 

@@ -35,13 +35,16 @@ __all__ = ["ReportInputs", "write_report"]
 class ReportInputs:
     """What the report needs beyond DuckDB. `curves[run_id][metric] = [(step, value), ...]`;
     `ingests`/`caches`: one dict per ingest folder / feature cache (see `flows.report`);
-    `paper_prompts[(method, prompts)] = {J, F, fps, table}`."""
+    `paper_prompts[(method, prompts)] = {J, F, fps, table}`; `paper_reference[(dataset, row, split)]`
+    (split "*": any) = the paper's {J, F, S, table} for a grid row in the paper's own setting, shown
+    (labelled) where a grid ran in a setting the paper has no number for."""
 
     data_home: Path
     curves: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)
     ingests: list[dict[str, Any]] = field(default_factory=list)
     caches: list[dict[str, Any]] = field(default_factory=list)
     paper_prompts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    paper_reference: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
 
 
 def _rows(con, sql: str, params: list | None = None) -> list[dict[str, Any]]:
@@ -68,12 +71,25 @@ def _label(run: dict[str, Any] | None, run_id: str) -> str:
     return f"{run.get('experiment') or '?'}/{run.get('run_name') or run_id[:8]}"
 
 
-def _ablation(con, runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One block per (dataset, grid run), newest first: the summary rows and their chart."""
+def _with_reference(r: dict[str, Any], reference: dict[tuple[str, str, str], dict[str, Any]]) -> dict[str, Any]:
+    """A summary row; without the paper's number for its own setting, the paper's for the row in the
+    paper's setting (`paper_setting` says which)."""
+    r = {k: _clean(v) for k, v in r.items()}
+    r["paper_setting"] = "same setting" if r.get("paper_J") is not None or r.get("paper_S") is not None else ""
+    if not r["paper_setting"]:
+        known = reference.get((r["dataset"], r["row"], r["split"])) or reference.get((r["dataset"], r["row"], "*"))
+        if known:
+            r.update(paper_J=known.get("J"), paper_F=known.get("F"), paper_S=known.get("S"),
+                     paper_table=known["table"], paper_setting="paper's setting")
+    return r
+
+
+def _ablation(con, runs: dict[str, dict[str, Any]], reference) -> list[dict[str, Any]]:
+    """One block per (dataset, grid run): the summary rows, the paper's beside them, and a chart."""
     rows = _rows(con, "select * from ablation_summary order by dataset, parent_run_id, row, split, protocol")
     blocks: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        blocks.setdefault((r["dataset"], r["parent_run_id"]), []).append({k: _clean(v) for k, v in r.items()})
+        blocks.setdefault((r["dataset"], r["parent_run_id"]), []).append(_with_reference(r, reference))
     out = []
     for i, ((dataset, parent), items) in enumerate(blocks.items()):
         split, protocol = HEADLINE.get(dataset, (None, None))
@@ -195,7 +211,7 @@ def write_report(inputs: ReportInputs, out: str | Path) -> Path:
     context = {
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "home": str(home),
         "metrics_dir": str(metrics_dir(home)), "n_runs": len(runs),
-        "ablation": _ablation(con, runs), "split_metrics": split_rows,
+        "ablation": _ablation(con, runs, inputs.paper_reference), "split_metrics": split_rows,
         "curves": _curve_charts(inputs.curves, runs),
         "compare": compare, "compare_chart": charts.runs_chart(compare, "compare", "headline J per run"),
         "prompts": prompts, "prompts_chart": charts.prompts_chart(prompts, "prompts", "prompt engineering"),

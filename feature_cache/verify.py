@@ -171,7 +171,8 @@ def verify_cache(root: str | os.PathLike, ingest: str | os.PathLike | None = Non
         report.batches_checked += opened.num_batches if opened else 0
         _sort(problems, report)
         if opened is not None:
-            uids = {u for i in range(opened.num_batches) for u in opened.reader.get_batch(i).column("uid").to_pylist()}
+            # a batch whose checksum failed is reported above and never read (its offsets may point anywhere)
+            uids = {u for i in sorted(opened.verified) for u in opened.reader.get_batch(i).column("uid").to_pylist()}
             wanted = {e["uid"] for row in clips for e in json.loads(row["record"]).get("expressions", [])}
             report.missing += [f"text embedding of expression {u}" for u in sorted(wanted - uids)]
             report.extra += [f"text embedding of expression {u}: no such expression" for u in sorted(uids - wanted)]
@@ -201,6 +202,8 @@ def _check_features(root: Path, rel: str, rows: list[dict[str, Any]], fingerprin
             report.missing.append(f"{where}: the file has only {opened.num_batches} record batches")
             continue
         pointed.add(i)
+        if i not in opened.verified:  # its checksum failed (reported): reading it may crash the process
+            continue
         try:
             batch = opened.reader.get_batch(i)
             held = (batch.column("clip")[0].as_py(), batch.column("frame")[0].as_py(), batch.column("view")[0].as_py())
@@ -228,6 +231,8 @@ def _check_audio(root: Path, rel: str, rows: list[dict[str, Any]], fingerprint: 
         i = int(row["audio_batch"])
         if not 0 <= i < opened.num_batches:
             report.missing.append(f"{rel} batch {i} (log-mel of clip {row['clip']}): not in the file")
+            continue
+        if i not in opened.verified:  # its checksum failed (reported): never read a damaged batch
             continue
         held = opened.reader.get_batch(i).column("clip")[0].as_py()
         if held != row["clip"]:

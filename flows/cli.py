@@ -148,7 +148,6 @@ def demo(
         results[name] = run_pipeline(config_path, raw=raw, ablate_grid=grid_name,
                                      selection=SummarySelection(**selection), row_workers=row_workers)
         timings.update({f"{name} {k}": v for k, v in results[name]["timings"].items()})
-    total = time.perf_counter() - started
     typer.echo(f"[{steps + 1}/{steps + 1}] results")
     for name, result in results.items():
         ablation = result["ablation"]
@@ -157,6 +156,12 @@ def demo(
             _hears_and_reads_line(ablation["rows"])
         if line:
             typer.echo(line + "\n")
+    from flows.report import run_report
+
+    report_started = time.perf_counter()
+    index = run_report()
+    timings["report"] = time.perf_counter() - report_started
+    total = time.perf_counter() - started
     typer.echo("time per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s")
     uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
     typer.echo(f"""
@@ -166,6 +171,7 @@ Outputs (all under {home}):
   feature cache  {home / 'cache'}
   runs           {home / 'runs'}
   metrics        {home / 'metrics'}   (Parquet: frame_metrics, clip_metrics, ablation_summary)
+  report         {index}   (open it in a browser; `auralsam2 report` rewrites it)
 Next:
   MLflow UI      .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000
   DuckDB query   .venv/bin/auralsam2 query worst_clips --param limit=10

@@ -15,6 +15,10 @@ from typing import Any
 __all__ = ["collect_inputs", "run_report"]
 
 CURVE_METRICS = ("train/total", "select/J")
+# When a grid ran in another setting than the paper's (the synthetic world), the report shows the
+# paper's number for the row in this setting, labelled as such: where Tables 3-5 ran (V1m, Hiera-L).
+PAPER_REFERENCE = {"avss": ("avss_v1m_hiera_l/sam2_hiera_l", "V1m, Hiera-L"),
+                   "refavs": ("refavs_hiera_l/sam2_hiera_l", "Ref-AVS, Hiera-L")}
 MAX_CURVE_RUNS = 24  # the most recent training runs get a curve
 
 
@@ -76,6 +80,23 @@ def _caches(home: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _paper_reference() -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(dataset, row, split) -> the paper's {J, F, S, table} for that row in PAPER_REFERENCE's setting
+    (split "*" for AVSBench, whose entries hold one test number)."""
+    from flows.ablate import load_grid
+
+    out = {}
+    for row in load_grid("paper"):
+        for dataset, (key, setting) in PAPER_REFERENCE.items():
+            entry = row.paper.get(key)
+            if not entry:
+                continue
+            per_split = {k: v for k, v in entry.items() if isinstance(v, dict)} or {"*": entry}
+            for split, values in per_split.items():
+                out[(dataset, row.name, split)] = {**values, "table": f"{values.get('table', row.table)} · {setting}"}
+    return out
+
+
 def collect_inputs(home: Path):
     """`dashboards.report.ReportInputs` for the data folder `home` (refreshes the runs table first)."""
     from dashboards.report import ReportInputs
@@ -86,7 +107,7 @@ def collect_inputs(home: Path):
 
         export_runs(home)
     return ReportInputs(data_home=home, curves=_curves(home), ingests=_ingests(home), caches=_caches(home),
-                        paper_prompts=paper_prompt_numbers())
+                        paper_prompts=paper_prompt_numbers(), paper_reference=_paper_reference())
 
 
 def run_report(out: str | os.PathLike | None = None, home: Path | None = None) -> Path:

@@ -8,6 +8,7 @@ the GPU when there is one. Plain Python (no Prefect flow: one video is one step)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -98,7 +99,7 @@ def run_segment(video: str | os.PathLike, checkpoint: str | os.PathLike, out: st
     bar = tqdm(total=_expected_frames(info, sampling), unit="frame", desc="segment", disable=not progress)
     try:
         hidden = _text_hidden(model, text, storage)
-        run = SegmentSettings(**{**settings.__dict__, "text": hidden}) if hidden is not None else settings
+        run = settings if hidden is None else dataclasses.replace(settings, text=hidden)
         for result in segment_windows(model, str(video), run):
             t0 = time.perf_counter()
             for frame, mask, score in zip(result.frames, result.masks, result.object_scores.tolist(), strict=True):

@@ -196,3 +196,29 @@ def test_verify_checks_labelled_frames_against_the_manifest(cache_env, tmp_path:
     pq.write_table(index.from_pylist(rows, schema=index.schema), cache / "index.parquet")
     report = verify_cache(cache)
     assert report.corrupt == [f"clip {row['clip']}: 2 labelled frames in the index, 1 in the manifest"]
+
+
+@pytest.mark.parametrize("kind", ["features", "audio"])
+def test_verify_never_reads_a_batch_whose_checksum_failed(cache_env, tmp_path: Path, kind: str) -> None:
+    """A flipped byte in a batch's string offsets (the `clip` column) made `cache verify` segfault: the
+    batch failed its checksum and was then read anyway. Now it is reported, and never read."""
+    import subprocess
+    import sys
+
+    cache = _copy(cache_env.avss_cache, tmp_path / "cache")
+    row = pq.read_table(cache / "index.parquet").to_pylist()[3]
+    rel = row["file"] if kind == "features" else pq.read_table(cache / "clips.parquet").to_pylist()[0]["audio_file"]
+    path = cache / rel
+    opened = open_cache_file(path)
+    batch = opened.reader.get_batch(row["batch"] if kind == "features" else 0)
+    offsets = batch.column("clip").buffers()[1]
+    at = offsets.address - opened.base_address + 4  # the end offset of the first string
+    opened.close()
+    data = bytearray(path.read_bytes())
+    data[at + 3] ^= 0x7F  # the offset now points ~2 GB past the buffer
+    path.write_bytes(bytes(data))
+    done = subprocess.run([sys.executable, "-m", "flows", "cache", "verify", str(cache)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+    assert "fails its checksum" in done.stdout + done.stderr and rel in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr

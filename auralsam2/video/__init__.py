@@ -10,9 +10,9 @@ from auralsam2.video.decode import (
     probe_video,
     sample_frames,
 )
-from auralsam2.video.encode import OverlayWriter, overlay_frame, write_mask_png
+from auralsam2.video.encode import OverlayWriter, overlay_frame, write_frames_video, write_mask_png
 from auralsam2.video.segment import SegmentSettings, WindowResult, segment_windows
 
 __all__ = ["FRAME_PHASE", "AudioStream", "OverlayWriter", "SampledFrame", "SegmentSettings", "VideoError",
            "VideoInfo", "WindowResult", "overlay_frame", "probe_video", "sample_frames", "segment_windows",
-           "write_mask_png"]
+           "write_frames_video", "write_mask_png"]

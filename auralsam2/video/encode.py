@@ -16,7 +16,15 @@ import numpy as np
 
 from auralsam2.video.decode import VideoError
 
-__all__ = ["OverlayWriter", "overlay_frame", "write_mask_png"]
+__all__ = ["FORMATS", "OverlayWriter", "overlay_frame", "write_frames_video", "write_mask_png"]
+
+# container suffix -> (video codec, pixel format, audio codec, audio sample format) for `write_frames_video`
+FORMATS = {
+    "mkv": ("ffv1", "bgr0", "pcm_s16le", "s16"),  # lossless both ways: frames and samples as given
+    "mp4": ("libx264", "yuv420p", "aac", "fltp"),
+    "webm": ("libvpx-vp9", "yuv420p", "libopus", "flt"),
+    "mov": ("libx264", "yuv420p", "aac", "fltp"),
+}
 
 TINT = np.array([255, 64, 32], np.float32)  # the mask colour
 ALPHA = 0.5
@@ -137,3 +145,44 @@ class OverlayWriter:
             except Exception:  # noqa: BLE001, S110 (already failing; the temp file goes either way)
                 pass
         self._tmp.unlink(missing_ok=True)
+
+
+def write_frames_video(path: str | os.PathLike, frames: list[np.ndarray], fps: int, audio: np.ndarray | None = None,
+                       sample_rate: int = 16000, repeat: int = 1) -> Path:
+    """Encode `frames` (H, W, 3) uint8, each shown `repeat` times at `fps`, with `audio` (n, channels)
+    int16 (None: silent), in the format of `path`'s suffix (see `FORMATS`; H.264 needs even sizes).
+    Turns a dataset clip (1 fps frames + its WAV) into a video `segment` can read."""
+    import av
+
+    path = Path(path)
+    if path.suffix.lstrip(".") not in FORMATS:
+        raise ValueError(f"{path}: write .mkv (lossless), .mp4, .webm or .mov")
+    vcodec, pix_fmt, acodec, afmt = FORMATS[path.suffix.lstrip(".")]
+    with av.open(str(path), mode="w") as out:
+        video = out.add_stream(vcodec, rate=fps)
+        video.height, video.width = frames[0].shape[:2]
+        video.pix_fmt = pix_fmt
+        if vcodec == "libx264":
+            video.options = {"crf": "18"}
+        stream = None
+        if audio is not None:
+            layout = "stereo" if audio.shape[1] == 2 else "mono"
+            stream = out.add_stream(acodec, rate=48000 if acodec == "libopus" else sample_rate, layout=layout)
+        pts = 0
+        for image in frames:
+            for _ in range(repeat):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+                frame.pts, frame.time_base = pts, Fraction(1, fps)
+                pts += 1
+                out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        if stream is not None:
+            planar = afmt != "s16"
+            data = np.ascontiguousarray(audio.T if planar else audio.reshape(1, -1))
+            frame = av.AudioFrame.from_ndarray(data, format="s16p" if planar else "s16", layout=stream.layout.name)
+            frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
+            resampler = av.AudioResampler(format=afmt, layout=stream.layout.name, rate=stream.rate)
+            for piece in [*resampler.resample(frame), *resampler.resample(None)]:
+                out.mux(stream.encode(piece))
+            out.mux(stream.encode(None))
+    return path
