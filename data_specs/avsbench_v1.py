@@ -18,10 +18,19 @@ log-mel is recomputed from the WAV instead).
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from data_specs.clip import Clip, make_key
-from data_specs.common import FindingSink, ReadResult, check_frame_numbers, frame_number, numbered_files
+from data_specs.common import (
+    FindingSink,
+    ReadResult,
+    check_frame_numbers,
+    csv_text,
+    frame_number,
+    numbered_files,
+    path_problem,
+)
 
 FRAMES_PER_CLIP = 5
 SPLITS = ("train", "val", "test")
@@ -39,8 +48,8 @@ def _locate(root: Path, csv_name: str, release_folder: str) -> Path:
 
 def _rows(path: Path) -> list[tuple[int, list[str]]]:
     """CSV rows by position, with the header row (if any) dropped; (line number, cells)."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        rows = [(i, [c.strip() for c in cells]) for i, cells in enumerate(csv.reader(f), start=1) if any(cells)]
+    reader = csv.reader(io.StringIO(csv_text(path), newline=""))
+    rows = [(i, [c.strip() for c in cells]) for i, cells in enumerate(reader, start=1) if any(cells)]
     if rows and "split" in [c.lower() for c in rows[0][1]]:
         rows = rows[1:]
     return rows
@@ -77,6 +86,9 @@ def read_s4(root: str | Path, subset: str = "all", strict: bool = False) -> Read
         if split not in SPLITS:
             sink.error(key, where, "unknown_split", f"split {split!r} is not one of {list(SPLITS)}")
             continue
+        if problem := path_problem(Path(clip.root), data / "visual_frames" / split / category / name, name):
+            sink.error(key, where, "unsafe_path", problem)
+            continue
         frames_dir = data / "visual_frames" / split / category / name
         masks_dir = data / "gt_masks" / split / category / name
         audio = data / "audio_wav" / split / category / f"{name}.wav"
@@ -92,8 +104,7 @@ def read_ms3(root: str | Path, subset: str = "all", strict: bool = False) -> Rea
     base = meta.parent
     sink = FindingSink("avsbench-ms3", strict)
     result = ReadResult("avsbench-ms3", str(base))
-    with meta.open(newline="", encoding="utf-8-sig") as f:
-        first = next(csv.reader(f), [])
+    first = next(csv.reader(io.StringIO(csv_text(meta), newline="")), [])
     split_col = [c.strip().lower() for c in first].index("split") if "split" in [c.strip().lower() for c in first] else 1
     seen: set[str] = set()
     for line, cells in _rows(meta):
@@ -116,6 +127,9 @@ def read_ms3(root: str | Path, subset: str = "all", strict: bool = False) -> Rea
         seen.add(name)
         if split not in SPLITS:
             sink.error(key, where, "unknown_split", f"split {split!r} is not one of {list(SPLITS)}")
+            continue
+        if problem := path_problem(Path(clip.root), data / "visual_frames" / name, name):
+            sink.error(key, where, "unsafe_path", problem)
             continue
         frames_dir = data / "visual_frames" / name
         masks_dir = data / "gt_masks" / split / name

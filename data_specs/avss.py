@@ -26,6 +26,7 @@ from data_specs.common import (
     check_frame_numbers,
     frame_number,
     numbered_files,
+    path_problem,
     read_csv_rows,
     require_columns,
 )
@@ -119,6 +120,9 @@ def read_avss(root: str | Path, subset: str = "all", strict: bool = False) -> Re
             continue
         if split not in SPLITS:
             sink.error(key, where, "unknown_split", f"split {split!r} is not one of {list(SPLITS)}")
+            continue
+        if problem := path_problem(root, root / label / uid, uid):
+            sink.error(key, where, "unsafe_path", problem)
             continue
         _fill_files(clip, root / label / uid, sink)
 

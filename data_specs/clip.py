@@ -33,6 +33,9 @@ FINDING_KINDS = {
     "skipped_row": "a metadata row the dataset marks as not part of any split (Ref-AVS TODO rows)",
     "malformed_row": "a metadata row with missing or unparsable fields",
     "mixed_split": "a Ref-AVS media folder whose expressions belong to several splits",
+    "unsupported_audio": "audio the model cannot hear as it is (more than two channels)",
+    "unknown_class_id": "a semantic label map with class ids outside the dataset's classes",
+    "unsafe_path": "a uid that is a path ('..', '/') or a clip folder that leads outside the raw tree (symlink)",
 }
 
 

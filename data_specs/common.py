@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,19 +32,44 @@ def numbered_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return sorted(files, key=lambda p: (frame_number(p.name), p.name))
 
 
+def path_problem(root: Path, folder: Path, name: str) -> str | None:
+    """Why the metadata's `name` (a uid) may not name the clip folder `folder` under the raw `root`:
+    a path separator, '.' or '..' in it, or a folder that resolves outside the tree (a symlink
+    leaving it). Ingest never reads outside --root; None when the name is safe."""
+    parts = name.replace("\\", "/").split("/")
+    if len(parts) > 1 or name in (".", "..") or Path(name).is_absolute():
+        return f"{name!r} is not a plain folder name (a path in it would read outside {folder.parent.name}/)"
+    if folder.exists() and not folder.resolve().is_relative_to(root.resolve()):
+        return f"{folder.relative_to(root)} resolves to {folder.resolve()}, outside the raw tree {root}"
+    return None
+
+
+def csv_text(path: Path) -> str:
+    """A metadata file's text (UTF-8, a BOM allowed); other bytes are an error naming the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 (byte {data[err.start]:#04x} at offset {err.start}); save the "
+                         "file as UTF-8") from None
+
+
 def read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """A CSV with a header row, as (header, rows); cells stripped of surrounding whitespace."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise ValueError(f"{path}: empty CSV, expected a header row") from None
-        rows = []
-        for cells in reader:
-            if not any(c.strip() for c in cells):
-                continue
-            rows.append({h: (cells[i].strip() if i < len(cells) else "") for i, h in enumerate(header)})
+    """A CSV with a header row, as (header, rows); cells stripped of surrounding whitespace. Bytes
+    that are not UTF-8 and a file with a header but no row are errors naming the file (and line)."""
+    reader = csv.reader(io.StringIO(csv_text(path), newline=""))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise ValueError(f"{path}: empty CSV, expected a header row") from None
+    rows = []
+    for cells in reader:
+        if not any(c.strip() for c in cells):
+            continue
+        rows.append({h: (cells[i].strip() if i < len(cells) else "") for i, h in enumerate(header)})
+    if not rows:
+        raise ValueError(f"{path}: a header and no rows: the metadata lists no clip")
     return header, rows
 
 

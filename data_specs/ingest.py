@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from auralsam2.utils.files import atomic_write_json, atomic_write_parquet
+from auralsam2.utils.hashing import sha256_file
 from data_specs.avsbench_v1 import read_ms3, read_s4
 from data_specs.avss import read_avss
 from data_specs.clip import Clip, Finding
@@ -88,6 +89,7 @@ class IngestSummary:
     warnings: int
     findings_by_kind: dict[str, int] = field(default_factory=dict)
     manifest: str = ""
+    manifest_sha256: str = ""  # readers check the manifest against it (`read_manifest`)
     report: str = ""
     shards_dir: str = ""
 
@@ -113,31 +115,54 @@ class IngestSummary:
 
 
 def prepare(dataset: str, root: str | Path, out: str | Path, subset: str = "all", strict: bool = False,
-            clips_per_shard: int = 64) -> IngestPlan:
-    """Read and check the metadata and folders, and plan the shards (no file bytes read yet)."""
+            clips_per_shard: int = 64, force: bool = False) -> IngestPlan:
+    """Read and check the metadata and folders, and plan the shards (no file bytes read yet).
+    `force`: replace an ingest of another raw root (or dataset) in `out` instead of refusing."""
     if dataset not in READERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(READERS)}")
     out = Path(out).resolve()
-    _claim(out, dataset, subset, Path(root).resolve())
+    _claim(out, dataset, subset, Path(root).resolve(), force)
     read = READERS[dataset](root, subset=subset, strict=strict)
     kept, quarantined = partition_clips(read.clips, read.findings)
     shards = plan_shards(kept, read.findings, clips_per_shard)
     return IngestPlan(dataset, subset, read.root, str(out), read, quarantined, shards)
 
 
-def _claim(out: Path, dataset: str, subset: str, root: Path) -> None:
-    """One ingest folder holds one (dataset, subset) ingest; refuse to mix two."""
-    record = out / "ingest.json"
-    if record.is_file():
-        previous = json.loads(record.read_text())
-        if (previous.get("dataset"), previous.get("subset")) != (dataset, subset):
+CLAIM = ".claim.json"  # written before the first shard: which ingest owns the folder, finished or not
+
+
+def _claim(out: Path, dataset: str, subset: str, root: Path, force: bool = False) -> None:
+    """One ingest folder holds one ingest: (dataset, subset) from one raw root. Another one is refused
+    (its shards would be replaced) unless `force`, which first removes the old ingest's files."""
+    mine = {"dataset": dataset, "subset": subset, "root": str(root)}
+    for record in (out / "ingest.json", out / CLAIM):
+        if not record.is_file():
+            continue
+        try:
+            previous = json.loads(record.read_text())
+        except (OSError, ValueError):
+            previous = {}
+        theirs = {k: previous.get(k) for k in mine}
+        if theirs != mine and not force:
             raise ValueError(
-                f"{out} already holds an ingest of {previous.get('dataset')} ({previous.get('subset')}); "
-                f"use another --out for {dataset} ({subset})"
-            )
+                f"{out} already holds an ingest of {theirs['dataset']} ({theirs['subset']}) from {theirs['root']}; "
+                f"ingesting {dataset} ({subset}) from {root} there would replace its shards: use another --out (data.ingest "
+                "for `auralsam2 run`), or `auralsam2 ingest ... --force` to replace it")
+        if theirs != mine:
+            _remove_ingest(out)
+            break
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / CLAIM, mine)
     for stale in (out / "shards").glob(".*.tmp-*") if (out / "shards").is_dir() else []:
         stale.unlink()  # left by an interrupted run
+
+
+def _remove_ingest(out: Path) -> None:
+    import shutil
+
+    shutil.rmtree(out / "shards", ignore_errors=True)
+    for name in ("manifest.parquet", "ingest_report.parquet", "ingest.json", CLAIM):
+        (out / name).unlink(missing_ok=True)
 
 
 def finalize(plan: IngestPlan, results: list[ShardResult]) -> IngestSummary:
@@ -175,6 +200,7 @@ def finalize(plan: IngestPlan, results: list[ShardResult]) -> IngestSummary:
         bytes=sum(r.bytes for r in results),
         errors=sum(f.severity == "error" for f in findings), warnings=sum(f.severity == "warning" for f in findings),
         findings_by_kind=dict(kinds), manifest=str(out / "manifest.parquet"),
+        manifest_sha256=sha256_file(out / "manifest.parquet"),
         report=str(out / "ingest_report.parquet"), shards_dir=str(out / "shards"),
     )
     if summary.clips_read != summary.clips_kept + summary.clips_quarantined:

@@ -24,6 +24,7 @@ from data_specs.common import (
     check_frame_numbers,
     frame_number,
     numbered_files,
+    path_problem,
     read_csv_rows,
     require_columns,
 )
@@ -83,7 +84,10 @@ def read_refavs(root: str | Path, subset: str = "all", strict: bool = False) -> 
             expression = _read_expression(clip, line, row, meta_path.name, seen_uids, sink)
             if expression is not None:
                 clip.expressions.append(expression)
-        _fill_media(clip, sink)
+        if problem := path_problem(root, root / "media" / folder, folder):
+            sink.error(key, f"{meta_path.name}:{by_folder[folder][0][0]}", "unsafe_path", problem)
+        else:
+            _fill_media(clip, sink)
         bad = {f.expression_uid for f in sink.findings if f.clip_key == key and f.severity == "error"}
         splits = sorted({e.split for e in clip.expressions if e.uid not in bad} or {e.split for e in clip.expressions})
         clip.split = "+".join(splits)

@@ -28,8 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from auralsam2.utils.files import atomic_write_bytes
-from auralsam2.utils.hashing import sha256_file
+from auralsam2.utils.hashing import sha256_bytes, sha256_file
 from data_specs.clip import Clip, Finding
 from data_specs.common import FindingSink, StrictModeError, partition_clips
 from data_specs.validate import check_clip_bytes
@@ -299,3 +301,32 @@ def iter_shard(tar_path: str | Path, verify: bool = True) -> Iterator[ClipSample
 
 __all__ = ["ClipSample", "ShardIntegrityError", "ShardPlan", "ShardResult", "StrictModeError", "iter_shard",
            "plan_shards", "sample_from_dict", "verify_shard", "write_shard"]
+
+
+class ManifestError(ValueError):
+    """An ingest manifest that is damaged (fails the checksum ingest.json records) or unreadable."""
+
+
+def read_manifest(folder: str | Path) -> pa.Table:
+    """The ingest folder's manifest, checked against the sha256 its ingest.json records (ingests
+    written before the checksum existed are read as they are). `ManifestError` names the file."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    path = folder / "manifest.parquet"
+    data = path.read_bytes()
+    record = folder / "ingest.json"
+    want = ""
+    if record.is_file():
+        try:
+            want = json.loads(record.read_text()).get("manifest_sha256", "")
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ManifestError(f"{record}: unreadable ({err}); re-run `auralsam2 ingest` into {folder}") from None
+    if want and sha256_bytes(data) != want:
+        raise ManifestError(f"{path}: fails its checksum (ingest.json records sha256 {want[:12]}..., the file has "
+                            f"{sha256_bytes(data)[:12]}...): it is damaged; re-run `auralsam2 ingest` into {folder} "
+                            "(finished shards are reused)")
+    try:
+        return pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as err:
+        raise ManifestError(f"{path}: unreadable ({err}); re-run `auralsam2 ingest` into {folder}") from None

@@ -84,6 +84,7 @@ def check_clip_bytes(clip: Clip, blobs: dict[str, bytes], sink: FindingSink, pal
     for t, rel in enumerate(clip.semantic_paths):
         if rel:
             check_mask(rel, t)
+            _check_class_ids(clip, rel, blobs[rel], sink)
     for expression in clip.expressions:
         for t, rel in enumerate(expression.mask_paths):
             if rel:
@@ -91,6 +92,25 @@ def check_clip_bytes(clip: Clip, blobs: dict[str, bytes], sink: FindingSink, pal
 
     if clip.audio_path:
         _check_audio(clip, blobs[clip.audio_path], sink)
+
+
+SEMANTIC_CLASSES = 71  # AVSS: background + 70 categories (label2idx.json)
+SEMANTIC_IGNORE = 255  # the ignore index a label map may hold
+
+
+def _check_class_ids(clip: Clip, rel: str, data: bytes, sink: FindingSink) -> None:
+    """A semantic label map holds class ids 0..70 (or the ignore index 255)."""
+    try:
+        labels = np.asarray(decode_image(data, full=True))
+    except Exception:  # noqa: BLE001 (reported by check_mask as unreadable)
+        return
+    if labels.ndim != 2:
+        return  # an RGB label map is checked against the palette instead
+    bad = np.unique(labels[(labels >= SEMANTIC_CLASSES) & (labels != SEMANTIC_IGNORE)])
+    if bad.size:
+        sink.error(clip.key, rel, "unknown_class_id",
+                   f"class ids {bad[:5].tolist()} are outside the {SEMANTIC_CLASSES} classes (0-{SEMANTIC_CLASSES - 1}, "
+                   f"or {SEMANTIC_IGNORE} for ignore)")
 
 
 def _check_audio(clip: Clip, data: bytes, sink: FindingSink) -> None:
@@ -103,6 +123,10 @@ def _check_audio(clip: Clip, data: bytes, sink: FindingSink) -> None:
         return
     if samples.shape[1] == 1:
         sink.warning(clip.key, rel, "mono_audio", "mono audio; the channel is duplicated to make stereo")
+    elif samples.shape[1] > 2:
+        sink.error(clip.key, rel, "unsupported_audio",
+                   f"{samples.shape[1]} audio channels; the model hears stereo (or mono, duplicated): "
+                   "downmix the file to stereo")
     examples = vggish_examples(samples.shape[0], info.samplerate)
     if examples == 0:
         sink.error(clip.key, rel, "short_audio",

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
 from auralsam2.utils.devices import resolve_device
 from auralsam2.utils.files import atomic_write_bytes, atomic_write_parquet, is_temp
+from auralsam2.utils.hashing import sha256_file
+from auralsam2.utils.locks import folder_lock
+from data_specs.shards import read_manifest
 from feature_cache.encoder import load_model, make_fingerprint
 from feature_cache.schema import (
     CacheError,
@@ -120,6 +122,20 @@ def created_now(created: str | None = None) -> str:
     return stamp.replace(microsecond=0).isoformat()
 
 
+def table_problem(root: Path, name: str, info: dict[str, Any] | None) -> str | None:
+    """Why the cache table `name` (index, clips, manifest snapshot) does not match the sha256 its
+    cache.json records; None when it matches (or the cache predates table checksums)."""
+    want = ((info or {}).get("tables") or {}).get(name)
+    path = Path(root) / name
+    if not want or not path.is_file():
+        return None
+    got = sha256_file(path)
+    if got == want:
+        return None
+    return (f"{path}: fails its checksum (cache.json records sha256 {want[:12]}..., the file has {got[:12]}...); "
+            "it is damaged: re-run `auralsam2 cache` (finished shards are reused)")
+
+
 def read_cache_json(out: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(out) / CACHE_JSON
     if not path.is_file():
@@ -170,7 +186,7 @@ def plan_cache(ingest: str | os.PathLike, out: str | os.PathLike, settings: Cach
     """
     ingest_dir = locate_ingest(ingest)
     out_dir = Path(out).expanduser().resolve()
-    manifest = pq.read_table(ingest_dir / "manifest.parquet")
+    manifest = read_manifest(ingest_dir)
     info_path = ingest_dir / "ingest.json"
     datasets = sorted(set(manifest.column("dataset").to_pylist()))
     dataset = json.loads(info_path.read_text())["dataset"] if info_path.is_file() else (datasets[0] if datasets else "")
@@ -246,6 +262,7 @@ def finalize_cache(plan: CachePlan, results: list[ShardCacheResult], text: TextR
     atomic_write_parquet(out / INDEX, pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA))
     atomic_write_parquet(out / CLIPS, pa.Table.from_pylist(clip_rows, schema=CLIPS_SCHEMA))
     atomic_write_bytes(out / MANIFEST, (Path(plan.ingest) / "manifest.parquet").read_bytes())
+    tables = {name: sha256_file(out / name) for name in (INDEX, CLIPS, MANIFEST)}  # readers check these
 
     keep = {r.features for r in results} | {r.audio for r in results}
     if text is not None:
@@ -273,7 +290,7 @@ def finalize_cache(plan: CachePlan, results: list[ShardCacheResult], text: TextR
     counts = {"shards": summary.shards, "clips": summary.clips, "rows": summary.rows, "per_split": per_split}
     text_entry = None if text is None else {"file": str(Path(text.path).relative_to(out)), "rows": text.rows,
                                             "fingerprint": text.fingerprint}
-    _write_cache_json(plan, "complete", {"counts": counts, "text": text_entry})
+    _write_cache_json(plan, "complete", {"counts": counts, "text": text_entry, "tables": tables})
     return summary
 
 
@@ -319,18 +336,23 @@ def build_cache(ingest: str | os.PathLike, out: str | os.PathLike, settings: Cac
     threads = torch.get_num_threads()
     started = time.perf_counter()
     try:
-        plan = plan_cache(ingest, out, settings, rebuild=rebuild, created=created)
-        results = []
-        with tqdm(total=sum(j.rows for j in plan.jobs), unit="frame", desc=f"cache {plan.dataset}",
-                  disable=not progress, leave=False) as bar:
-            for job in plan.jobs:
-                results.append(build_shard(job, plan.settings, plan.fingerprint, plan.out, plan.created,
-                                           recheck=recheck))
-                bar.update(job.rows)
-        text = build_text(plan, [e for r in results for e in r.expressions], recheck=recheck)
-        return finalize_cache(plan, results, text, time.perf_counter() - started)
+        with folder_lock(Path(out).expanduser(), "feature-cache build"):
+            return _build_locked(ingest, out, settings, rebuild, created, progress, recheck, started)
     finally:
         torch.set_num_threads(threads)
+
+
+def _build_locked(ingest, out, settings: CacheSettings, rebuild: bool, created: str | None, progress: bool,
+                  recheck: bool, started: float) -> CacheSummary:
+    plan = plan_cache(ingest, out, settings, rebuild=rebuild, created=created)
+    results = []
+    with tqdm(total=sum(j.rows for j in plan.jobs), unit="frame", desc=f"cache {plan.dataset}",
+              disable=not progress, leave=False) as bar:
+        for job in plan.jobs:
+            results.append(build_shard(job, plan.settings, plan.fingerprint, plan.out, plan.created, recheck=recheck))
+            bar.update(job.rows)
+    text = build_text(plan, [e for r in results for e in r.expressions], recheck=recheck)
+    return finalize_cache(plan, results, text, time.perf_counter() - started)
 
 
 __all__ = ["CACHE_JSON", "CLIPS", "INDEX", "MANIFEST", "CachePlan", "CacheSummary", "build_cache", "build_text",

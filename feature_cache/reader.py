@@ -43,13 +43,14 @@ from auralsam2.backbone import (
     resolve_sam2_config,
 )
 from data_specs.clip import Clip
-from feature_cache.build import CACHE_JSON, CLIPS, INDEX, read_cache_json
+from feature_cache.build import CACHE_JSON, CLIPS, INDEX, read_cache_json, table_problem
 from feature_cache.encoder import encoder_sha256, expected_fields, load_model
 from feature_cache.files import CacheFile, open_cache_file
 from feature_cache.groundtruth import decode_png
 from feature_cache.schema import (
     CacheError,
     CacheSettings,
+    CorruptCacheError,
     StaleCacheError,
     column_tensor,
     fingerprint_differences,
@@ -198,6 +199,9 @@ class CacheReader:
         return self._model
 
     def _load_tables(self) -> None:
+        for name in (INDEX, CLIPS):
+            if problem := table_problem(self.root, name, self.info):
+                raise CorruptCacheError(problem)
         try:
             index = pq.read_table(self.root / INDEX).to_pydict()
             clips = pq.read_table(self.root / CLIPS).to_pylist()

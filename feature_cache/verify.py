@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from auralsam2.utils.files import is_temp
-from feature_cache.build import CLIPS, INDEX, MANIFEST, SUBDIRS, read_cache_json
+from data_specs.shards import ManifestError, read_manifest
+from feature_cache.build import CLIPS, INDEX, MANIFEST, SUBDIRS, read_cache_json, table_problem
 from feature_cache.files import Problem, verify_file
 from feature_cache.schema import CacheError, CacheSettings
 
@@ -73,9 +74,15 @@ def _manifest(root: Path, info: dict[str, Any], ingest: str | os.PathLike | None
     ingest_dir = Path(ingest) if ingest is not None else Path(info.get("ingest", ""))
     live = ingest_dir / "manifest.parquet"
     snapshot = root / MANIFEST
+    if snapshot.is_file() and (problem := table_problem(root, MANIFEST, info)):
+        report.corrupt.append(problem)
     if live.is_file():
-        table = pq.read_table(live)
-        if snapshot.is_file():
+        try:
+            table = read_manifest(ingest_dir)
+        except ManifestError as err:
+            report.corrupt.append(str(err))
+            return None, None
+        if snapshot.is_file() and not table_problem(root, MANIFEST, info):
             before = {r["key"]: r["content_hash"] for r in pq.read_table(snapshot).select(["key", "content_hash"])
                       .to_pylist()}
             for row in table.select(["key", "content_hash"]).to_pylist():
@@ -118,7 +125,11 @@ def verify_cache(root: str | os.PathLike, ingest: str | os.PathLike | None = Non
                 if sidecar.is_file() and Path(row["shard"]).stem not in shard_sha:
                     shard_sha[Path(row["shard"]).stem] = json.loads(sidecar.read_text())["sha256"]
 
+    damaged = [p for p in (table_problem(root, INDEX, info), table_problem(root, CLIPS, info)) if p]
+    report.corrupt += damaged
     try:
+        if damaged:
+            raise OSError("see the checksum findings")
         index = pq.read_table(root / INDEX).to_pylist()
         clips = pq.read_table(root / CLIPS).to_pylist()
     except (OSError, pa.ArrowException) as err:

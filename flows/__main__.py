@@ -1,5 +1,5 @@
 """`python -m flows ...` is the `auralsam2` command."""
 
-from flows.cli import app
+from flows.cli import main
 
-app()
+main()

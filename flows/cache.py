@@ -140,10 +140,13 @@ def run_cache(ingest: str | Path, out: str | Path, settings=None, *, workers: in
     # (it times out instead of failing): make sure the folder exists on a fresh data folder.
     if os.environ.get("PREFECT_HOME"):
         Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    from auralsam2.utils.locks import folder_lock
+
     flow_ = _build_prefect()["cache_flow"]
     threads = torch.get_num_threads()
     try:
-        with workers_share_the_api(bool(workers) and not dask_address):
+        with folder_lock(Path(out).expanduser(), "feature-cache build"), \
+                workers_share_the_api(bool(workers) and not dask_address):
             return flow_.with_options(task_runner=task_runner(workers, dask_address))(
                 ingest=str(ingest), out=str(out), settings=settings, rebuild=rebuild, created=created,
                 recheck=recheck, progress=progress)

@@ -1,6 +1,7 @@
 """auralsam2: AuralSAM2 as a pipeline. Synthetic world -> ingest -> feature cache -> train -> evaluate.
 
 Every command writes under the data folder ($AURALSAM2_HOME, default ./data) unless told otherwise.
+Errors about your input, files or disk are one `error:` line; add --debug for the traceback.
 """
 
 from __future__ import annotations
@@ -57,15 +58,17 @@ def ingest(
     clips_per_shard: int = typer.Option(64, min=1, help="Clips per WebDataset shard."),
     workers: int = typer.Option(None, help="Run shard tasks on a local Dask cluster of N workers."),
     dask: str = typer.Option(None, help="Run shard tasks on an existing Dask scheduler (tcp://host:8786)."),
+    force: bool = typer.Option(False, "--force", help="Replace an ingest of another raw root or dataset in --out."),
 ) -> None:
     """Read, check and shard a raw dataset (one Prefect task per shard)."""
+    from auralsam2.utils.locks import FolderBusyError
     from data_specs.common import StrictModeError
     from flows.ingest import run_ingest
 
     try:
         summary = run_ingest(dataset.value, root, out, subset=subset, strict=strict,
-                             clips_per_shard=clips_per_shard, workers=workers, dask_address=dask)
-    except (StrictModeError, FileNotFoundError, ValueError) as exc:
+                             clips_per_shard=clips_per_shard, workers=workers, dask_address=dask, force=force)
+    except (StrictModeError, FileNotFoundError, ValueError, FolderBusyError) as exc:
         fail(str(exc))
     typer.echo("\n".join(summary.lines()))
 
@@ -494,4 +497,7 @@ app.command("segment")(__import__("flows.segment", fromlist=["segment_command"])
 
 
 def main() -> None:  # pragma: no cover
-    sys.exit(app())
+    """The `auralsam2` entry point: user errors are one line (`flows.console.run_cli`)."""
+    from flows.console import run_cli
+
+    run_cli(app)

@@ -1,10 +1,102 @@
-"""How every command reports a user error: one red `error:` line on stderr and exit status 1."""
+"""How every command reports a user error: one red `error:` line on stderr and exit status 1.
+
+`run_cli(app)` (what the `auralsam2` entry point `flows.cli:main` calls) runs the command line and turns every error that is about the
+user's input, files or machine (bad config, damaged or missing file, busy folder, full disk, ...)
+into that one line; `--debug` (or AURALSAM2_DEBUG=1) shows the traceback instead. Anything else is
+a bug and keeps its traceback. Without `--debug`, Prefect's own error logs (flow and task run
+tracebacks) are silenced so they do not bury the message.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import sys
+from pathlib import Path
+
 import typer
+
+__all__ = ["describe", "fail", "is_user_error", "run_cli", "set_debug"]
+
+_STATE = {"debug": os.environ.get("AURALSAM2_DEBUG", "") not in ("", "0")}
 
 
 def fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
+
+
+def set_debug(debug: bool) -> None:
+    _STATE["debug"] = _STATE["debug"] or debug
+    if not _STATE["debug"]:
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Errors the user can act on (input, files, disk, config), as opposed to bugs."""
+    from pydantic import ValidationError
+
+    from auralsam2.utils.locks import FolderBusyError
+
+    known: list[type[BaseException]] = [ValueError, OSError, ValidationError, FolderBusyError]
+    try:
+        from data_specs.common import StrictModeError
+        from data_specs.shards import ShardIntegrityError
+        from feature_cache.schema import CacheError
+
+        known += [StrictModeError, ShardIntegrityError, CacheError]
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import pyarrow as pa
+
+        known.append(pa.ArrowException)
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(exc, tuple(known))
+
+
+def _volume(path: str | None) -> str:
+    if not path:
+        return "the output volume"
+    p = Path(path).resolve()
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return f"the volume mounted at {p}"
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a user error."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (f"no space left on {_volume(exc.filename)} while writing {exc.filename or 'a file'}; free some "
+                "space and re-run (finished work is kept and reused)")
+    if isinstance(exc, ValidationError):
+        parts = [f"{'.'.join(str(x) for x in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()]
+        return f"invalid {exc.title}: " + "; ".join(parts)
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc):
+        return f"{exc.filename}: {exc.strerror or exc}"
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text.splitlines()) < 40 else "\n".join(text.splitlines()[:40]) + "\n..."
+
+
+def run_cli(app) -> None:
+    """Run the command line `app`; a user error is one `error:` line and exit status 1."""
+    if "--debug" in sys.argv[1:]:
+        sys.argv.remove("--debug")
+        _STATE["debug"] = True
+    set_debug(_STATE["debug"])
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.secho("interrupted", fg=typer.colors.RED, err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 (sorted below: user errors get a line, bugs their traceback)
+        if _STATE["debug"] or not is_user_error(exc):
+            raise
+        typer.secho(f"error: {describe(exc)}", fg=typer.colors.RED, err=True)
+        typer.secho("(run again with --debug for the traceback)", err=True)
+        sys.exit(1)

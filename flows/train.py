@@ -123,12 +123,20 @@ def _train_process(cfg: ExperimentConfig, run_dir: Path, resume: bool, run_id: s
 def train_run(cfg: ExperimentConfig, *, resume: bool = False, parent_run_id: str | None = None,
               tracking: bool = True, nproc: int = 1) -> dict[str, Any]:
     """Train one run (plain Python; the flow's task calls this). Returns a summary dict with the
-    run folder, MLflow run id, steps, best metric and checkpoint paths."""
+    run folder, MLflow run id, steps, best metric and checkpoint paths. The run folder is locked
+    while it trains: a second training of the same folder fails at once with a clear message."""
+    from auralsam2.utils.locks import folder_lock
+
+    cfg, run_dir = _resolve_run(cfg, resume)
+    with folder_lock(run_dir, "training run"):
+        return _train_run_locked(cfg, run_dir, resume, parent_run_id, tracking, nproc)
+
+
+def _train_run_locked(cfg: ExperimentConfig, run_dir: Path, resume: bool, parent_run_id: str | None,
+                      tracking: bool, nproc: int) -> dict[str, Any]:
     from feature_cache.dataset import open_reader
     from flows import tracking as mlf
 
-    cfg, run_dir = _resolve_run(cfg, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
     run_id = _read_run_json(run_dir).get("run_id") if resume else None
     if tracking:

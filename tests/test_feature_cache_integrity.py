@@ -16,6 +16,7 @@ import torch
 
 from auralsam2.backbone import build_sam2_model, save_sam2_checkpoint
 from auralsam2.utils.files import temp_path
+from auralsam2.utils.hashing import sha256_file
 from feature_cache.build import build_cache, cache_is_current, plan_cache, read_cache_json
 from feature_cache.files import open_cache_file
 from feature_cache.reader import CacheReader
@@ -29,6 +30,15 @@ from tests.test_feature_cache import CREATED, cache_env_fixture, tree_bytes  # n
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def _rewrite_index(cache: Path, table) -> None:
+    """Replace the index and re-record its checksum: an index that is wrong but not damaged (an index
+    edited without its checksum is damaged: `test_a_damaged_cache_table_is_reported_and_refused`)."""
+    pq.write_table(table, cache / "index.parquet")
+    info = json.loads((cache / "cache.json").read_text())
+    info["tables"]["index.parquet"] = sha256_file(cache / "index.parquet")
+    (cache / "cache.json").write_text(json.dumps(info))
 
 
 def _flip_tensor_byte(path: Path, batch_index: int) -> None:
@@ -98,7 +108,7 @@ def test_verify_reports_missing_and_extra_entries(cache_env, tmp_path: Path) -> 
     index = pq.read_table(cache / "index.parquet")
     rows = index.to_pylist()
     dropped = rows.pop(3)
-    pq.write_table(index.from_pylist(rows, schema=index.schema), cache / "index.parquet")
+    _rewrite_index(cache, index.from_pylist(rows, schema=index.schema))
     gone = sorted((cache / "features").glob("avss-v1m-val-*.arrow"))[0]
     gone.unlink()
     shutil.copy(cache / rows[0]["file"], cache / "features" / "stray.arrow")
@@ -111,6 +121,37 @@ def test_verify_reports_missing_and_extra_entries(cache_env, tmp_path: Path) -> 
     assert f"file features/{gone.name}: referenced by the index, not on disk" in text
     assert "file features/stray.arrow: not referenced by the index" in text
     assert not report.corrupt
+
+
+@pytest.mark.parametrize("name", ["index.parquet", "clips.parquet", "manifest.parquet"])
+def test_a_damaged_cache_table_is_reported_and_refused(cache_env, tmp_path: Path, name: str) -> None:
+    """Every table the cache writes carries a checksum in cache.json; a flipped byte anywhere in it
+    (here, in the middle, where a value lives) is reported by verify and refused by the reader."""
+    cache = _copy(cache_env.avss_cache, tmp_path / "cache")
+    data = bytearray((cache / name).read_bytes())
+    data[len(data) // 3] ^= 0x01
+    (cache / name).write_bytes(bytes(data))
+    report = verify_cache(cache, ingest=tmp_path / "no-live-ingest")
+    assert any(name in p and "fails its checksum" in p for p in report.corrupt), report.lines()
+    if name != "manifest.parquet":
+        with pytest.raises(CorruptCacheError, match=f"{name}: fails its checksum"):
+            CacheReader(cache).clip_row(pq.read_table(cache_env.avss_cache / "clips.parquet").column("clip")[0].as_py())
+
+
+def test_a_damaged_ingest_manifest_is_never_trusted(cache_env, tmp_path: Path) -> None:
+    """A flipped byte in the ingest's manifest.parquet (which could change a uid or a category and
+    still parse) fails the checksum ingest.json records: cache verify reports it, a rebuild refuses it."""
+    from data_specs.shards import ManifestError
+
+    ingest = _copy(cache_env.avss, tmp_path / "ingest")
+    cache = _copy(cache_env.avss_cache, tmp_path / "cache")
+    data = bytearray((ingest / "manifest.parquet").read_bytes())
+    data[len(data) // 3] ^= 0x01
+    (ingest / "manifest.parquet").write_bytes(bytes(data))
+    report = verify_cache(cache, ingest=ingest)
+    assert any("manifest.parquet: fails its checksum" in p for p in report.corrupt), report.lines()
+    with pytest.raises(ManifestError, match="manifest.parquet: fails its checksum"):
+        build_cache(ingest, tmp_path / "rebuilt", cache_env.settings, created=CREATED, progress=False)
 
 
 def test_fingerprint_mismatch_is_refused_with_the_differing_fields(cache_env, tmp_path: Path) -> None:
@@ -193,7 +234,7 @@ def test_verify_checks_labelled_frames_against_the_manifest(cache_env, tmp_path:
     rows = index.to_pylist()
     row = next(r for r in rows if r["view"] == 0 and not r["labelled"])  # a v1s train frame without GT
     row["labelled"] = True
-    pq.write_table(index.from_pylist(rows, schema=index.schema), cache / "index.parquet")
+    _rewrite_index(cache, index.from_pylist(rows, schema=index.schema))
     report = verify_cache(cache)
     assert report.corrupt == [f"clip {row['clip']}: 2 labelled frames in the index, 1 in the manifest"]
 

@@ -293,3 +293,64 @@ def test_wav_member_is_the_original_file(world: Path, tmp_path: Path) -> None:
     sample = next(iter_shard(next((out / "shards").glob("*.tar"))))
     wav, sr = sf.read(io.BytesIO(sample.audio), dtype="int16", always_2d=True)
     assert sr == 16000 and wav.shape[1] == 2
+
+
+def test_ingest_never_reads_outside_the_raw_root(world: Path, tmp_path: Path) -> None:
+    """A uid holding a path ('../..', '../v1s/<uid>') or a clip folder symlinked out of the tree is a
+    named finding; the clip is quarantined, nothing outside --root is read, every other clip is kept."""
+    raw = tmp_path / "raw"
+    shutil.copytree(world / "AVSBench", raw)
+    outside = tmp_path / "elsewhere" / "clip"
+    rows = _rows(raw / "metadata.csv")
+    v1s = next(r for r in rows if r["label"] == "v1s")
+    shutil.copytree(raw / "v1s" / v1s["uid"], outside)
+    victim = next(r for r in rows if r["label"] == "v1m")
+    shutil.rmtree(raw / "v1m" / victim["uid"])
+    (raw / "v1m" / victim["uid"]).symlink_to(outside, target_is_directory=True)
+    rows += [{**v1s, "uid": "../../elsewhere/clip"}, {**v1s, "label": "v1m", "uid": f"../v1s/{v1s['uid']}"}]
+    _write_rows(raw / "metadata.csv", rows)
+
+    plan = prepare("avss", raw, tmp_path / "out")
+    unsafe = {f.clip_key: f.message for f in plan.read.findings if f.kind == "unsafe_path"}
+    assert len(unsafe) == 3, unsafe
+    assert any("outside the raw tree" in m for m in unsafe.values())
+    assert all(p.startswith(str(raw.resolve())) for c in plan.read.clips for p in [c.root])
+    kept = {c.uid for s in plan.shards for c in s.clips}
+    assert "../../elsewhere/clip" not in kept and victim["uid"] not in kept
+    assert len(kept) == len(rows) - 3
+
+
+def test_bad_raw_data_becomes_named_findings_and_the_rest_is_ingested(world: Path, tmp_path: Path) -> None:
+    """A 6-channel WAV and a semantic label map with class id 250 are findings (their clips are
+    quarantined, every other clip is ingested); a header-only or non-UTF-8 metadata.csv is an error
+    naming the file."""
+    raw = tmp_path / "raw"
+    shutil.copytree(world / "AVSBench", raw)
+    rows = _rows(raw / "metadata.csv")
+    v1s, v2 = next(r for r in rows if r["label"] == "v1s"), next(r for r in rows if r["label"] == "v2")
+    wav = raw / "v1s" / v1s["uid"] / "audio.wav"
+    audio, rate = sf.read(wav, dtype="int16", always_2d=True)
+    sf.write(wav, np.repeat(audio[:, :1], 6, axis=1), rate, subtype="PCM_16")
+    semantic = sorted((raw / "v2" / v2["uid"] / "labels_semantic").glob("*.png"))[0]
+    labels = np.asarray(Image.open(semantic)).copy()
+    labels[:4, :4] = 250
+    Image.fromarray(labels).save(semantic)
+
+    summary = run_ingest("avss", raw, tmp_path / "out", progress=False)
+    report = pq.read_table(summary.report).to_pylist()
+    kinds = {(r["clip_key"], r["kind"]) for r in report}
+    assert (make_key("v1s", v1s["uid"]), "unsupported_audio") in kinds
+    assert (make_key("v2", v2["uid"]), "unknown_class_id") in kinds
+    assert summary.clips_quarantined == 2 and summary.clips_kept == len(rows) - 2
+
+    header_only = tmp_path / "header_only"
+    shutil.copytree(world / "AVSBench", header_only)
+    (header_only / "metadata.csv").write_text((raw / "metadata.csv").read_text().splitlines()[0] + "\n")
+    with pytest.raises(ValueError, match="metadata.csv: a header and no rows"):
+        prepare("avss", header_only, tmp_path / "out2")
+    latin = tmp_path / "latin"
+    shutil.copytree(world / "AVSBench", latin)
+    text = (latin / "metadata.csv").read_bytes().replace(b"\n", "\nCaf\u00e9,x,0,0,dog,train,v1s\n".encode("latin-1"), 1)
+    (latin / "metadata.csv").write_bytes(text)
+    with pytest.raises(ValueError, match=r"metadata.csv:2: not UTF-8 \(byte 0xe9"):
+        prepare("avss", latin, tmp_path / "out3")
