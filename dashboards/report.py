@@ -122,7 +122,7 @@ def _split_metrics(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _compare(split_rows: list[dict[str, Any]], runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Each run's headline number (AVSBench official on test, Ref-AVS official on test_s)."""
-    headline = {v for v in HEADLINE.values()}
+    headline = set(HEADLINE.values())
     out = []
     for r in split_rows:
         if (r["split"], r["protocol"]) in headline:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["collect_inputs", "run_report"]
+__all__ = ["collect_inputs", "refresh_runs", "run_report"]
 
 CURVE_METRICS = ("train/total", "select/J")
 # When a grid ran in another setting than the paper's (the synthetic world), the report shows the
@@ -24,6 +24,14 @@ MAX_CURVE_RUNS = 24  # the most recent training runs get a curve
 
 def _mlflow_store(home: Path) -> bool:
     return os.environ.get("MLFLOW_TRACKING_URI") is not None or (home / "mlflow" / "mlflow.db").is_file()
+
+
+def refresh_runs(home: Path) -> None:
+    """Export MLflow's runs to `runs.parquet` when a store exists (never create an empty one to query)."""
+    if _mlflow_store(home):
+        from flows.runs_export import export_runs
+
+        export_runs(home)
 
 
 def _curves(home: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -102,10 +110,7 @@ def collect_inputs(home: Path):
     from dashboards.report import ReportInputs
     from flows.evaluate import paper_prompt_numbers
 
-    if _mlflow_store(home):
-        from flows.runs_export import export_runs
-
-        export_runs(home)
+    refresh_runs(home)
     return ReportInputs(data_home=home, curves=_curves(home), ingests=_ingests(home), caches=_caches(home),
                         paper_prompts=paper_prompt_numbers(), paper_reference=_paper_reference())
 

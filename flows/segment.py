@@ -65,7 +65,9 @@ def _expected_frames(info, sampling: str) -> int | None:
         return None
     if sampling == "every_frame":
         return round(info.duration * info.fps)
-    return max(0, math.ceil(info.duration - 15 / 16))
+    from auralsam2.video import FRAME_PHASE
+
+    return max(0, math.ceil(info.duration - FRAME_PHASE))
 
 
 def run_segment(video: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.PathLike, *,

@@ -104,7 +104,11 @@ def test_reads_each_container_and_writes_overlay_with_sound(avs, tmp_path, suffi
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 3
     overlay = probe_video(tmp_path / "out" / "overlay.mp4")
     assert (overlay.width, overlay.height, overlay.fps) == (160, 120, 1.0)
-    assert overlay.audio_codec == "aac" and overlay.duration == pytest.approx(3.0, abs=0.1)
+    assert overlay.audio_codec == "aac"
+    import av
+
+    with av.open(str(tmp_path / "out" / "overlay.mp4")) as container:  # one overlay frame per second
+        assert sum(1 for _ in container.decode(video=0)) == 3
     assert not list((tmp_path / "out").glob(".*tmp*"))
 
 
