@@ -13,7 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from auralsam2.utils.files import atomic_write_parquet
+from auralsam2.utils.files import DamagedFileError, atomic_write_parquet, atomic_write_text
+from auralsam2.utils.hashing import sha256_file
 
 _ID_COLUMNS = [
     ("run_id", pa.string()), ("dataset", pa.string()), ("subset", pa.string()), ("split", pa.string()),
@@ -69,4 +70,35 @@ def write_table(rows: list[dict[str, Any]] | pa.Table, table: str, partition_val
                 raise ValueError(f"{table} row {i}: unknown columns {sorted(unknown)}, missing {sorted(missing)}")
         data = pa.Table.from_pylist(rows, schema=schema)
     folder = metrics_dir(data_home) / table / f"{partition}={_SAFE.sub('_', partition_value)}"
-    return atomic_write_parquet(folder / f"{_SAFE.sub('_', name)}.parquet", data)
+    path = atomic_write_parquet(folder / f"{_SAFE.sub('_', name)}.parquet", data)
+    atomic_write_text(checksum_path(path), f"{sha256_file(path)}  {path.name}\n")  # `sha256sum -c` reads it too
+    return path
+
+
+def checksum_path(parquet: Path) -> Path:
+    return parquet.with_name(parquet.name + ".sha256")
+
+
+def check_table_file(parquet: Path) -> None:
+    """Raise `DamagedFileError` unless `parquet` matches the sha256 `write_table` recorded beside it."""
+    side = checksum_path(parquet)
+    fix = "re-run the `auralsam2 evaluate` / `ablate` that wrote it (or delete the file and its .sha256)"
+    if not parquet.is_file():
+        raise DamagedFileError(f"{parquet}: missing (its checksum file {side.name} is there); {fix}")
+    if not side.is_file():
+        raise DamagedFileError(f"{parquet}: no checksum file {side.name} (it was deleted, or the file was not written "
+                               f"by auralsam2); {fix}")
+    text = side.read_text(errors="replace").split()
+    if not text or text[0] != sha256_file(parquet):
+        raise DamagedFileError(f"{parquet}: fails its checksum ({side.name}): the file or its checksum is damaged; {fix}")
+
+
+def table_files(data_home: str | Path, table: str) -> list[Path]:
+    """The Parquet files of one metrics table, each checked against its sha256 (`check_table_file`)."""
+    root = metrics_dir(data_home) / table
+    if not root.is_dir():
+        return []
+    files = set(root.glob("*/*.parquet")) | {p.with_name(p.name.removesuffix(".sha256")) for p in root.glob("*/*.sha256")}
+    for path in sorted(files):
+        check_table_file(path)
+    return sorted(files)

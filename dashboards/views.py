@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from dashboards.schema import TABLES, metrics_dir
+from dashboards.schema import TABLES, metrics_dir, table_files
 
 RUNS_BASE = pa.schema([
     ("run_id", pa.string()), ("experiment", pa.string()), ("run_name", pa.string()),
@@ -33,8 +33,7 @@ def connect(data_home: str | Path, database: str | Path = ":memory:") -> duckdb.
     root = metrics_dir(data_home)
     con = duckdb.connect(str(database))
     for name, (schema, _) in TABLES.items():
-        files = sorted((root / name).glob("*/*.parquet")) if (root / name).is_dir() else []
-        if files:
+        if table_files(data_home, name):
             pattern = _quote(root / name / "*" / "*.parquet")
             source = f"read_parquet({pattern}, union_by_name=true)"
             present = {row[0] for row in con.execute(f"describe select * from {source}").fetchall()}

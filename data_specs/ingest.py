@@ -11,7 +11,6 @@ Outputs under the ingest folder DIR:
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from auralsam2.utils.files import atomic_write_json, atomic_write_parquet
+from auralsam2.utils.files import DamagedFileError, atomic_write_json, atomic_write_parquet, read_json
 from auralsam2.utils.hashing import sha256_file
 from data_specs.avsbench_v1 import read_ms3, read_s4
 from data_specs.avss import read_avss
@@ -90,6 +89,7 @@ class IngestSummary:
     findings_by_kind: dict[str, int] = field(default_factory=dict)
     manifest: str = ""
     manifest_sha256: str = ""  # readers check the manifest against it (`read_manifest`)
+    report_sha256: str = ""    # and the report (`read_ingest_report`)
     report: str = ""
     shards_dir: str = ""
 
@@ -135,13 +135,17 @@ def _claim(out: Path, dataset: str, subset: str, root: Path, force: bool = False
     """One ingest folder holds one ingest: (dataset, subset) from one raw root. Another one is refused
     (its shards would be replaced) unless `force`, which first removes the old ingest's files."""
     mine = {"dataset": dataset, "subset": subset, "root": str(root)}
-    for record in (out / "ingest.json", out / CLAIM):
-        if not record.is_file():
-            continue
+    records = [r for r in (out / "ingest.json", out / CLAIM) if r.is_file()]
+    readable = {}
+    for record in records:
         try:
-            previous = json.loads(record.read_text())
-        except (OSError, ValueError):
-            previous = {}
+            readable[record] = read_json(record, "the ingest record", "")
+        except DamagedFileError:
+            pass  # the other record decides; both damaged is an error below
+    if records and not readable and not force:
+        raise DamagedFileError(f"{records[0]}: damaged, so which raw root {out} holds is unknown; re-run with "
+                               "`auralsam2 ingest ... --force` to rewrite this ingest folder")
+    for previous in readable.values():
         theirs = {k: previous.get(k) for k in mine}
         if theirs != mine and not force:
             raise ValueError(
@@ -201,7 +205,8 @@ def finalize(plan: IngestPlan, results: list[ShardResult]) -> IngestSummary:
         errors=sum(f.severity == "error" for f in findings), warnings=sum(f.severity == "warning" for f in findings),
         findings_by_kind=dict(kinds), manifest=str(out / "manifest.parquet"),
         manifest_sha256=sha256_file(out / "manifest.parquet"),
-        report=str(out / "ingest_report.parquet"), shards_dir=str(out / "shards"),
+        report=str(out / "ingest_report.parquet"), report_sha256=sha256_file(out / "ingest_report.parquet"),
+        shards_dir=str(out / "shards"),
     )
     if summary.clips_read != summary.clips_kept + summary.clips_quarantined:
         raise RuntimeError(f"ingest accounting does not add up: {summary}")  # would mean a lost clip

@@ -30,7 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from auralsam2.utils.files import atomic_write_bytes
+from auralsam2.utils.files import DamagedFileError, atomic_write_bytes, atomic_write_json, read_json
 from auralsam2.utils.hashing import sha256_bytes, sha256_file
 from data_specs.clip import Clip, Finding
 from data_specs.common import FindingSink, StrictModeError, partition_clips
@@ -202,7 +202,7 @@ def write_shard(plan: ShardPlan, shards_dir: Path, strict: bool = False, palette
         "keys": keys, "content_hashes": hashes, "sha256": sha, "bytes": len(data), "rows": rows,
         "findings": [asdict(f) for f in sink.findings], "quarantined": quarantined,
     }
-    atomic_write_bytes(sidecar_path(tar_path), json.dumps(sidecar, indent=1, sort_keys=True).encode())
+    atomic_write_json(sidecar_path(tar_path), sidecar)
     return ShardResult(plan.name, str(tar_path), len(keys), sha, len(data), rows, sink.findings, quarantined)
 
 
@@ -212,9 +212,9 @@ def _finished(tar_path: Path, plan_hash: str) -> ShardResult | None:
     if not (tar_path.is_file() and side.is_file()):
         return None
     try:
-        record = json.loads(side.read_text())
+        record = read_sidecar(tar_path)
     except (OSError, ValueError):
-        return None
+        return None  # damaged: the shard is written again
     if record.get("plan_hash") != plan_hash or record.get("format") != FORMAT_VERSION:
         return None
     if tar_path.stat().st_size != record["bytes"] or sha256_file(tar_path) != record["sha256"]:
@@ -222,6 +222,16 @@ def _finished(tar_path: Path, plan_hash: str) -> ShardResult | None:
     return ShardResult(record["shard"].removesuffix(".tar"), str(tar_path), record["n_samples"], record["sha256"],
                        record["bytes"], record["rows"], [Finding(**f) for f in record["findings"]],
                        record["quarantined"], skipped=True)
+
+
+def read_sidecar(tar_path: str | Path) -> dict[str, Any]:
+    """A shard's sidecar record (keys, hashes, sha256 of the tar, manifest rows), its checksum verified."""
+    side = sidecar_path(Path(tar_path))
+    record = read_json(side, f"the sidecar of shard {Path(tar_path).name}",
+                       "re-run `auralsam2 ingest` (it rewrites that shard; the others are reused)")
+    if not isinstance(record, dict) or not {"keys", "sha256", "bytes", "rows"} <= set(record):
+        raise DamagedFileError(f"{side}: not a shard sidecar (fields missing); re-run `auralsam2 ingest`")
+    return record
 
 
 def verify_shard(tar_path: str | Path) -> list[str]:
@@ -232,7 +242,10 @@ def verify_shard(tar_path: str | Path) -> list[str]:
         return [f"{tar_path}: missing"]
     if not side.is_file():
         return [f"{tar_path}: sidecar {side.name} missing"]
-    record = json.loads(side.read_text())
+    try:
+        record = read_sidecar(tar_path)
+    except DamagedFileError as err:
+        return [str(err)]
     problems = []
     if tar_path.stat().st_size != record["bytes"]:
         problems.append(f"{tar_path}: {tar_path.stat().st_size} bytes, sidecar says {record['bytes']}")
@@ -286,8 +299,7 @@ def iter_shard(tar_path: str | Path, verify: bool = True) -> Iterator[ClipSample
     tar_path = Path(tar_path)
     if verify and (problems := verify_shard(tar_path)):
         raise ShardIntegrityError("; ".join(problems))
-    side = sidecar_path(tar_path)
-    expected = json.loads(side.read_text())["keys"] if side.is_file() else None
+    expected = read_sidecar(tar_path)["keys"] if sidecar_path(tar_path).is_file() else None
     seen = []
     for sample in wds.WebDataset(str(tar_path), shardshuffle=False, empty_check=False):
         seen.append(sample["__key__"])
@@ -299,34 +311,46 @@ def iter_shard(tar_path: str | Path, verify: bool = True) -> Iterator[ClipSample
         )
 
 
-__all__ = ["ClipSample", "ShardIntegrityError", "ShardPlan", "ShardResult", "StrictModeError", "iter_shard",
-           "plan_shards", "sample_from_dict", "verify_shard", "write_shard"]
+__all__ = ["ClipSample", "ManifestError", "ShardIntegrityError", "ShardPlan", "ShardResult", "StrictModeError",
+           "iter_shard", "plan_shards", "read_ingest_json", "read_ingest_report", "read_manifest", "read_sidecar",
+           "sample_from_dict", "verify_shard", "write_shard"]
 
 
-class ManifestError(ValueError):
+class ManifestError(DamagedFileError):
     """An ingest manifest that is damaged (fails the checksum ingest.json records) or unreadable."""
+
+
+def read_ingest_json(folder: str | Path) -> dict[str, Any]:
+    """The ingest folder's `ingest.json` (its summary), checksum verified; {} when there is none."""
+    record = Path(folder) / "ingest.json"
+    if not record.is_file():
+        return {}
+    return read_json(record, "the ingest summary", f"re-run `auralsam2 ingest` into {Path(folder)} "
+                     "(finished shards are reused)")
+
+
+def _read_checked_table(folder: Path, name: str, field: str) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    path = folder / name
+    data = path.read_bytes()
+    want = read_ingest_json(folder).get(field, "")
+    fix = f"re-run `auralsam2 ingest` into {folder} (finished shards are reused)"
+    if want and sha256_bytes(data) != want:
+        raise ManifestError(f"{path}: fails its checksum (ingest.json records sha256 {want[:12]}..., the file has "
+                            f"{sha256_bytes(data)[:12]}...): it is damaged; {fix}")
+    try:
+        return pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as err:
+        raise ManifestError(f"{path}: unreadable ({err}); {fix}") from None
 
 
 def read_manifest(folder: str | Path) -> pa.Table:
     """The ingest folder's manifest, checked against the sha256 its ingest.json records (ingests
     written before the checksum existed are read as they are). `ManifestError` names the file."""
-    import pyarrow.parquet as pq
+    return _read_checked_table(Path(folder), "manifest.parquet", "manifest_sha256")
 
-    folder = Path(folder)
-    path = folder / "manifest.parquet"
-    data = path.read_bytes()
-    record = folder / "ingest.json"
-    want = ""
-    if record.is_file():
-        try:
-            want = json.loads(record.read_text()).get("manifest_sha256", "")
-        except (ValueError, UnicodeDecodeError) as err:
-            raise ManifestError(f"{record}: unreadable ({err}); re-run `auralsam2 ingest` into {folder}") from None
-    if want and sha256_bytes(data) != want:
-        raise ManifestError(f"{path}: fails its checksum (ingest.json records sha256 {want[:12]}..., the file has "
-                            f"{sha256_bytes(data)[:12]}...): it is damaged; re-run `auralsam2 ingest` into {folder} "
-                            "(finished shards are reused)")
-    try:
-        return pq.read_table(io.BytesIO(data))
-    except (pa.ArrowException, OSError) as err:
-        raise ManifestError(f"{path}: unreadable ({err}); re-run `auralsam2 ingest` into {folder}") from None
+
+def read_ingest_report(folder: str | Path) -> pa.Table:
+    """The ingest folder's findings table, checked like the manifest."""
+    return _read_checked_table(Path(folder), "ingest_report.parquet", "report_sha256")

@@ -7,10 +7,10 @@ runs them in-process, one shard after the other, for scripts and tests that want
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,17 @@ import torch
 from tqdm.auto import tqdm
 
 from auralsam2.utils.devices import resolve_device
-from auralsam2.utils.files import atomic_write_bytes, atomic_write_parquet, is_temp
+from auralsam2.utils.files import (
+    DamagedFileError,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_parquet,
+    is_temp,
+    read_json,
+)
 from auralsam2.utils.hashing import sha256_file
 from auralsam2.utils.locks import folder_lock
-from data_specs.shards import read_manifest
+from data_specs.shards import read_ingest_json, read_manifest, read_sidecar
 from feature_cache.encoder import load_model, make_fingerprint
 from feature_cache.schema import (
     CacheError,
@@ -141,9 +148,10 @@ def read_cache_json(out: str | os.PathLike) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except ValueError as err:
-        raise CacheError(f"{path}: unreadable ({err}); delete the cache folder and rebuild it") from err
+        return read_json(path, "the cache record", "re-run the cache build (`auralsam2 cache` or `auralsam2 "
+                         "run`): it writes the record again and reuses the shard files that verify")
+    except DamagedFileError as err:
+        raise CacheError(str(err)) from None
 
 
 def _wipe(out: Path) -> None:
@@ -172,7 +180,7 @@ def _jobs(ingest: Path, manifest: pa.Table, dataset: str, settings: CacheSetting
         if not sidecar.is_file():
             raise FileNotFoundError(f"{sidecar}: the sidecar of shard {rel} (listed in {ingest / 'manifest.parquet'}) "
                                     "is missing; re-run `auralsam2 ingest`")
-        record = json.loads(sidecar.read_text())
+        record = read_sidecar(tar)
         jobs.append(ShardJob(tar.stem, str(tar), record["sha256"], dataset, frames[rel]))
     return jobs
 
@@ -187,15 +195,19 @@ def plan_cache(ingest: str | os.PathLike, out: str | os.PathLike, settings: Cach
     ingest_dir = locate_ingest(ingest)
     out_dir = Path(out).expanduser().resolve()
     manifest = read_manifest(ingest_dir)
-    info_path = ingest_dir / "ingest.json"
     datasets = sorted(set(manifest.column("dataset").to_pylist()))
-    dataset = json.loads(info_path.read_text())["dataset"] if info_path.is_file() else (datasets[0] if datasets else "")
+    dataset = read_ingest_json(ingest_dir).get("dataset") or (datasets[0] if datasets else "")
     if settings.checkpoint is not None:
         settings = settings.model_copy(update={"checkpoint": str(Path(settings.checkpoint).expanduser().resolve())})
     device = resolve_device(settings.device)
     fingerprint = make_fingerprint(settings, load_model(settings, "cpu"), device)
 
-    previous = read_cache_json(out_dir)
+    try:
+        previous = read_cache_json(out_dir)
+    except CacheError as err:  # rewritten below; every shard file is checked against the fingerprint itself
+        warnings.warn(f"{err}: writing it again (shard files that verify for these settings are reused)",
+                      stacklevel=2)
+        previous = None
     if previous is not None and previous.get("fingerprint") != fingerprint:
         diffs = fingerprint_differences(previous.get("fingerprint", {}), fingerprint)
         if not rebuild:
@@ -220,7 +232,7 @@ def _write_cache_json(plan: CachePlan, status: str, extra: dict[str, Any]) -> No
         "fingerprint": plan.fingerprint, "fingerprint_id": fingerprint_id(plan.fingerprint),
         "settings": plan.settings.model_dump(mode="json"), **extra,
     }
-    atomic_write_bytes(Path(plan.out) / CACHE_JSON, json.dumps(record, indent=1, sort_keys=True).encode())
+    atomic_write_json(Path(plan.out) / CACHE_JSON, record)
 
 
 def build_text(plan: CachePlan, expressions: list[ExpressionText], *, recheck: bool = True) -> TextResult | None:

@@ -27,8 +27,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from auralsam2.utils.files import is_temp
-from data_specs.shards import ManifestError, read_manifest
+from auralsam2.utils.files import DamagedFileError, is_temp
+from data_specs.shards import ManifestError, read_manifest, read_sidecar
 from feature_cache.build import CLIPS, INDEX, MANIFEST, SUBDIRS, read_cache_json, table_problem
 from feature_cache.files import Problem, verify_file
 from feature_cache.schema import CacheError, CacheSettings
@@ -123,7 +123,10 @@ def verify_cache(root: str | os.PathLike, ingest: str | os.PathLike | None = Non
             if ingest_dir is not None:
                 sidecar = (ingest_dir / row["shard"]).with_suffix(".json")
                 if sidecar.is_file() and Path(row["shard"]).stem not in shard_sha:
-                    shard_sha[Path(row["shard"]).stem] = json.loads(sidecar.read_text())["sha256"]
+                    try:
+                        shard_sha[Path(row["shard"]).stem] = read_sidecar(ingest_dir / row["shard"])["sha256"]
+                    except DamagedFileError as err:
+                        report.corrupt.append(str(err))
 
     damaged = [p for p in (table_problem(root, INDEX, info), table_problem(root, CLIPS, info)) if p]
     report.corrupt += damaged

@@ -38,7 +38,13 @@ from auralsam2.config import (
     load_config,
 )
 from auralsam2.paths import data_home
-from auralsam2.utils.files import atomic_path, atomic_write_json, atomic_write_text
+from auralsam2.utils.files import (
+    DamagedFileError,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+)
 
 GRID_FILE = PROJECT_ROOT / "configs" / "ablations.yaml"
 
@@ -133,8 +139,12 @@ def finished_run(cfg: ExperimentConfig) -> dict[str, Any] | None:
         info, result = run_dir / "run.json", run_dir / "result.json"
         if not (info.is_file() and result.is_file()):
             continue
-        meta = json.loads(info.read_text())
-        summary = json.loads(result.read_text())
+        try:
+            meta = read_json(info, "the run record", "")
+            summary = read_json(result, "the run result", "")
+        except DamagedFileError:
+            continue  # trained again
+
         best = summary.get("best_checkpoint")
         if meta.get("status") == "FINISHED" and best and Path(best).is_file():
             summary.setdefault("run_id", meta.get("run_id"))

@@ -61,15 +61,14 @@ def _clear_split(home: Path, run_id: str, split: str) -> None:
     from dashboards.schema import metrics_dir
 
     for table in ("frame_metrics", "clip_metrics"):
-        for path in (metrics_dir(home) / table / f"run_id={run_id}").glob(f"{split}__*.parquet"):
-            path.unlink()
+        for path in sorted((metrics_dir(home) / table / f"run_id={run_id}").glob(f"{split}__*.parquet*")):
+            path.unlink()  # the Parquet file, then its .sha256
 
 
 def clip_frames(reader, clip_key: str, size: int):
     """(T, size, size, 3) uint8 frames of a clip: from the raw dataset folder when it is still there,
     else from its ingest shard."""
     import io
-    import json
 
     import numpy as np
     from PIL import Image
@@ -82,7 +81,9 @@ def clip_frames(reader, clip_key: str, size: int):
         from data_specs.shards import iter_shard
 
         shard = reader._clip_row(clip_key)["shard"]  # noqa: SLF001
-        ingest = Path(json.loads((reader.root / "cache.json").read_text())["ingest"])
+        from feature_cache.build import read_cache_json
+
+        ingest = Path(read_cache_json(reader.root)["ingest"])
         sample = next(s for s in iter_shard(ingest / "shards" / f"{shard}.tar", verify=False) if s.clip.key == clip_key)
         images = [Image.open(io.BytesIO(b)).convert("RGB") for b in sample.frames]
     return np.stack([np.asarray(im.resize((size, size), Image.BICUBIC)) for im in images])

@@ -19,7 +19,6 @@ skips finished work and never duplicates it. I/O failures are retried.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -92,7 +91,9 @@ def cache_step(ingest: str, manifest_sha256: str, out: str, settings_json: str,
 
     settings = CacheSettings.model_validate_json(settings_json)
     run_cache(ingest, out, settings, workers=workers, dask_address=dask_address, progress=False)
-    info = json.loads((Path(out) / "cache.json").read_text())
+    from feature_cache.build import read_cache_json
+
+    info = read_cache_json(out) or {}
     return {"cache": out, "fingerprint": info.get("fingerprint_id") or sha256_file(Path(out) / "cache.json"),
             "manifest_sha256": manifest_sha256}
 

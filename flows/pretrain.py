@@ -8,7 +8,6 @@ torch build reproduces the same weights (fixed seeds, deterministic CPU kernels,
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from auralsam2.utils.files import atomic_torch_save, atomic_write_json
+from auralsam2.utils.files import atomic_torch_save, atomic_write_json, read_json
 from auralsam2.utils.hashing import sha256_file
 from data_specs.synth_objects import object_clip
 
@@ -59,7 +58,8 @@ def run_pretrain_tiny_sam2(out: Path | None = None, steps: int = 6000, seed: int
     if init:
         init_json = Path(init).with_suffix(".json")
         init_record = {"checkpoint": str(init), "sha256": sha256_file(init),
-                       "recipe": json.loads(init_json.read_text()) if init_json.is_file() else None}
+                       "recipe": read_json(init_json, "the recipe record", f"write {init} again")
+                       if init_json.is_file() else None}
     started = time.time()
     history = pretrain_sam2(
         model, _clips(seed, image_size, int(image_fraction * steps)), steps=steps, lr=lr,
@@ -129,7 +129,7 @@ def run_pretrain_tiny_vggish(out: Path | None = None, steps: int = 600, seed: in
     )
     held_out = _audio_batches(EVAL_STREAM, clips_per_batch)
     evaluation = evaluate_vggish(vggish, head, [next(held_out) for _ in range(eval_batches)])
-    atomic_torch_save(vggish.state_dict(), out)
+    atomic_torch_save(vggish.state_dict(), out, seal=False)  # the torchvggish format, loaded strictly elsewhere
     record = {
         "checkpoint": str(out), "sha256": sha256_file(out), "bytes": out.stat().st_size,
         "command": f"auralsam2 pretrain-tiny-vggish --steps {steps} --seed {seed} --lr {lr} "

@@ -7,7 +7,6 @@ feature caches' sizes; then renders `DIR/index.html` (default `<data>/report`).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -54,15 +53,14 @@ def _curves(home: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
 
 
 def _ingests(home: Path) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
+    from data_specs.shards import read_ingest_json, read_ingest_report
 
     out = []
     for summary in sorted((home / "ingest").glob("**/ingest.json")):
-        info = json.loads(summary.read_text())
+        info = read_ingest_json(summary.parent)
         findings: dict[str, int] = {}
-        report = summary.parent / "ingest_report.parquet"
-        if report.is_file():
-            for kind in pq.read_table(report, columns=["kind"]).column("kind").to_pylist():
+        if (summary.parent / "ingest_report.parquet").is_file():
+            for kind in read_ingest_report(summary.parent).column("kind").to_pylist():
                 findings[kind] = findings.get(kind, 0) + 1
         out.append({"name": str(summary.parent.relative_to(home)), "dataset": info.get("dataset"),
                     "clips_kept": info.get("clips_kept"), "clips_quarantined": info.get("clips_quarantined"),

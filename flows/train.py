@@ -16,7 +16,6 @@ created. The same entry point serves a hand-started `torchrun` on a cluster.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from auralsam2.config import ExperimentConfig, config_from_mapping, config_to_yaml, load_config, resolve_path
 from auralsam2.paths import data_home
 from auralsam2.utils.devices import resolve_device
-from auralsam2.utils.files import atomic_write_json, atomic_write_text
+from auralsam2.utils.files import atomic_write_json, atomic_write_text, read_json
 
 __all__ = ["latest_run_dir", "run_dir_for", "run_train", "train_flow", "train_run"]
 
@@ -57,7 +56,7 @@ def latest_run_dir(cfg: ExperimentConfig) -> Path | None:
 
 def _read_run_json(run_dir: Path) -> dict[str, Any]:
     path = run_dir / RUN_JSON
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path, "the run record", f"delete {run_dir} and train again") if path.is_file() else {}
 
 
 def _write_run_json(run_dir: Path, **fields: Any) -> None:
@@ -182,7 +181,7 @@ def _launch_torchrun(run_dir: Path, nproc: int, resume: bool, run_id: str | None
     if run_id:
         cmd += ["--run-id", run_id]
     subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
-    return json.loads((run_dir / "result.json").read_text())
+    return read_json(run_dir / "result.json", "the run result", f"delete {run_dir} and train again")
 
 
 # ------------------------------------------------------------------ Prefect

@@ -213,8 +213,17 @@ def test_own_format_detects_tampering_and_wrong_files(tmp_path):
     payload = torch.load(path, weights_only=True)
     payload["fuser"]["patch_embeds.0.bias"] += 1e-3
     torch.save(payload, tmp_path / "b.pt")
-    with pytest.raises(CheckpointError, match="fingerprint"):
+    with pytest.raises(CheckpointError, match="b.pt: fails its checksum"):
         load_fuser_checkpoint(tmp_path / "b.pt")
+    payload.pop("payload_sha256")  # a file without the whole-payload seal still has the weights' fingerprints
+    torch.save(payload, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        load_fuser_checkpoint(tmp_path / "c.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["extra"]["note"] = "changed"  # not a tensor: only the payload seal covers it
+    torch.save(payload, tmp_path / "d.pt")
+    with pytest.raises(CheckpointError, match="d.pt: fails its checksum"):
+        load_fuser_checkpoint(tmp_path / "d.pt")
     torch.save({"aural_fuser.x": torch.zeros(1)}, tmp_path / "released.pth")
     with pytest.raises(CheckpointError, match="load_released_fuser"):
         load_fuser_checkpoint(tmp_path / "released.pth")

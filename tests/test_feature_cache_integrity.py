@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from auralsam2.backbone import build_sam2_model, save_sam2_checkpoint
-from auralsam2.utils.files import temp_path
+from auralsam2.utils.files import atomic_write_json, read_json, temp_path
 from auralsam2.utils.hashing import sha256_file
 from feature_cache.build import build_cache, cache_is_current, plan_cache, read_cache_json
 from feature_cache.files import open_cache_file
@@ -36,9 +36,9 @@ def _rewrite_index(cache: Path, table) -> None:
     """Replace the index and re-record its checksum: an index that is wrong but not damaged (an index
     edited without its checksum is damaged: `test_a_damaged_cache_table_is_reported_and_refused`)."""
     pq.write_table(table, cache / "index.parquet")
-    info = json.loads((cache / "cache.json").read_text())
+    info = read_json(cache / "cache.json", "cache record", "")
     info["tables"]["index.parquet"] = sha256_file(cache / "index.parquet")
-    (cache / "cache.json").write_text(json.dumps(info))
+    atomic_write_json(cache / "cache.json", info)
 
 
 def _flip_tensor_byte(path: Path, batch_index: int) -> None:

@@ -16,6 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from auralsam2.utils.files import PAYLOAD_SHA256
+from auralsam2.utils.hashing import payload_sha256
+
 __all__ = ["CheckpointError", "LoadReport", "key_listing", "read_state_dict", "read_weights", "strict_load",
            "unwrap_state_dict"]
 
@@ -27,16 +30,23 @@ class CheckpointError(ValueError):
 
 def read_weights(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """`torch.load(path, weights_only=True)` on the CPU; a missing file is `FileNotFoundError`, an
-    unreadable one a `CheckpointError` naming the file (torch fails in many ways on a wrong file)."""
+    unreadable one a `CheckpointError` naming the file (torch fails in many ways on a wrong file).
+    A payload our writer sealed (`payload_sha256`) is verified and returned without the seal."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path}: no such file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 (IndexError on text, UnpicklingError, RuntimeError on a zip, ...)
         first = str(err).splitlines()[0] if str(err) else ""
         raise CheckpointError(f"{what} {path}: cannot be read as a weights-only torch checkpoint "
                               f"({type(err).__name__}: {first})") from None
+    if isinstance(payload, dict) and PAYLOAD_SHA256 in payload:
+        want = payload.pop(PAYLOAD_SHA256)
+        if payload_sha256(payload) != want:
+            raise CheckpointError(f"{what} {path}: fails its checksum (a byte was changed or damaged); "
+                                  "write it again (re-run the step that made it)")
+    return payload
 
 
 def unwrap_state_dict(name: str, obj: Mapping[str, Any]) -> dict[str, Tensor]:

@@ -4,6 +4,11 @@ Write protocol: the content goes to a hidden temporary name next to the target (
 flushed and fsynced, then renamed over the target, and the folder is fsynced. A crash therefore
 leaves the old file or the new one, never a truncated one; the temporary file of a killed writer
 is recognisable (`is_temp`) and removed by the next run. Any exception removes the temporary file.
+
+Checksums travel inside the files: a JSON record carries `record_sha256` (over its canonical JSON,
+`read_json` verifies it), a torch payload `payload_sha256` (over its nested values,
+`auralsam2.checkpoints.read_weights` verifies it), so a damaged byte is an error naming the file,
+never a changed value. Parquet tables are checked against the sha256 their owner records.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "PAYLOAD_SHA256",
+    "RECORD_SHA256",
+    "DamagedFileError",
     "atomic_path",
     "atomic_torch_save",
     "atomic_write_bytes",
@@ -24,8 +32,17 @@ __all__ = [
     "atomic_write_text",
     "fsync_dir",
     "is_temp",
+    "read_json",
+    "seal_record",
     "temp_path",
 ]
+
+RECORD_SHA256 = "record_sha256"
+
+
+class DamagedFileError(ValueError):
+    """A file the pipeline wrote is damaged (unreadable, or fails its checksum); the message names it
+    and says how to get a good one."""
 
 
 def temp_path(path: Path) -> Path:
@@ -88,10 +105,41 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return _write_with(path, lambda tmp: tmp.write_text(text))
 
 
-def atomic_write_json(path: str | os.PathLike, value: Any, **dumps: Any) -> Path:
-    """JSON (`indent=1, sort_keys=True` unless `dumps` says otherwise), with a final newline."""
+def seal_record(record: dict[str, Any], default: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """`record` plus its `record_sha256` (over the canonical JSON of the record as it reads back)."""
+    from auralsam2.utils.hashing import canonical_json, sha256_bytes
+
+    plain = json.loads(json.dumps(record, default=default))
+    plain.pop(RECORD_SHA256, None)
+    return {**plain, RECORD_SHA256: sha256_bytes(canonical_json(plain))}
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any, *, seal: bool = True, **dumps: Any) -> Path:
+    """JSON (`indent=1, sort_keys=True` unless `dumps` says otherwise), with a final newline; a dict is
+    sealed with its `record_sha256` unless `seal=False` (files other programs read as they are)."""
     options = {"indent": 1, "sort_keys": True, **dumps}
+    if seal and isinstance(value, dict):
+        value = seal_record(value, options.get("default"))
     return atomic_write_text(path, json.dumps(value, **options) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """A JSON file `atomic_write_json` wrote, its `record_sha256` checked (and removed); records written
+    before checksums existed read as they are. A damaged file is a `DamagedFileError` naming it,
+    `what` it is and the `fix`; a missing one stays `FileNotFoundError`."""
+    from auralsam2.utils.hashing import canonical_json, sha256_bytes
+
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise DamagedFileError(f"{path}: {what} is damaged (not JSON: {err}); {fix}") from None
+    if isinstance(value, dict) and RECORD_SHA256 in value:
+        want = value.pop(RECORD_SHA256)
+        if sha256_bytes(canonical_json(value)) != want:
+            raise DamagedFileError(f"{path}: {what} fails its checksum (it was changed or damaged); {fix}")
+    return value
 
 
 def atomic_write_parquet(path: str | os.PathLike, table: Any) -> Path:
@@ -101,8 +149,18 @@ def atomic_write_parquet(path: str | os.PathLike, table: Any) -> Path:
     return _write_with(path, lambda tmp: pq.write_table(table, tmp))
 
 
-def atomic_torch_save(payload: Any, path: str | os.PathLike) -> Path:
-    """`torch.save(payload, path)`, atomically (checkpoints, training states)."""
+PAYLOAD_SHA256 = "payload_sha256"
+
+
+def atomic_torch_save(payload: Any, path: str | os.PathLike, *, seal: bool = True) -> Path:
+    """`torch.save(payload, path)`, atomically (checkpoints, training states). A dict payload gets its
+    `payload_sha256` (torch's zip format checks no CRC on load: a flipped byte would load as a changed
+    value) unless `seal=False` (a raw state dict other programs load strictly)."""
     import torch
 
+    from auralsam2.utils.hashing import payload_sha256
+
+    if seal and isinstance(payload, dict):
+        payload = {**{k: v for k, v in payload.items() if k != PAYLOAD_SHA256}}
+        payload[PAYLOAD_SHA256] = payload_sha256(payload)
     return _write_with(path, lambda tmp: torch.save(payload, tmp))
