@@ -193,12 +193,29 @@ def _curve_charts(curves, runs) -> list[str]:
 def write_report(inputs: ReportInputs, out: str | Path) -> Path:
     """Render the report into `out` (created; earlier report files there are replaced); returns
     the path of `index.html`. Written to a temp folder first, then moved into place."""
-    import jinja2
-    import plotly.offline
+    from auralsam2.utils.files import with_filename
 
     out = Path(out).resolve()
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _render(inputs, tmp)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written report (a full disk)
+        named = with_filename(exc, tmp)
+        if named is not exc:
+            raise named from exc
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out / "index.html"
+
+
+def _render(inputs: ReportInputs, tmp: Path) -> None:
+    import jinja2
+    import plotly.offline
+
     assets = tmp / "assets"
     assets.mkdir(parents=True)
     (assets / "plotly.min.js").write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
@@ -224,10 +241,6 @@ def write_report(inputs: ReportInputs, out: str | Path) -> Path:
     env.filters["size"] = _size
     html = env.get_template("report.html.j2").render(**context)
     (tmp / "index.html").write_text(html, encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out / "index.html"
 
 
 def _size(n: int | None) -> str:

@@ -55,7 +55,8 @@ def _rows(path: Path) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def read_s4(root: str | Path, subset: str = "all", strict: bool = False) -> ReadResult:
+def read_s4(root: str | Path, subset: str = "all", strict: bool = False,
+              follow_symlinks: bool = False) -> ReadResult:
     root = Path(root).resolve()
     meta = _locate(root, "s4_meta_data.csv", "Single-source")
     data = meta.parent / "s4_data"
@@ -86,7 +87,7 @@ def read_s4(root: str | Path, subset: str = "all", strict: bool = False) -> Read
         if split not in SPLITS:
             sink.error(key, where, "unknown_split", f"split {split!r} is not one of {list(SPLITS)}")
             continue
-        if problem := path_problem(Path(clip.root), data / "visual_frames" / split / category / name, name):
+        if problem := path_problem(Path(clip.root), data / "visual_frames" / split / category / name, name, follow_symlinks):
             sink.error(key, where, "unsafe_path", problem)
             continue
         frames_dir = data / "visual_frames" / split / category / name
@@ -97,7 +98,8 @@ def read_s4(root: str | Path, subset: str = "all", strict: bool = False) -> Read
     return result
 
 
-def read_ms3(root: str | Path, subset: str = "all", strict: bool = False) -> ReadResult:
+def read_ms3(root: str | Path, subset: str = "all", strict: bool = False,
+              follow_symlinks: bool = False) -> ReadResult:
     root = Path(root).resolve()
     meta = _locate(root, "ms3_meta_data.csv", "Multi-sources")
     data = meta.parent / "ms3_data"
@@ -128,7 +130,7 @@ def read_ms3(root: str | Path, subset: str = "all", strict: bool = False) -> Rea
         if split not in SPLITS:
             sink.error(key, where, "unknown_split", f"split {split!r} is not one of {list(SPLITS)}")
             continue
-        if problem := path_problem(Path(clip.root), data / "visual_frames" / name, name):
+        if problem := path_problem(Path(clip.root), data / "visual_frames" / name, name, follow_symlinks):
             sink.error(key, where, "unsafe_path", problem)
             continue
         frames_dir = data / "visual_frames" / name

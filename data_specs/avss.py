@@ -76,7 +76,8 @@ def check_label2idx(root: Path, sink: FindingSink) -> None:
         )
 
 
-def read_avss(root: str | Path, subset: str = "all", strict: bool = False) -> ReadResult:
+def read_avss(root: str | Path, subset: str = "all", strict: bool = False,
+              follow_symlinks: bool = False) -> ReadResult:
     """Read the release's metadata and folders into Clip records (cheap checks only).
 
     Per-file decoding checks (corrupt images, mask sizes, palette colours, audio length) happen
@@ -121,7 +122,7 @@ def read_avss(root: str | Path, subset: str = "all", strict: bool = False) -> Re
         if split not in SPLITS:
             sink.error(key, where, "unknown_split", f"split {split!r} is not one of {list(SPLITS)}")
             continue
-        if problem := path_problem(root, root / label / uid, uid):
+        if problem := path_problem(root, root / label / uid, uid, follow_symlinks):
             sink.error(key, where, "unsafe_path", problem)
             continue
         _fill_files(clip, root / label / uid, sink)
@@ -162,3 +163,31 @@ def _fill_files(clip: Clip, folder: Path, sink: FindingSink) -> None:
         clip.audio_path = str(audio.relative_to(root))
     else:
         sink.error(clip.key, rel / "audio.wav", "missing_file", "audio.wav is missing")
+    _report_extra_files(clip, folder, sink)
+
+
+def _report_extra_files(clip: Clip, folder: Path, sink: FindingSink) -> None:
+    """Files in the clip's folders that the clip does not use: a warning naming them (nothing is
+    silently left out; the clip is ingested as usual)."""
+    root = Path(clip.root)
+    used = {*clip.frame_paths, *(p for p in clip.mask_paths if p), *(p for p in clip.semantic_paths if p)}
+    if clip.audio_path:
+        used.add(clip.audio_path)
+    expected_dirs = {"frames", "labels_rgb", "labels_semantic"}
+    extra = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and entry.name in expected_dirs:
+            extra += [str(p.relative_to(root)) for p in sorted(entry.iterdir())
+                      if str(p.relative_to(root)) not in used and not _unlabelled_mask(clip, p)]
+        elif str(entry.relative_to(root)) not in used:
+            extra.append(str(entry.relative_to(root)))
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        sink.warning(clip.key, folder.relative_to(root), "extra_file",
+                     f"{len(extra)} file(s) in the clip folder are not part of the clip and not ingested: {shown}")
+
+
+def _unlabelled_mask(clip: Clip, path: Path) -> bool:
+    """A numbered mask PNG the clip does not read (a frame the split leaves unannotated): expected."""
+    return (path.parent.name in ("labels_rgb", "labels_semantic") and path.suffix.lower() == ".png"
+            and any(ch.isdigit() for ch in path.stem))

@@ -32,15 +32,25 @@ def numbered_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return sorted(files, key=lambda p: (frame_number(p.name), p.name))
 
 
-def path_problem(root: Path, folder: Path, name: str) -> str | None:
+def path_problem(root: Path, folder: Path, name: str, follow_symlinks: bool = False) -> str | None:
     """Why the metadata's `name` (a uid) may not name the clip folder `folder` under the raw `root`:
     a path separator, '.' or '..' in it, or a folder that resolves outside the tree (a symlink
-    leaving it). Ingest never reads outside --root; None when the name is safe."""
+    leaving it, unless `follow_symlinks`). Ingest never reads outside --root otherwise; None when
+    the name is safe."""
     parts = name.replace("\\", "/").split("/")
     if len(parts) > 1 or name in (".", "..") or Path(name).is_absolute():
         return f"{name!r} is not a plain folder name (a path in it would read outside {folder.parent.name}/)"
-    if folder.exists() and not folder.resolve().is_relative_to(root.resolve()):
-        return f"{folder.relative_to(root)} resolves to {folder.resolve()}, outside the raw tree {root}"
+    if not follow_symlinks:
+        return outside_root(root, folder)
+    return None
+
+
+def outside_root(root: Path, path: Path) -> str | None:
+    """Why `path` (a clip folder or file) is not read: it resolves outside the raw tree (a symlink
+    leaving it); None when it stays inside (or does not exist)."""
+    if path.exists() and not path.resolve().is_relative_to(root.resolve()):
+        return (f"{path.relative_to(root)} resolves to {path.resolve()}, outside the raw tree {root} (a symlink; "
+                "ingest --follow-symlinks reads it)")
     return None
 
 
@@ -158,7 +168,9 @@ def check_frame_numbers(frames: list[Path], first: int, expected: int, clip_key:
     numbers = {frame_number(p.name) for p in frames}
     missing = [n for n in range(first, first + expected) if n not in numbers]
     if missing:
-        sink.error(clip_key, folder, "missing_file", f"frame file(s) numbered {missing} missing ({len(frames)} present)")
+        unexpected = [p.name for p in frames if not first <= frame_number(p.name) < first + expected]
+        sink.error(clip_key, folder, "missing_file", f"frame file(s) numbered {missing} missing ({len(frames)} present"
+                   + (f"; numbered outside {first}..{first + expected - 1}: {', '.join(unexpected[:5])})" if unexpected else ")"))
         return False
     if len(frames) != expected:
         sink.error(clip_key, folder, "wrong_frame_count", f"{len(frames)} frames, expected {expected}")

@@ -115,16 +115,18 @@ class IngestSummary:
 
 
 def prepare(dataset: str, root: str | Path, out: str | Path, subset: str = "all", strict: bool = False,
-            clips_per_shard: int = 64, force: bool = False) -> IngestPlan:
+            clips_per_shard: int = 64, force: bool = False, follow_symlinks: bool = False) -> IngestPlan:
     """Read and check the metadata and folders, and plan the shards (no file bytes read yet).
-    `force`: replace an ingest of another raw root (or dataset) in `out` instead of refusing."""
+    `force`: replace an ingest of another raw root (or dataset) in `out` instead of refusing.
+    `follow_symlinks`: read clip folders and files that are symlinks out of the raw tree (by default
+    they are `unsafe_path` findings and their clips are quarantined)."""
     if dataset not in READERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(READERS)}")
     out = Path(out).resolve()
     _claim(out, dataset, subset, Path(root).resolve(), force)
-    read = READERS[dataset](root, subset=subset, strict=strict)
+    read = READERS[dataset](root, subset=subset, strict=strict, follow_symlinks=follow_symlinks)
     kept, quarantined = partition_clips(read.clips, read.findings)
-    shards = plan_shards(kept, read.findings, clips_per_shard)
+    shards = plan_shards(kept, read.findings, clips_per_shard, follow_symlinks)
     return IngestPlan(dataset, subset, read.root, str(out), read, quarantined, shards)
 
 

@@ -50,7 +50,8 @@ def expression_category(vid: str, uid: str) -> str:
     return uid[len(vid) + 1:].rsplit("_", 1)[0]
 
 
-def read_refavs(root: str | Path, subset: str = "all", strict: bool = False) -> ReadResult:
+def read_refavs(root: str | Path, subset: str = "all", strict: bool = False,
+              follow_symlinks: bool = False) -> ReadResult:
     """Read metadata.csv and the media/gt folders into one Clip per media folder."""
     if subset not in ("all", SUBSET):
         raise ValueError(f"Ref-AVS has no subsets; use --subset all (got {subset!r})")
@@ -84,7 +85,7 @@ def read_refavs(root: str | Path, subset: str = "all", strict: bool = False) -> 
             expression = _read_expression(clip, line, row, meta_path.name, seen_uids, sink)
             if expression is not None:
                 clip.expressions.append(expression)
-        if problem := path_problem(root, root / "media" / folder, folder):
+        if problem := path_problem(root, root / "media" / folder, folder, follow_symlinks):
             sink.error(key, f"{meta_path.name}:{by_folder[folder][0][0]}", "unsafe_path", problem)
         else:
             _fill_media(clip, sink)

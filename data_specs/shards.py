@@ -33,7 +33,7 @@ import pyarrow as pa
 from auralsam2.utils.files import DamagedFileError, atomic_write_bytes, atomic_write_json, read_json
 from auralsam2.utils.hashing import sha256_bytes, sha256_file
 from data_specs.clip import Clip, Finding
-from data_specs.common import FindingSink, StrictModeError, partition_clips
+from data_specs.common import FindingSink, StrictModeError, outside_root, partition_clips
 from data_specs.validate import check_clip_bytes
 
 FORMAT_VERSION = 1
@@ -53,6 +53,7 @@ class ShardPlan:
     clips: list[Clip]
     findings: dict[str, list[Finding]]  # clip key -> findings from the metadata stage
     plan_hash: str = ""
+    follow_symlinks: bool = False  # read files that are symlinks out of the raw tree (else: unsafe_path)
 
 
 @dataclass
@@ -88,7 +89,8 @@ def _stat_signature(clip: Clip) -> list[Any]:
     return signature
 
 
-def plan_shards(clips: list[Clip], findings: list[Finding], clips_per_shard: int = 64) -> list[ShardPlan]:
+def plan_shards(clips: list[Clip], findings: list[Finding], clips_per_shard: int = 64,
+                follow_symlinks: bool = False) -> list[ShardPlan]:
     """Group clips by (dataset, subset, split), sorted by key, into shards of at most N clips.
 
     The grouping is deterministic for a given input, so re-running plans the same shards; the plan
@@ -108,8 +110,10 @@ def plan_shards(clips: list[Clip], findings: list[Finding], clips_per_shard: int
         for i in range(0, len(members), clips_per_shard):
             chunk = members[i:i + clips_per_shard]
             plan = ShardPlan(f"{dataset}-{subset}-{split}-{i // clips_per_shard:06d}", chunk,
-                             {c.key: by_clip.get(c.key, []) for c in chunk})
-            digest = hashlib.sha256(f"format={FORMAT_VERSION}".encode())
+                             {c.key: by_clip.get(c.key, []) for c in chunk}, follow_symlinks=follow_symlinks)
+            # (following symlinks changes what is read: part of the hash, only when on, so the
+            # plans of existing ingests keep their hashes)
+            digest = hashlib.sha256(f"format={FORMAT_VERSION}{' follow' if follow_symlinks else ''}".encode())
             for clip in chunk:
                 digest.update(json.dumps([clip.to_json(), [asdict(f) for f in plan.findings[clip.key]],
                                           _stat_signature(clip)], sort_keys=True, default=str).encode())
@@ -169,6 +173,9 @@ def write_shard(plan: ShardPlan, shards_dir: Path, strict: bool = False, palette
             before = len(sink.findings)
             blobs: dict[str, bytes] = {}
             for rel in clip_files(clip):
+                if not plan.follow_symlinks and (problem := outside_root(Path(clip.root), clip.path(rel))):
+                    sink.error(clip.key, rel, "unsafe_path", problem)
+                    continue
                 try:
                     blobs[rel] = clip.path(rel).read_bytes()
                 except OSError as exc:
@@ -333,9 +340,12 @@ def _read_checked_table(folder: Path, name: str, field: str) -> pa.Table:
     import pyarrow.parquet as pq
 
     path = folder / name
+    fix = f"re-run `auralsam2 ingest` into {folder} (finished shards are reused)"
+    if path.is_file() and not (folder / "ingest.json").is_file():
+        raise ManifestError(f"{folder / 'ingest.json'}: missing, so {name} (whose sha256 it records) cannot be "
+                            f"checked; {fix}")
     data = path.read_bytes()
     want = read_ingest_json(folder).get(field, "")
-    fix = f"re-run `auralsam2 ingest` into {folder} (finished shards are reused)"
     if want and sha256_bytes(data) != want:
         raise ManifestError(f"{path}: fails its checksum (ingest.json records sha256 {want[:12]}..., the file has "
                             f"{sha256_bytes(data)[:12]}...): it is damaged; {fix}")
@@ -346,8 +356,8 @@ def _read_checked_table(folder: Path, name: str, field: str) -> pa.Table:
 
 
 def read_manifest(folder: str | Path) -> pa.Table:
-    """The ingest folder's manifest, checked against the sha256 its ingest.json records (ingests
-    written before the checksum existed are read as they are). `ManifestError` names the file."""
+    """The ingest folder's manifest, checked against the sha256 its ingest.json records (an ingest.json
+    written before the checksum existed has none: read as it is). `ManifestError` names the file."""
     return _read_checked_table(Path(folder), "manifest.parquet", "manifest_sha256")
 
 

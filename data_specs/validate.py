@@ -47,6 +47,11 @@ def vggish_examples(n_samples: int, sample_rate: int) -> int:
     return n_stft // VGGISH_EXAMPLE_FRAMES
 
 
+def _why(data: bytes, exc: Exception) -> str:
+    """The decoder's complaint, or plainly 'empty file' (decoders word a 0-byte file obscurely)."""
+    return "empty file (0 bytes)" if not data else str(exc)
+
+
 def check_clip_bytes(clip: Clip, blobs: dict[str, bytes], sink: FindingSink, palette_masks: bool) -> None:
     """Record every decoding problem of `clip` in `sink` (errors quarantine the clip)."""
     sizes: list[tuple[int, int] | None] = []
@@ -55,14 +60,14 @@ def check_clip_bytes(clip: Clip, blobs: dict[str, bytes], sink: FindingSink, pal
             sizes.append(decode_image(blobs[rel]).info["true_size"])
         except Exception as exc:  # PIL raises many types for corrupt data
             sizes.append(None)
-            sink.error(clip.key, rel, "unreadable_file", f"frame cannot be decoded: {exc}")
+            sink.error(clip.key, rel, "unreadable_file", f"frame cannot be decoded: {_why(blobs[rel], exc)}")
 
     def check_mask(rel: str, t: int, expression_uid: str = "", palette: bool = False) -> None:
         severity = "error"
         try:
             img = decode_image(blobs[rel], full=True)
         except Exception as exc:
-            sink.add(clip.key, rel, "unreadable_file", severity, f"mask cannot be decoded: {exc}", expression_uid)
+            sink.add(clip.key, rel, "unreadable_file", severity, f"mask cannot be decoded: {_why(blobs[rel], exc)}", expression_uid)
             return
         frame_size = sizes[t] if t < len(sizes) else None
         if frame_size and img.size != frame_size:
@@ -119,7 +124,7 @@ def _check_audio(clip: Clip, data: bytes, sink: FindingSink) -> None:
         info = sf.info(io.BytesIO(data))
         samples, _ = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
     except Exception as exc:
-        sink.error(clip.key, rel, "unreadable_file", f"audio cannot be decoded: {exc}")
+        sink.error(clip.key, rel, "unreadable_file", f"audio cannot be decoded: {_why(data, exc)}")
         return
     if samples.shape[1] == 1:
         sink.warning(clip.key, rel, "mono_audio", "mono audio; the channel is duplicated to make stereo")
@@ -127,6 +132,10 @@ def _check_audio(clip: Clip, data: bytes, sink: FindingSink) -> None:
         sink.error(clip.key, rel, "unsupported_audio",
                    f"{samples.shape[1]} audio channels; the model hears stereo (or mono, duplicated): "
                    "downmix the file to stereo")
+    if info.samplerate != 16_000:
+        sink.warning(clip.key, rel, "resampled_audio",
+                     f"{info.samplerate} Hz audio; resampled to VGGish's 16000 Hz for the log-mel features"
+                     + (" (it holds nothing above 4 kHz)" if info.samplerate <= 8_000 else ""))
     examples = vggish_examples(samples.shape[0], info.samplerate)
     if examples == 0:
         sink.error(clip.key, rel, "short_audio",

@@ -28,13 +28,14 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from auralsam2.utils.files import fsync_dir, temp_path
+from auralsam2.utils.files import fsync_dir, temp_path, with_filename
 from feature_cache.schema import (
     FORMAT_VERSION,
     META_CHECKSUMS,
     META_CREATED,
     META_FINGERPRINT,
     META_FORMAT,
+    META_HEADER,
     META_KIND,
     META_ROWS,
     META_SOURCE,
@@ -111,6 +112,7 @@ class ArrowFileWriter:
         self._placeholder = _PLACEHOLDER_TAG + b"#" * (2 + _ENTRY * rows + 32 - len(_PLACEHOLDER_TAG))
         meta = dict(metadata)
         meta[META_ROWS] = str(rows).encode()
+        meta[META_HEADER] = header_sha256(schema, meta).encode()
         meta[META_CHECKSUMS] = self._placeholder
         self.schema = schema.with_metadata(meta)
         options = ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
@@ -161,6 +163,22 @@ class ArrowFileWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+            named = with_filename(exc, self.path)
+            if named is not exc:
+                raise named from exc
+
+
+def header_sha256(schema: pa.Schema, metadata: Mapping[bytes, bytes]) -> str:
+    """sha256 of a cache file's schema without its metadata, then of each metadata entry in key
+    order except the batch checksums (checked batch by batch) and this value itself."""
+    import hashlib
+
+    digest = hashlib.sha256(schema.remove_metadata().serialize().to_pybytes())
+    for key in sorted(metadata):
+        if key not in (META_CHECKSUMS, META_HEADER):
+            digest.update(len(key).to_bytes(4, "little") + key + len(metadata[key]).to_bytes(8, "little")
+                          + metadata[key])
+    return digest.hexdigest()
 
 
 def _patch_metadata(f, placeholder: bytes, value: bytes, where: Path) -> None:
@@ -272,6 +290,10 @@ def open_cache_file(path: str | os.PathLike, kind: str | None = None) -> CacheFi
         raise CorruptCacheError(f"{path}: not a readable Arrow IPC file ({err}); delete it and re-run "
                                 "`auralsam2 cache`") from err
     meta = reader.schema.metadata or {}
+    want = meta.get(META_HEADER)
+    if want is not None and header_sha256(reader.schema, meta).encode() != want:
+        raise CorruptCacheError(f"{path}: its schema or metadata fails the checksum it records (a damaged "
+                                "footer); delete it and re-run `auralsam2 cache`")
     try:
         if meta.get(META_FORMAT) != str(FORMAT_VERSION).encode():
             found = meta.get(META_FORMAT, b"<none>").decode(errors="replace")

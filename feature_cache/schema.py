@@ -39,6 +39,10 @@ META_CREATED = b"auralsam2.cache.created"
 META_ROWS = b"auralsam2.cache.rows"  # record batches in the file
 META_SOURCE = b"auralsam2.cache.source"  # JSON: what the file was built from (shard name + sha256, ...)
 META_CHECKSUMS = b"auralsam2.cache.checksums"  # JSON list, one "crc32:xxxxxxxx" per record batch
+# sha256 of the schema (types, extension types, field metadata) and of every other metadata entry: the
+# batch checksums cover the bytes, this covers how they are read (a flipped type byte in the footer
+# would read the same bytes as another dtype)
+META_HEADER = b"auralsam2.cache.header_sha256"
 
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Arrow storage type of each 16-bit dtype: bf16 has no Arrow/numpy type, so its bits go in uint16.

@@ -74,25 +74,32 @@ def _manifest(root: Path, info: dict[str, Any], ingest: str | os.PathLike | None
     ingest_dir = Path(ingest) if ingest is not None else Path(info.get("ingest", ""))
     live = ingest_dir / "manifest.parquet"
     snapshot = root / MANIFEST
-    if snapshot.is_file() and (problem := table_problem(root, MANIFEST, info)):
-        report.corrupt.append(problem)
+    snapshot_problem = table_problem(root, MANIFEST, info) if snapshot.is_file() else None
+    if snapshot_problem:
+        report.corrupt.append(snapshot_problem)
+    elif not snapshot.is_file() and (info.get("tables") or {}).get(MANIFEST):
+        report.missing.append(f"{snapshot}: the manifest snapshot cache.json lists is missing; re-run "
+                              "`auralsam2 cache` (finished shards are reused)")
     if live.is_file():
         try:
             table = read_manifest(ingest_dir)
         except ManifestError as err:
             report.corrupt.append(str(err))
             return None, None
-        if snapshot.is_file() and not table_problem(root, MANIFEST, info):
+        if snapshot.is_file() and not snapshot_problem:
             before = {r["key"]: r["content_hash"] for r in pq.read_table(snapshot).select(["key", "content_hash"])
                       .to_pylist()}
             for row in table.select(["key", "content_hash"]).to_pylist():
                 if row["key"] in before and before[row["key"]] != row["content_hash"]:
                     report.stale.append(f"clip {row['key']}: its ingest content changed since the cache was built")
         return table, ingest_dir
-    if snapshot.is_file():
+    if snapshot.is_file() and not snapshot_problem:  # never read a table that failed its checksum
         report.notes.append(f"ingest manifest {live} not found; checked against the snapshot {snapshot}")
         return pq.read_table(snapshot), None
-    report.missing.append(f"{snapshot} (and the ingest manifest {live})")
+    if snapshot.is_file():
+        return None, None
+    if not (info.get("tables") or {}).get(MANIFEST):  # else reported above
+        report.missing.append(f"{snapshot} (and the ingest manifest {live})")
     return None, None
 
 

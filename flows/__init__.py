@@ -5,5 +5,7 @@ embedded defaults (Prefect and MLflow state under the data folder) before Prefec
 """
 
 from flows._env import configure as _configure
+from flows._env import guard_ephemeral_server as _guard_ephemeral_server
 
 _configure()
+_guard_ephemeral_server()  # a command killed with SIGKILL leaves no Prefect server behind

@@ -8,7 +8,10 @@ variable already set in the environment wins, so pointing at a real Prefect serv
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
+import sys
 
 from auralsam2.paths import data_home
 
@@ -24,3 +27,80 @@ def configure() -> None:
     os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+# ------------------------------------------------------------------ the ephemeral Prefect server
+# Prefect starts a local API server (`python -m uvicorn ...`) in a subprocess when a command runs a
+# flow without PREFECT_API_URL, and stops it at exit; a command killed with SIGKILL never gets to.
+# The guard below starts that same server through `flows._prefect_server`, which ends with its parent.
+
+SERVER_MODULE = "prefect.server.api.server"
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Patches Prefect's server module when something imports it (importing it up front costs ~1 s,
+    which commands that run no flow should not pay)."""
+
+    def find_spec(self, name, path, target=None):
+        if name != SERVER_MODULE:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:  # pragma: no cover
+            return spec
+        loader = spec.loader
+        exec_module = loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            _patch(module)
+
+        loader.exec_module = exec_and_patch
+        return spec
+
+
+def guard_ephemeral_server() -> None:
+    """Make Prefect's ephemeral server (`SubprocessASGIServer`) start through `flows._prefect_server`, now if
+    Prefect's server module is loaded, else when it is."""
+    if SERVER_MODULE in sys.modules:
+        _patch(sys.modules[SERVER_MODULE])
+    elif not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport())
+
+
+def _patch(server) -> None:
+    cls = server.SubprocessASGIServer
+    if getattr(cls, "_auralsam2_guarded", False):
+        return
+    original = cls._run_uvicorn_command
+
+    def run_guarded(self):
+        popen = server.subprocess.Popen
+
+        def guarded_popen(args, *rest, **kwargs):
+            if list(args[1:3]) == ["-m", "uvicorn"]:
+                args = [args[0], "-m", "flows._prefect_server", *args[3:]]
+            return popen(args, *rest, **kwargs)
+
+        # only this call's Popen is redirected (the module attribute is restored at once)
+        server.subprocess = _SubprocessProxy(server.subprocess, guarded_popen)
+        try:
+            return original(self)
+        finally:
+            server.subprocess = server.subprocess.module
+
+    cls._run_uvicorn_command = run_guarded
+    cls._auralsam2_guarded = True
+
+
+class _SubprocessProxy:
+    """The `subprocess` module with another `Popen` (seen by Prefect's server module only)."""
+
+    def __init__(self, module, popen):
+        self.module = module
+        self.Popen = popen
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+

@@ -180,13 +180,13 @@ def ablation_row_task(config_yaml: str, row_name: str, parent_run_id: str | None
                       tracking: bool = True) -> dict[str, Any]:
     """Train (or reuse) and evaluate one row; returns paths, hashes and the summary numbers."""
     from flows.evaluate import evaluate_split
-    from flows.train import train_run
+    from flows.train import train_or_continue
 
     cfg = config_from_mapping(yaml.safe_load(config_yaml), f"ablation row {row_name!r}")
     started = time.time()
     done = finished_run(cfg)
     reused = done is not None
-    summary = done if reused else train_run(cfg, parent_run_id=parent_run_id, tracking=tracking)
+    summary = done if reused else train_or_continue(cfg, parent_run_id=parent_run_id, tracking=tracking)
     trained = time.time()
     if not summary.get("best_checkpoint"):
         raise RuntimeError(f"ablation row {row_name!r}: training produced no best checkpoint ({summary})")
@@ -311,7 +311,9 @@ def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = 
     grid_rows = [r for r in load_grid(grid, rows) if r.applies_to(base.data.dataset)]
     title = f"{base.experiment}: ablation grid {grid!r} ({', '.join(sel.split_list())}, {', '.join(sel.subsets) or 'all subsets'})"
     parent_name = f"ablate-{grid}-{config_hash(base)}"
-    parent_id = mlf.start_run(base.experiment, parent_name, tags={"auralsam2.kind": "ablation", "grid": grid}) \
+    key = f"{parent_name}/{','.join(r.name for r in grid_rows)}/{sel}"
+    parent_id = mlf.continue_or_start_run(base.experiment, parent_name, key,
+                                          tags={"auralsam2.kind": "ablation", "grid": grid}) \
         if tracking else f"local-{parent_name}"
     try:
         args = [(config_to_yaml(row_config(base, row)), row.name, parent_id if tracking else None, sel, tracking)

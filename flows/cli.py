@@ -59,6 +59,8 @@ def ingest(
     workers: int = typer.Option(None, help="Run shard tasks on a local Dask cluster of N workers."),
     dask: str = typer.Option(None, help="Run shard tasks on an existing Dask scheduler (tcp://host:8786)."),
     force: bool = typer.Option(False, "--force", help="Replace an ingest of another raw root or dataset in --out."),
+    follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Read clip folders and files that are "
+                                         "symlinks out of --root (default: an unsafe_path finding; clip quarantined)."),
 ) -> None:
     """Read, check and shard a raw dataset (one Prefect task per shard)."""
     from auralsam2.utils.locks import FolderBusyError
@@ -67,7 +69,8 @@ def ingest(
 
     try:
         summary = run_ingest(dataset.value, root, out, subset=subset, strict=strict,
-                             clips_per_shard=clips_per_shard, workers=workers, dask_address=dask, force=force)
+                             clips_per_shard=clips_per_shard, workers=workers, dask_address=dask, force=force,
+                             follow_symlinks=follow_symlinks)
     except (StrictModeError, FileNotFoundError, ValueError, FolderBusyError) as exc:
         fail(str(exc))
     typer.echo("\n".join(summary.lines()))
@@ -216,7 +219,7 @@ def train(
 
 @app.command()
 def evaluate(
-    checkpoint: Path = typer.Argument(..., exists=True, dir_okay=False, help="best.ckpt of a run, or a released "
+    checkpoint: Path = typer.Argument(..., dir_okay=False, help="best.ckpt of a run, or a released "
                                       "AuralSAM2 .pth (then --config is required)."),
     config: Path = typer.Option(None, "--config", help="Experiment config (default: the one inside the checkpoint)."),
     split: list[str] = typer.Option([], "--split", help="Split to evaluate (repeatable; default: eval.splits)."),

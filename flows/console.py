@@ -32,11 +32,44 @@ def set_debug(debug: bool) -> None:
     if not _STATE["debug"]:
         for name in ("prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+            # and for Prefect's own logging set-up, which resets the levels when Prefect is first
+            # imported (after this, in commands that import it lazily) and in worker processes
+            os.environ.setdefault(f"PREFECT_LOGGING_LOGGERS_{name.upper().replace('.', '_')}_LEVEL", "CRITICAL")
+        # MLflow logs a store error with its traceback before raising it (the error: line says it)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _disk_full(exc: BaseException) -> str | None:
+    """The one line for a full disk anywhere in `exc`'s chain (our writers name the file; SQLite,
+    under MLflow, says "database or disk is full" and names nothing), else None."""
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return (f"no space left on {_volume(e.filename)} while writing {e.filename or 'a file'}; free some "
+                    "space and re-run (finished work is kept and reused)")
+    if any("database or disk is full" in str(e) for e in _chain(exc)):
+        from auralsam2.paths import mlflow_tracking_uri
+
+        uri = mlflow_tracking_uri()
+        db = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+        return (f"no space left on {_volume(db)} while writing the MLflow store {db or uri}; free some space "
+                "and re-run (finished work is kept and reused)")
+    return None
 
 
 def is_user_error(exc: BaseException) -> bool:
     """Errors the user can act on (input, files, disk, config), as opposed to bugs."""
     from pydantic import ValidationError
+
+    if _disk_full(exc) is not None:
+        return True
 
     from auralsam2.utils.locks import FolderBusyError
 
@@ -71,9 +104,8 @@ def describe(exc: BaseException) -> str:
     """One line for a user error."""
     from pydantic import ValidationError
 
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return (f"no space left on {_volume(exc.filename)} while writing {exc.filename or 'a file'}; free some "
-                "space and re-run (finished work is kept and reused)")
+    if (full := _disk_full(exc)) is not None:
+        return full
     if isinstance(exc, ValidationError):
         parts = [f"{'.'.join(str(x) for x in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()]
         return f"invalid {exc.title}: " + "; ".join(parts)

@@ -251,8 +251,9 @@ def _evaluation_run(cfg: ExperimentConfig, checkpoint: str, extra: dict, run_id:
     if run_id is None and extra.get("mlflow_run_id") and mlf.run_exists(extra["mlflow_run_id"], c):
         run_id = extra["mlflow_run_id"]
     if run_id is None:
-        run_id = mlf.start_run(cfg.experiment, f"eval-{Path(checkpoint).stem}", mlflow_client=c,
-                               tags={"auralsam2.kind": "evaluate", "checkpoint": str(checkpoint)})
+        run_id = mlf.continue_or_start_run(cfg.experiment, f"eval-{Path(checkpoint).stem}", f"evaluate/{checkpoint}",
+                                           mlflow_client=c,
+                                           tags={"auralsam2.kind": "evaluate", "checkpoint": str(checkpoint)})
         reader = open_reader(cfg, "cpu")
         mlf.log_params(run_id, mlf.run_params(cfg, reader.info, reader.root), c)
     else:

@@ -23,8 +23,10 @@ def write_shard_task(plan: ShardPlan, shards_dir: str, strict: bool, palette_mas
 
 @flow(name="ingest")
 def ingest_flow(dataset: str, root: str, out: str, subset: str = "all", strict: bool = False,
-                clips_per_shard: int = 64, progress: bool = True, force: bool = False) -> IngestSummary:
-    plan = prepare(dataset, root, out, subset=subset, strict=strict, clips_per_shard=clips_per_shard, force=force)
+                clips_per_shard: int = 64, progress: bool = True, force: bool = False,
+                follow_symlinks: bool = False) -> IngestSummary:
+    plan = prepare(dataset, root, out, subset=subset, strict=strict, clips_per_shard=clips_per_shard, force=force,
+                   follow_symlinks=follow_symlinks)
     shards_dir = str(Path(plan.out) / "shards")
     futures = [write_shard_task.submit(p, shards_dir, strict, dataset in PALETTE_MASKS) for p in plan.shards]
     results: list[ShardResult] = []
@@ -39,7 +41,7 @@ def ingest_flow(dataset: str, root: str, out: str, subset: str = "all", strict: 
 
 def run_ingest(dataset: str, root: str | Path, out: str | Path, subset: str = "all", strict: bool = False,
                clips_per_shard: int = 64, workers: int | None = None, dask_address: str | None = None,
-               progress: bool = True, force: bool = False) -> IngestSummary:
+               progress: bool = True, force: bool = False, follow_symlinks: bool = False) -> IngestSummary:
     """Run the ingest flow with the requested task runner (threads, local Dask, or a Dask cluster).
     The output folder is locked for the whole ingest; another raw root's ingest there is replaced
     only with `force`."""
@@ -49,5 +51,5 @@ def run_ingest(dataset: str, root: str | Path, out: str | Path, subset: str = "a
     with folder_lock(Path(out).expanduser(), "ingest"), workers_share_the_api(bool(workers) and not dask_address):
         return ingest_flow.with_options(task_runner=runner)(
             dataset=dataset, root=str(root), out=str(out), subset=subset, strict=strict,
-            clips_per_shard=clips_per_shard, progress=progress, force=force,
+            clips_per_shard=clips_per_shard, progress=progress, force=force, follow_symlinks=follow_symlinks,
         )

@@ -102,10 +102,10 @@ def cache_step(ingest: str, manifest_sha256: str, out: str, settings_json: str,
 def train_step(config_yaml: str, cache_fingerprint: str) -> dict[str, Any]:
     """Config + cache -> trained run (reuses a finished run of the same config). Returns the best
     checkpoint's path and sha256."""
-    from flows.train import run_dir_for, train_run
+    from flows.train import run_dir_for, train_or_continue
 
     cfg = config_from_mapping(yaml.safe_load(config_yaml), "pipeline config")
-    summary = finished_run(cfg) or train_run(cfg)
+    summary = finished_run(cfg) or train_or_continue(cfg)
     best = summary["best_checkpoint"]
     return {"run_dir": str(run_dir_for(cfg)), "run_id": summary.get("run_id"), "best_checkpoint": best,
             "checkpoint_sha256": sha256_file(Path(best)), "cache_fingerprint": cache_fingerprint}

@@ -90,7 +90,9 @@ def _data(cfg: ExperimentConfig, steps: Collection[str], raw: str | os.PathLike 
         return [f"data.ingest: {ingest} holds no shards (manifest.parquet) and data.cache {cache} no complete "
                 f"cache; give --raw RAW_DATASET_DIR to ingest the {cfg.data.dataset} release"]
     if "ingest" not in steps and not cache_complete:
-        return [f"data.cache: no complete feature cache at {cache}; build it with `auralsam2 run CONFIG --raw "
+        why = (f"{cache / 'cache.json'} is missing" if info is None
+               else f"{cache / 'cache.json'} says its build is {info.get('status')!r}")
+        return [f"data.cache: no complete feature cache at {cache} ({why}); build it with `auralsam2 run CONFIG --raw "
                 f"RAW_DATASET_DIR` (ingest + cache) or `auralsam2 cache --shards {ingest} --out {cache} ...`"]
     return []
 

@@ -149,7 +149,7 @@ def _pair(text: str, option: str, n: int) -> tuple[float, ...]:
 
 def segment_command(
     video: Path = typer.Argument(..., help="The video (mp4/H.264/AAC, webm/VP9/Opus, mov, ... anything FFmpeg reads)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", exists=True, dir_okay=False,
+    checkpoint: Path = typer.Option(..., "--checkpoint", dir_okay=False,
                                     help="A trained checkpoint (best.ckpt of a run; its config travels inside)."),
     out: Path = typer.Option(..., "--out", help="Output folder: overlay.mp4, masks/, summary.json."),
     text: str = typer.Option(None, "--text", help="Referring expression (Ref-AVS checkpoints)."),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,6 +45,7 @@ __all__ = [
     "parent_run",
     "run_params",
     "start_run",
+    "continue_or_start_run",
 ]
 
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
@@ -54,7 +56,41 @@ def client(tracking_uri: str | None = None):
     """An `MlflowClient` on the project's store (or `tracking_uri`)."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri or mlflow_tracking_uri())
+    uri = tracking_uri or mlflow_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        _create_sqlite_store(Path(uri.removeprefix("sqlite:///")))
+    return MlflowClient(tracking_uri=uri)
+
+
+def _create_sqlite_store(db: Path) -> None:
+    """Create a new SQLite store whole or not at all: MLflow builds its schema in dozens of
+    migrations, and a process killed among them leaves a database no later run can open. Built under
+    a temporary name, then renamed into place (one process at a time)."""
+    if db.is_file():
+        return
+    import fcntl
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from auralsam2.utils.files import temp_path
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(db.parent / ".create.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process creating it: wait, then use its store
+        if db.is_file():
+            return
+        tmp = temp_path(db)
+        uri = f"sqlite:///{tmp}"
+        try:
+            store = SqlAlchemyStore(uri, (db.parent / "artifacts").as_uri())
+            store.engine.dispose()
+            SqlAlchemyStore._engine_map.pop(uri, None)
+            os.replace(tmp, db)
+        finally:
+            tmp.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 def ensure_experiment(name: str, mlflow_client=None) -> str:
@@ -85,6 +121,33 @@ def start_run(experiment: str, run_name: str, *, parent_run_id: str | None = Non
         all_tags["mlflow.note.content"] = description
     run = c.create_run(ensure_experiment(experiment, c), tags=all_tags, run_name=run_name)
     return run.info.run_id
+
+
+def unfinished_run(experiment: str, tag: str, value: str, mlflow_client=None) -> str | None:
+    """The id of a RUNNING run of `experiment` tagged `tag = value`: one a killed process left behind
+    before it could record the id anywhere else."""
+    c = mlflow_client or client()
+    found = c.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    quoted = value.replace("\\", "\\\\").replace("'", "\\'")
+    runs = c.search_runs([found.experiment_id], f"tags.`{tag}` = '{quoted}' and attributes.status = 'RUNNING'",
+                         max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+KEY_TAG = "auralsam2.key"  # what a run is of (an ablation grid, an evaluation): a killed one is continued
+
+
+def continue_or_start_run(experiment: str, run_name: str, key: str, *, tags: Mapping[str, str] | None = None,
+                          mlflow_client=None) -> str:
+    """The RUNNING run tagged with `key` (left by a killed process: the re-run continues it rather
+    than leaving it RUNNING for ever beside a new one), else a new run tagged with it."""
+    c = mlflow_client or client()
+    run_id = unfinished_run(experiment, KEY_TAG, key, c)
+    if run_id is not None:
+        return run_id
+    return start_run(experiment, run_name, tags={**(tags or {}), KEY_TAG: key}, mlflow_client=c)
 
 
 def end_run(run_id: str, status: str = "FINISHED", mlflow_client=None) -> None:

@@ -34,6 +34,7 @@ from auralsam2.utils.files import atomic_write_json, atomic_write_text, read_jso
 __all__ = ["latest_run_dir", "run_dir_for", "run_train", "train_flow", "train_run"]
 
 RUN_JSON = "run.json"
+RUN_DIR_TAG = "auralsam2.run_dir"  # MLflow tag: the run folder a training run writes
 
 
 def run_dir_for(cfg: ExperimentConfig) -> Path:
@@ -73,6 +74,10 @@ def _resolve_run(cfg: ExperimentConfig, resume: bool) -> tuple[ExperimentConfig,
         cfg = cfg.with_run_name(found.name)
     cfg = cfg.with_run_name()
     run_dir = run_dir_for(cfg)
+    if resume and not run_dir.is_dir():
+        # killed before it made its folder: the re-run (same command, --resume) trains from step 0
+        print(f"--resume: {run_dir} does not exist yet (stopped before it started); training from step 0")
+        return cfg, run_dir
     if resume:
         saved = run_dir / "config.yaml"
         if saved.is_file() and _comparable(load_config(saved)) != _comparable(cfg):
@@ -119,6 +124,13 @@ def _train_process(cfg: ExperimentConfig, run_dir: Path, resume: bool, run_id: s
     return summary
 
 
+def train_or_continue(cfg: ExperimentConfig, **kwargs: Any) -> dict[str, Any]:
+    """`train_run`, continuing the run folder when a stopped run of this config is in it (the re-run
+    of a pipeline or grid that was killed, or ran out of disk, mid-training)."""
+    run_dir = run_dir_for(cfg.with_run_name())
+    return train_run(cfg, resume=(run_dir / "last.ckpt").is_file(), **kwargs)
+
+
 def train_run(cfg: ExperimentConfig, *, resume: bool = False, parent_run_id: str | None = None,
               tracking: bool = True, nproc: int = 1) -> dict[str, Any]:
     """Train one run (plain Python; the flow's task calls this). Returns a summary dict with the
@@ -136,12 +148,23 @@ def _train_run_locked(cfg: ExperimentConfig, run_dir: Path, resume: bool, parent
     from feature_cache.dataset import open_reader
     from flows import tracking as mlf
 
+    previous = _read_run_json(run_dir)
+    if resume and not (run_dir / "last.ckpt").is_file():
+        # killed before its first checkpoint (or before its folder existed): it starts again from
+        # step 0, in the same MLflow run
+        print(f"--resume: {run_dir} has no last.ckpt yet (stopped before its first checkpoint); training from step 0")
+        resume = False
     atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
-    run_id = _read_run_json(run_dir).get("run_id") if resume else None
+    # the MLflow run of this folder is continued by a resume, and by a restart of a run that never finished
+    run_id = previous.get("run_id") if resume or previous.get("status") in ("RUNNING", "FAILED") else None
     if tracking:
         c = mlf.client()
         if run_id is None or not mlf.run_exists(run_id, c):
-            tags = {"auralsam2.kind": "train", "dataset": cfg.data.dataset, "selection_split": cfg.train.select_on}
+            # a process of this folder killed between creating its MLflow run and writing run.json
+            run_id = mlf.unfinished_run(cfg.experiment, RUN_DIR_TAG, str(run_dir), c)
+        if run_id is None:
+            tags = {"auralsam2.kind": "train", "dataset": cfg.data.dataset, "selection_split": cfg.train.select_on,
+                    RUN_DIR_TAG: str(run_dir)}
             run_id = mlf.start_run(cfg.experiment, cfg.run_name, parent_run_id=parent_run_id, tags=tags,
                                    description=cfg.description, mlflow_client=c)
         else:

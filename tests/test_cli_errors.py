@@ -81,3 +81,47 @@ def test_two_writers_of_one_folder_serialise_on_its_lock(worlds, tmp_path: Path)
         holder.wait()
     time.sleep(0.1)
     assert _ingest(a, out).exit_code == 0  # the kernel dropped the dead process's lock
+
+
+def _group(pgid: int) -> list[str]:
+    """Command lines of the live processes in process group `pgid`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2:].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except (OSError, ValueError):
+                pass
+    return found
+
+
+def test_a_killed_command_leaves_no_prefect_server_behind(worlds, tmp_path: Path) -> None:
+    """kill -9 of a command while its ephemeral Prefect server runs: the server ends by itself."""
+    import os
+    import signal
+
+    a, _ = worlds
+    env = {**os.environ, "AURALSAM2_HOME": str(tmp_path / "data"), "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "flows", "ingest", "--dataset", "refavs", "--root", str(a), "--out",
+                             str(tmp_path / "ingest"), "--clips-per-shard", "1"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("flows._prefect_server" in c for c in _group(proc.pid)):
+            assert proc.poll() is None and time.monotonic() < deadline, "the command ended before its server started"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)  # the command only, as the kernel's OOM killer would
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while _group(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _group(proc.pid) == []
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -263,3 +263,20 @@ def test_verify_never_reads_a_batch_whose_checksum_failed(cache_env, tmp_path: P
     assert done.returncode == 1, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
     assert "fails its checksum" in done.stdout + done.stderr and rel in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_damaged_footer_schema_is_refused(cache_env, tmp_path: Path) -> None:
+    """The batch checksums cover the bytes, not how they are read or what they are said to be: a
+    flipped byte in the footer's metadata (here what the file was built from) reads as valid Arrow,
+    so the schema and metadata carry their own checksum."""
+    cache = _copy(cache_env.avss_cache, tmp_path / "cache")
+    path = sorted((cache / "features").glob("*.arrow"))[0]
+    data = bytearray(path.read_bytes())
+    at = data.rfind(b'"sha256"')  # inside the source record, in the footer's copy of the metadata
+    assert at > len(data) // 2
+    data[at + 1] ^= 0x20  # "sha256" -> "SHA256": still valid JSON, still a valid Arrow file
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCacheError, match="schema or metadata fails the checksum"):
+        open_cache_file(path)
+    report = verify_cache(cache)
+    assert not report.ok and any(path.name in line and "schema or metadata" in line for line in report.corrupt)

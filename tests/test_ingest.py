@@ -354,3 +354,86 @@ def test_bad_raw_data_becomes_named_findings_and_the_rest_is_ingested(world: Pat
     (latin / "metadata.csv").write_bytes(text)
     with pytest.raises(ValueError, match=r"metadata.csv:2: not UTF-8 \(byte 0xe9"):
         prepare("avss", latin, tmp_path / "out3")
+
+
+def found_message(report: list[dict], key: str, kind: str) -> str:
+    return next(r["message"] for r in report if r["clip_key"] == key and r["kind"] == kind)
+
+
+def test_the_rest_of_the_bad_data_catalogue(world: Path, tmp_path: Path) -> None:
+    """Zero-byte and renumbered frames, missing, truncated, 8 kHz and 0.1 s audio, extra files and a
+    frame symlinked out of the tree: each is a named finding on its clip (file and kind); every other
+    clip is ingested byte-identically to a clean ingest; a missing column names the column;
+    --follow-symlinks reads the symlinked frame."""
+    raw = tmp_path / "raw"
+    shutil.copytree(world / "AVSBench", raw)
+    clean = run_ingest("avss", raw, tmp_path / "clean", progress=False)  # same root: same clip records
+    clean_rows = {r["key"]: r for r in pq.read_table(clean.manifest).to_pylist()}
+    rows = _rows(raw / "metadata.csv")
+    pool = iter(rows)
+
+    def clip() -> tuple[str, Path]:
+        row = next(pool)
+        return make_key(row["label"], row["uid"]), raw / row["label"] / row["uid"]
+
+    expected: dict[tuple[str, str], tuple[str, str]] = {}  # (key, kind) -> (severity, file suffix)
+    key, folder = clip()
+    (folder / "frames" / "1.jpg").write_bytes(b"")
+    expected[key, "unreadable_file"] = ("error", "frames/1.jpg")
+    key, folder = clip()
+    (folder / "frames" / "1.jpg").rename(folder / "frames" / "17.jpg")  # renumbered: a hole and a stray
+    expected[key, "missing_file"] = ("error", "frames")
+    renumbered = key
+    key, folder = clip()
+    (folder / "audio.wav").unlink()
+    expected[key, "missing_file"] = ("error", "audio.wav")
+    key, folder = clip()
+    data = (folder / "audio.wav").read_bytes()
+    (folder / "audio.wav").write_bytes(data[: len(data) // 2])  # the header still claims the full length
+    expected[key, "short_audio"] = ("warning", "audio.wav")
+    key, folder = clip()
+    audio, rate = sf.read(folder / "audio.wav", dtype="int16", always_2d=True)
+    sf.write(folder / "audio.wav", audio[::2], rate // 2, subtype="PCM_16")
+    expected[key, "resampled_audio"] = ("warning", "audio.wav")
+    key, folder = clip()
+    sf.write(folder / "audio.wav", audio[: rate // 10], rate, subtype="PCM_16")
+    expected[key, "short_audio"] = ("error", "audio.wav")
+    key, folder = clip()
+    (folder / "notes.txt").write_text("annotator's notes\n")
+    expected[key, "extra_file"] = ("warning", folder.name)
+    key, folder = clip()
+    outside = tmp_path / "elsewhere.jpg"
+    shutil.copy(folder / "frames" / "0.jpg", outside)
+    (folder / "frames" / "0.jpg").unlink()
+    (folder / "frames" / "0.jpg").symlink_to(outside)
+    expected[key, "unsafe_path"] = ("error", "frames/0.jpg")
+    symlinked = key
+
+    summary = run_ingest("avss", raw, tmp_path / "out", progress=False)
+    report = pq.read_table(summary.report).to_pylist()
+    found = {(r["clip_key"], r["kind"]): (r["severity"], r["file"]) for r in report}
+    assert set(found) == set(expected), (set(found) ^ set(expected))
+    for k, (severity, suffix) in expected.items():
+        assert found[k][0] == severity and found[k][1].endswith(suffix), (k, found[k])
+    assert next(r for r in report if r["file"].endswith("frames/1.jpg") and r["kind"] == "unreadable_file")[
+        "message"].endswith("empty file (0 bytes)")
+    assert "[1] missing" in (m := found_message(report, renumbered, "missing_file")) and "17.jpg" in m
+
+    errors = {k for (k, _), (sev, _) in expected.items() if sev == "error"}
+    kept = {r["key"]: r for r in pq.read_table(summary.manifest).to_pylist()}
+    assert set(kept) == set(clean_rows) - errors
+    touched = {k for k, _ in expected}
+    for k in set(kept) - touched:  # untouched clips: the same bytes as a clean ingest
+        assert kept[k]["content_hash"] == clean_rows[k]["content_hash"], k
+
+    followed = run_ingest("avss", raw, tmp_path / "followed", progress=False, follow_symlinks=True)
+    followed_keys = {r["key"] for r in pq.read_table(followed.manifest).to_pylist()}
+    assert symlinked in followed_keys
+    assert not any(r["kind"] == "unsafe_path" for r in pq.read_table(followed.report).to_pylist())
+
+    no_column = tmp_path / "no_column"
+    shutil.copytree(world / "AVSBench", no_column)
+    table = _rows(no_column / "metadata.csv")
+    _write_rows(no_column / "metadata.csv", [{k: v for k, v in r.items() if k != "split"} for r in table])
+    with pytest.raises(ValueError, match=r"metadata.csv.*split"):
+        prepare("avss", no_column, tmp_path / "out4")

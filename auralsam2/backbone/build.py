@@ -191,9 +191,13 @@ def load_sam2_checkpoint(model: nn.Module, checkpoint: str | os.PathLike, *, con
 
 
 def save_sam2_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write `model`'s state dict in the official SAM2 format `{"model": state_dict}`, atomically."""
+    """Write `model`'s state dict in the official SAM2 format `{"model": state_dict}`, atomically.
+
+    Unsealed on purpose: it stands in for a released checkpoint (which carries no checksum), so the
+    files it writes take exactly the path an official download takes.
+    """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return atomic_torch_save({"model": state}, path)
+    return atomic_torch_save({"model": state}, path, seal=False)
 
 
 def _train_pinned_to_eval(model: nn.Module, mode: bool = True) -> nn.Module:

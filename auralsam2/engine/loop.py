@@ -44,7 +44,6 @@ from auralsam2.engine.runtime import (
 )
 from auralsam2.engine.state import (
     LOSS_TERMS,
-    LossMeter,
     Progress,
     RunFiles,
     RunLogger,
@@ -114,7 +113,7 @@ def train(
     progress = Progress()
     if resume:
         progress = load_training_state(run.last, rt, model, optimizer, scheduler, loss_generator)
-        run.truncate_history(progress.step)
+    run.truncate_history(progress.step)  # lines of a killed process after its checkpoint (or all: a fresh start)
     model.train()
     forward, ddp_tags = wrap_ddp(model, cfg, rt)
     run.tag(ddp_tags)
@@ -125,7 +124,6 @@ def train(
 
     # ---- loop -----------------------------------------------------------------------------------
     bar = _progress_bar(tc.progress and rt.main, total_steps, progress.step, cfg.run_name or cfg.experiment)
-    window = LossMeter()
     interrupted = False
     while progress.step < total_steps:
         epoch, position = divmod(progress.step, steps_per_epoch)
@@ -148,14 +146,14 @@ def train(
 
         # ---- bookkeeping: loss curves, then validation and checkpoints at epoch ends -------------
         values = {k: float(losses[k].detach()) for k in LOSS_TERMS}
-        window.add(values)
+        progress.window.add(values)
         progress.epoch_losses.add(values)
         lr = optimizer.param_groups[0]["lr"]
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{values['total']:.3f}", lr=f"{lr:.2e}")
         if step % tc.log_every_steps == 0 or step == total_steps:
-            run.log({**{f"train/{k}": v for k, v in window.pop_means(rt).items()},
+            run.log({**{f"train/{k}": v for k, v in progress.window.pop_means(rt).items()},
                      "train/lr": lr, "train/epoch": step / steps_per_epoch}, step)
         saved = step % steps_per_epoch == 0 or step == total_steps
         if saved:

@@ -53,17 +53,33 @@ class LossMeter:
             self.sums[k] += v
         self.count += 1
 
-    def pop_means(self, rt: Runtime) -> dict[str, float]:
-        """Means since the last pop, over all ranks (one all-reduce under DDP); then start again."""
+    def totals(self, rt: Runtime) -> tuple[dict[str, float], int]:
+        """Sums and count over all ranks (one all-reduce under DDP), the meter unchanged."""
         keys = list(self.sums)
         values = torch.tensor([self.sums[k] for k in keys] + [float(self.count)], dtype=torch.float64)
         if rt.world > 1:
             import torch.distributed as dist
 
             dist.all_reduce(values)
-        total = max(values[-1].item(), 1.0)
+        return {k: values[i].item() for i, k in enumerate(keys)}, int(values[-1].item())
+
+    def pop_means(self, rt: Runtime) -> dict[str, float]:
+        """Means since the last pop, over all ranks; then start again."""
+        sums, count = self.totals(rt)
         self.sums, self.count = dict.fromkeys(LOSS_TERMS, 0.0), 0
-        return {k: values[i].item() / total for i, k in enumerate(keys)}
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    def state(self, rt: Runtime) -> dict[str, Any]:
+        """What `last.ckpt` keeps: the all-rank totals (restored on rank 0, zeros elsewhere), so the
+        means a resumed run logs equal those of an uninterrupted one."""
+        sums, count = self.totals(rt)
+        return {"sums": sums, "count": count}
+
+    @classmethod
+    def restore(cls, saved: Mapping[str, Any] | None, rt: Runtime) -> LossMeter:
+        if not saved or not rt.main:
+            return cls()
+        return cls(dict(saved["sums"]), int(saved["count"]))
 
 
 @dataclass
@@ -76,6 +92,7 @@ class Progress:
     best_step: int = -1
     epochs: list[dict[str, float]] = field(default_factory=list)
     epoch_losses: LossMeter = field(default_factory=LossMeter)
+    window: LossMeter = field(default_factory=LossMeter)  # the loss terms since the last train/* log line
 
 
 class RunFiles:
@@ -103,10 +120,22 @@ class RunFiles:
             self.logger.set_tags(tags)
 
     def truncate_history(self, step: int) -> None:
-        """On resume: drop history lines logged after the checkpoint (they are recomputed identically)."""
+        """Drop history lines logged after the checkpoint at `step` (0: a fresh start): a killed process
+        logged them, and they are recomputed identically."""
         if self.rt.main and self.history.is_file():
-            kept = [line for line in self.history.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            lines = [line for line in self.history.read_text().splitlines() if line]
+            if lines and not _parses(lines[-1]):
+                lines.pop()  # torn by a kill mid-write: it came after the checkpoint
+            kept = [line for line in lines if json.loads(line)["step"] <= step]
             atomic_write_text(self.history, "".join(line + "\n" for line in kept))
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 def _trainable_state(model: AuralSAM2) -> dict[str, Tensor]:
@@ -119,6 +148,7 @@ def save_training_state(path: Path, cfg: ExperimentConfig, rt: Runtime, model: A
                         progress: Progress, total_steps: int, finished: bool) -> None:
     """`last.ckpt` (all ranks gather their RNG states; rank 0 writes, atomically)."""
     rng = gather(rng_state(generator, rt.device), rt)
+    epoch_losses, window = progress.epoch_losses.state(rt), progress.window.state(rt)
     if not rt.main:
         return
     atomic_torch_save({
@@ -126,8 +156,8 @@ def save_training_state(path: Path, cfg: ExperimentConfig, rt: Runtime, model: A
         "trainable": _trainable_state(model), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "rng": rng, "epochs": progress.epochs,
         "progress": {"step": progress.step, "total_steps": total_steps, "best_metric": progress.best_metric,
-                     "best_step": progress.best_step, "epoch_sum": progress.epoch_losses.sums,
-                     "epoch_count": progress.epoch_losses.count, "finished": finished},
+                     "best_step": progress.best_step, "epoch_losses": epoch_losses, "window": window,
+                     "finished": finished},
     }, path)
 
 
@@ -148,8 +178,12 @@ def load_training_state(path: Path, rt: Runtime, model: AuralSAM2, optimizer: to
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     saved = state["progress"]
+    if "epoch_losses" in saved:
+        epoch_losses = LossMeter.restore(saved["epoch_losses"], rt)
+    else:  # a state written before the meters were kept as all-rank totals: rank 0's sums
+        epoch_losses = LossMeter(dict(saved["epoch_sum"]), saved["epoch_count"])
     progress = Progress(saved["step"], saved["best_metric"], saved["best_step"], list(state["epochs"]),
-                        LossMeter(dict(saved["epoch_sum"]), saved["epoch_count"]))
+                        epoch_losses, LossMeter.restore(saved.get("window"), rt))
     if state["world_size"] == rt.world:
         set_rng_state(state["rng"][rt.rank], generator, rt.device)
     else:

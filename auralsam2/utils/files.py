@@ -14,6 +14,7 @@ never a changed value. Parquet tables are checked against the sha256 their owner
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ __all__ = [
     "read_json",
     "seal_record",
     "temp_path",
+    "with_filename",
 ]
 
 RECORD_SHA256 = "record_sha256"
@@ -85,10 +87,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        named = with_filename(exc, path)
+        if named is not exc:
+            raise named from exc
         raise
     fsync_dir(path.parent)
+
+
+FULL_BELOW = 1 << 20  # a volume with less free space than this, after a failed write, is full
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
+
+
+def with_filename(exc: BaseException, path: str | os.PathLike) -> BaseException:
+    """A write error that names no file (a full disk: `write()` raises a bare `[Errno 28]`) as the
+    same `OSError` naming `path`, so the message can say which file and which volume; else `exc`."""
+    if isinstance(exc, OSError) and exc.errno is not None and not exc.filename:
+        return OSError(exc.errno, os.strerror(exc.errno), str(path))
+    return exc
 
 
 def _write_with(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
@@ -163,4 +187,12 @@ def atomic_torch_save(payload: Any, path: str | os.PathLike, *, seal: bool = Tru
     if seal and isinstance(payload, dict):
         payload = {**{k: v for k, v in payload.items() if k != PAYLOAD_SHA256}}
         payload[PAYLOAD_SHA256] = payload_sha256(payload)
-    return _write_with(path, lambda tmp: torch.save(payload, tmp))
+    def write(tmp: Path) -> None:
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as err:  # torch reports a full disk as "unexpected pos ..." or "write failed"
+            if _free_bytes(tmp.parent) < FULL_BELOW:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+            raise
+
+    return _write_with(path, write)
