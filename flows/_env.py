@@ -79,7 +79,9 @@ def _patch(server) -> None:
 
         def guarded_popen(args, *rest, **kwargs):
             if list(args[1:3]) == ["-m", "uvicorn"]:
-                args = [args[0], "-m", "flows._prefect_server", *args[3:]]
+                # the parent's pid goes along: the server reads its own parent only after its imports,
+                # by which time a killed command's server has been re-parented already
+                args = [args[0], "-m", "flows._prefect_server", "--parent-pid", str(os.getpid()), *args[3:]]
             return popen(args, *rest, **kwargs)
 
         # only this call's Popen is redirected (the module attribute is restored at once)

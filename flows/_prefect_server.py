@@ -4,7 +4,9 @@ Prefect starts a local API server (`python -m uvicorn ...`) in a subprocess when
 flow without `PREFECT_API_URL`, and stops it at exit; a command killed with SIGKILL never gets to,
 so the server would run on, orphaned. `flows._env.guard_ephemeral_server()` (applied when `flows` is imported)
 starts that same server through this module instead, which watches its parent: when the parent
-is gone (the process is re-parented), the server is terminated.
+is gone (the process is re-parented), the server is terminated. The parent's pid comes as
+`--parent-pid N` (the guard adds it): reading `os.getppid()` here, after the imports, would record
+init instead when the command was killed while its server was still starting.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ def _watch(parent: int) -> None:
 
 
 if __name__ == "__main__":
-    threading.Thread(target=_watch, args=(os.getppid(),), daemon=True).start()
-    sys.argv = ["uvicorn", *sys.argv[1:]]
+    args = sys.argv[1:]
+    parent = os.getppid()
+    if args[:1] == ["--parent-pid"]:
+        parent, args = int(args[1]), args[2:]
+    threading.Thread(target=_watch, args=(parent,), daemon=True).start()
+    sys.argv = ["uvicorn", *args]
     runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
