@@ -47,9 +47,15 @@ def _curves(home: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
                          order_by=["attributes.start_time DESC"])
     out = {}
     for run in runs:
-        out[run.info.run_id] = {m: sorted((h.step, h.value) for h in c.get_metric_history(run.info.run_id, m))
-                                for m in CURVE_METRICS}
+        out[run.info.run_id] = {m: _one_point_per_step(c.get_metric_history(run.info.run_id, m)) for m in CURVE_METRICS}
     return out
+
+
+def _one_point_per_step(history) -> list[tuple[int, float]]:
+    """(step, value) sorted by step, the last value logged for each step: a resumed run logs again the
+    steps between its checkpoint and the kill (the same values, as resume is exact)."""
+    last = {h.step: h.value for h in sorted(history, key=lambda h: h.timestamp)}
+    return sorted(last.items())
 
 
 def _ingests(home: Path) -> list[dict[str, Any]]:

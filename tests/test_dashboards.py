@@ -103,3 +103,23 @@ def test_query_command_prints_table_and_csv(home, monkeypatch) -> None:
     assert result.exit_code == 0 and "2 row(s)" in result.output
     result = runner.invoke(app, ["query", "select nope from clip_metrics"])
     assert result.exit_code == 1 and "nope" in result.output
+
+
+def test_report_curves_hold_one_point_per_step_after_a_resume(home, monkeypatch) -> None:
+    """A resumed run logs again the steps between its checkpoint and the kill; the curve shows each once."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    from flows.report import _curves
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("resumed")
+    with mlflow.start_run(run_name="train") as run:
+        first = [Metric("train/total", 1.0 / (s + 1), 1000 + s, s) for s in range(5)]
+        again = [Metric("train/total", 1.0 / (s + 1), 2000 + s, s) for s in range(3, 7)]  # resumed from step 3
+        mlflow.tracking.MlflowClient(uri).log_batch(run.info.run_id, metrics=first + again)
+    curve = _curves(home)[run.info.run_id]["train/total"]
+    assert [step for step, _ in curve] == list(range(7))
+    assert curve == [(s, 1.0 / (s + 1)) for s in range(7)]
