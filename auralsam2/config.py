@@ -439,3 +439,14 @@ def demo_config_path(name: str = "demo") -> Path:
     if checkpoint and resolve_path(checkpoint).is_file():
         return demo
     return PROJECT_ROOT / "configs" / f"{name}_tiny.yaml"
+
+
+# A fuser and VGGish small enough for CPU tests and benchmarks, matching the `tiny` SAM2 (hidden 32) and
+# the `tiny` text encoder (hidden 32); `--set` overrides, one place for the tests and `bench/`.
+TINY_MODEL_OVERRIDES = (
+    "model.sam2.config=tiny",
+    "model.fuser.dim=32", "model.fuser.audio_dim=32", "model.fuser.text_dim=32", "model.fuser.text_hidden=64",
+    "model.fuser.f_depths=[1,1,1]", "model.fuser.a_depth=1", "model.fuser.heads=2", "model.fuser.mlp_hidden=64",
+    "model.fuser.fusion_dim=16",
+    "model.vggish.conv_widths=[4,8,16,16]", "model.vggish.fc_width=32", "model.vggish.embedding_dim=16",
+)

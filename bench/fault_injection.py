@@ -41,20 +41,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from auralsam2.config import TINY_MODEL_OVERRIDES
+
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = ("flip", "truncate", "zero", "empty", "missing")
 GOOD = ("detected", "repaired", "harmless")
 BAD = ("unnamed", "silent", "crash", "traceback")
 EPOCH = "1767225600"  # SOURCE_DATE_EPOCH: cache timestamps are fixed, so outputs compare byte for byte
 
-TINY_MODEL = [
-    "model.sam2.config=tiny",
-    "model.fuser.dim=32", "model.fuser.audio_dim=32", "model.fuser.text_dim=32", "model.fuser.text_hidden=64",
-    "model.fuser.f_depths=[1,1,1]", "model.fuser.a_depth=1", "model.fuser.heads=2", "model.fuser.mlp_hidden=64",
-    "model.fuser.fusion_dim=16",
-    "model.vggish.conv_widths=[4,8,16,16]", "model.vggish.fc_width=32", "model.vggish.embedding_dim=16",
-    "train.progress=false", "eval.progress=false", "train.threads=1", "train.epochs=1", "train.log_every_steps=2",
-]
+TINY_MODEL = [*TINY_MODEL_OVERRIDES, "train.progress=false", "eval.progress=false", "train.threads=1",
+              "train.epochs=1", "train.log_every_steps=2"]
 
 
 # ------------------------------------------------------------------ the workspace

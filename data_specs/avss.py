@@ -28,6 +28,7 @@ from data_specs.common import (
     numbered_files,
     path_problem,
     read_csv_rows,
+    report_extra_files,
     require_columns,
 )
 from data_specs.palette import AVSS_CLASSES
@@ -167,24 +168,11 @@ def _fill_files(clip: Clip, folder: Path, sink: FindingSink) -> None:
 
 
 def _report_extra_files(clip: Clip, folder: Path, sink: FindingSink) -> None:
-    """Files in the clip's folders that the clip does not use: a warning naming them (nothing is
-    silently left out; the clip is ingested as usual)."""
-    root = Path(clip.root)
     used = {*clip.frame_paths, *(p for p in clip.mask_paths if p), *(p for p in clip.semantic_paths if p)}
     if clip.audio_path:
         used.add(clip.audio_path)
-    expected_dirs = {"frames", "labels_rgb", "labels_semantic"}
-    extra = []
-    for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and entry.name in expected_dirs:
-            extra += [str(p.relative_to(root)) for p in sorted(entry.iterdir())
-                      if str(p.relative_to(root)) not in used and not _unlabelled_mask(clip, p)]
-        elif str(entry.relative_to(root)) not in used:
-            extra.append(str(entry.relative_to(root)))
-    if extra:
-        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
-        sink.warning(clip.key, folder.relative_to(root), "extra_file",
-                     f"{len(extra)} file(s) in the clip folder are not part of the clip and not ingested: {shown}")
+    report_extra_files(clip.key, Path(clip.root), folder, used, sink, ("frames", "labels_rgb", "labels_semantic"),
+                       expected=lambda path: _unlabelled_mask(clip, path))
 
 
 def _unlabelled_mask(clip: Clip, path: Path) -> bool:

@@ -176,3 +176,18 @@ def check_frame_numbers(frames: list[Path], first: int, expected: int, clip_key:
         sink.error(clip_key, folder, "wrong_frame_count", f"{len(frames)} frames, expected {expected}")
         return False
     return True
+
+
+def report_extra_files(clip_key: str, root: Path, folder: Path, used: set[str], sink: FindingSink,
+                       expected_dirs: tuple[str, ...] = (), expected=lambda path: False) -> None:
+    """Files in a clip's folder (and in its `expected_dirs`) that the clip does not use and that
+    `expected(path)` does not excuse: one warning naming them (nothing is silently left out; the clip
+    is ingested as usual)."""
+    extra = []
+    for entry in sorted(folder.iterdir()):
+        inside = sorted(entry.iterdir()) if entry.is_dir() and entry.name in expected_dirs else [entry]
+        extra += [rel for p in inside if (rel := str(p.relative_to(root))) not in used and not expected(p)]
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        sink.warning(clip_key, folder.relative_to(root), "extra_file",
+                     f"{len(extra)} file(s) in the clip folder are not part of the clip and not ingested: {shown}")

@@ -26,6 +26,7 @@ from data_specs.common import (
     numbered_files,
     path_problem,
     read_csv_rows,
+    report_extra_files,
     require_columns,
 )
 
@@ -157,3 +158,5 @@ def _fill_media(clip: Clip, sink: FindingSink) -> None:
         clip.audio_path = str(audio.relative_to(root))
     else:
         sink.error(clip.key, rel / "audio.wav", "missing_file", "audio.wav is missing")
+    report_extra_files(clip.key, root, folder, {*clip.frame_paths, *([clip.audio_path] if clip.audio_path else [])},
+                       sink, ("frames",))

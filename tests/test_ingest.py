@@ -217,6 +217,10 @@ def test_corrupted_refavs(world: Path, tmp_path: Path) -> None:
     victim = exprs[0]
     shutil.rmtree(raw / "gt_mask" / vid / f"fid_{victim['fid']}")
     dropped = [e for e in exprs if e["fid"] == victim["fid"]]
+    # stray files in another clip's media folder and in its frames/: one warning, the clip kept
+    cluttered = next(v for v in sorted(by_vid) if v not in (gone, vid))
+    (raw / "media" / cluttered / "notes.txt").write_text("annotator's notes\n")
+    (raw / "media" / cluttered / "frames" / "Thumbs.db").write_bytes(b"\0" * 16)
 
     out = tmp_path / "ingest"
     summary = run_ingest("refavs", raw, out, progress=False)
@@ -224,7 +228,11 @@ def test_corrupted_refavs(world: Path, tmp_path: Path) -> None:
     assert {(r["clip_key"], r["kind"], r["severity"], r["expression_uid"]) for r in report} == (
         {(make_key("refavs", gone), "missing_folder", "error", "")}
         | {(make_key("refavs", vid), "missing_folder", "error", e["uid"]) for e in dropped}
+        | {(make_key("refavs", cluttered), "extra_file", "warning", "")}
     )
+    extra = next(r for r in report if r["kind"] == "extra_file")
+    assert extra["file"] == f"media/{cluttered}" and "2 file(s)" in extra["message"]
+    assert "frames/Thumbs.db" in extra["message"] and "notes.txt" in extra["message"]
     lost = sum(1 for r in rows if media_folder(r["vid"], r["uid"]) == gone)
     assert summary.clips_quarantined == 1
     assert summary.expressions_kept == len(rows) - lost - len(dropped)

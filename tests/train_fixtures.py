@@ -11,19 +11,12 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from auralsam2.config import ExperimentConfig, load_config
+from auralsam2.config import TINY_MODEL_OVERRIDES, ExperimentConfig, load_config
 from auralsam2.paths import data_home
 
 _LOCK = threading.RLock()
 
-# A tiny fuser/VGGish matching the `tiny` SAM2 (hidden 32) and the `tiny` text encoder (hidden 32).
-TINY_MODEL = [
-    "model.sam2.config=tiny",
-    "model.fuser.dim=32", "model.fuser.audio_dim=32", "model.fuser.text_dim=32", "model.fuser.text_hidden=64",
-    "model.fuser.f_depths=[1,1,1]", "model.fuser.a_depth=1", "model.fuser.heads=2", "model.fuser.mlp_hidden=64",
-    "model.fuser.fusion_dim=16",
-    "model.vggish.conv_widths=[4,8,16,16]", "model.vggish.fc_width=32", "model.vggish.embedding_dim=16",
-]
+TINY_MODEL = list(TINY_MODEL_OVERRIDES)
 QUIET = ["train.progress=false", "eval.progress=false", "train.threads=1"]
 
 
