@@ -139,12 +139,12 @@ def _full_then_freed(reference: dict, fraction: float) -> None:
         assert _mlflow_problems(ws) == [] and _duplicate_rows(ws) == []
 
 
-@pytest.mark.parametrize("fraction", [0.2, 0.6])
+@pytest.mark.parametrize("fraction", [0.6])  # where MLflow's store filled up; the other fractions are slow
 def test_a_full_disk_is_one_message_and_a_rerun_completes(reference, fraction: float) -> None:
     _full_then_freed(reference, fraction)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fraction", [0.02, 0.05, 0.1, 0.3, 0.4, 0.5, 0.7, 0.8, 0.9, 0.97])
+@pytest.mark.parametrize("fraction", [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.8, 0.9, 0.97])
 def test_a_full_disk_anywhere_in_the_chain(reference, fraction: float) -> None:
     _full_then_freed(reference, fraction)

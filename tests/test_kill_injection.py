@@ -1,6 +1,6 @@
 """kill -9 at seeded random moments, then a re-run (issue 16): outputs identical to an uninterrupted
 run, exact training resume, no MLflow run left RUNNING, no duplicated rows, no process left behind.
-The fast part kills training and evaluation once each; the slow sweep every stage, several times."""
+The fast part kills training once (its resume is the subtle one); the slow sweep every stage, several times."""
 
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ def _sweep(home: Path, stages: str, trials: int, seed: int) -> list[dict]:
     return results
 
 
-def test_killed_training_and_evaluation_rerun_to_identical_results(tmp_path: Path) -> None:
-    results = _sweep(tmp_path, "train,evaluate", trials=1, seed=0)
-    assert [r["stage"] for r in results] == ["train", "evaluate"]
+def test_killed_training_reruns_to_identical_results(tmp_path: Path) -> None:
+    results = _sweep(tmp_path, "train", trials=1, seed=0)
+    assert [r["stage"] for r in results] == ["train"]
 
 
 @pytest.mark.slow
 def test_kills_anywhere_in_every_stage(tmp_path: Path) -> None:
-    results = _sweep(tmp_path, "ingest,cache,train,evaluate,pipeline", trials=3, seed=1)
-    assert len(results) == 15
+    results = _sweep(tmp_path, "ingest,cache,train,evaluate,ablate,pipeline", trials=3, seed=1)
+    assert len(results) == 18
