@@ -74,13 +74,21 @@ def test_rows_must_match_the_schema(tmp_path) -> None:
     assert set(CANNED) >= {"per_category_j", "worst_clips", "null_set_s", "compare_runs"}
 
 
-def test_runs_export_from_a_real_mlflow_store(home, monkeypatch) -> None:
+def _mlflow_store(home, monkeypatch, experiment: str) -> str:
+    """A real MLflow SQLite store under `home`, the project's and mlflow's current one."""
     import mlflow
 
     uri = f"sqlite:///{home / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("avss-demo")
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+def test_runs_export_from_a_real_mlflow_store(home, monkeypatch) -> None:
+    import mlflow
+
+    uri = _mlflow_store(home, monkeypatch, "avss-demo")
     with mlflow.start_run(run_name="grid") as parent:
         with mlflow.start_run(run_name="full", nested=True) as child:
             mlflow.log_params({"fuser.fusion": "official"})
@@ -112,10 +120,7 @@ def test_report_curves_hold_one_point_per_step_after_a_resume(home, monkeypatch)
 
     from flows.report import _curves
 
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("resumed")
+    uri = _mlflow_store(home, monkeypatch, "resumed")
     with mlflow.start_run(run_name="train") as run:
         first = [Metric("train/total", 1.0 / (s + 1), 1000 + s, s) for s in range(5)]
         again = [Metric("train/total", 1.0 / (s + 1), 2000 + s, s) for s in range(3, 7)]  # resumed from step 3
