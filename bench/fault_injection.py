@@ -94,6 +94,12 @@ def build_workspace(ws: Path, env: dict[str, str]) -> None:
     _cli(["train", "--no-tracking", *[x for s in sets for x in ("--set", s)]], full, REPO)
     best = next((ws / "runs").glob("**/best.ckpt"))
     _cli(["evaluate", str(best), "--no-tracking", "--split", "test"], full, REPO)
+    # a one-row grid: the ablation summary Parquet (and its .sha256) the `ablation_summary` view reads
+    base = ws / "ablate.yaml"
+    base.write_text(f"experiment: faults-ablate\ndata:\n  dataset: avss\n  cache: {ws / 'cache'}\n"
+                    f"runs_dir: {ws / 'runs_ablate'}\neval:\n  splits: [test]\n")
+    _cli(["ablate", str(base), "--rows", "visual_only", "--split", "test",
+          *[x for s in TINY_MODEL for x in ("--set", s)]], full, REPO)
     (ws / ".complete").write_text("ok\n")
 
 
@@ -121,6 +127,8 @@ def artifacts(ws: Path) -> dict[str, list[Path]]:
         "training_state": rel([runs / "last.ckpt"]),
         "metrics_parquet": rel((metrics / "clip_metrics").glob("*/*.parquet")),
         "metrics_checksum": rel((metrics / "clip_metrics").glob("*/*.sha256")),
+        "ablation_summary": rel((metrics / "ablation_summary").glob("*/*.parquet")),
+        "ablation_checksum": rel((metrics / "ablation_summary").glob("*/*.sha256")),
     }
 
 
@@ -213,6 +221,9 @@ CONSUMERS = {
     "query": Consumer("query", lambda ws: ["query", "--no-refresh-runs", "--csv",
                                            "select * from clip_metrics order by clip_key, protocol, decoding"],
                       lambda ws, out: hashlib.sha256(out.encode()).hexdigest()),
+    "query_ablation": Consumer("query_ablation", lambda ws: ["query", "--no-refresh-runs", "--csv",
+                                                             "select * from ablation_summary order by all"],
+                               lambda ws, out: hashlib.sha256(out.encode()).hexdigest()),
 }
 
 # file kind -> the consumers that read it
@@ -232,6 +243,8 @@ READERS = {
     "checkpoint": ["evaluate"],
     "metrics_parquet": ["query"],
     "metrics_checksum": ["query"],
+    "ablation_summary": ["query_ablation"],
+    "ablation_checksum": ["query_ablation"],
 }
 
 
