@@ -31,7 +31,7 @@ def test_every_field_is_typed_documented_and_defaulted():
             assert info.description, f"{where}.{name} has no description"
             assert not info.is_required(), f"{where}.{name} has no default"
             sub = info.annotation
-            if isinstance(sub, type) and hasattr(sub, "model_fields") and sub.__module__ == "auralsam2.config":
+            if isinstance(sub, type) and hasattr(sub, "model_fields") and sub.__module__.startswith("auralsam2.config."):
                 walk(sub, f"{where}.{name}")
 
     walk(ExperimentConfig, "config")

@@ -1,0 +1,68 @@
+"""`ExperimentConfig`: the sections together, and the checks that span sections."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from auralsam2.config.sections import (
+    DataConfig,
+    EvalConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    _Strict,
+)
+
+
+class ExperimentConfig(_Strict):
+    """One experiment: what to train on, which model, how to train and evaluate, where to write."""
+
+    experiment: str = Field("auralsam2", description="experiment name (one MLflow experiment per dataset preset)")
+    run_name: str | None = Field(None, description="run name; None = a UTC timestamp at start")
+    description: str = Field("", description="free text, logged as the MLflow run description")
+    runs_dir: str = Field("runs", description="run folders live in <runs_dir>/<experiment>/<run_name>; relative "
+                                              "= under the data folder")
+    data: DataConfig = Field(default_factory=DataConfig, description="data (see DataConfig)")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="model (see ModelConfig)")
+    loss: LossConfig = Field(default_factory=LossConfig, description="loss (see LossConfig)")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="optimizer (see OptimConfig)")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="training loop (see TrainConfig)")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation (see EvalConfig)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        if self.eval.primary_protocol is not None and self.eval.primary_protocol not in self.eval.protocols:
+            raise ValueError(f"eval.primary_protocol {self.eval.primary_protocol!r} is not in eval.protocols "
+                             f"{list(self.eval.protocols)}")
+        if (self.data.dataset == "refavs") != (self.model.fuser.variant == "refavs"):
+            raise ValueError(f"data.dataset={self.data.dataset!r} with model.fuser.variant="
+                             f"{self.model.fuser.variant!r}: use model.fuser.variant 'refavs' for Ref-AVS and "
+                             "'avs' for the AVSBench datasets (ablate inputs with model.fuser.modalities)")
+        con = self.loss.audiocon
+        if con.mode in ("paper", "official") and con.weight > 0 and not self.model.fuser.uses_audio:
+            raise ValueError(f"loss.audiocon.mode={con.mode!r} contrasts pixels with the audio, but "
+                             f"model.fuser.modalities={self.model.fuser.modalities!r} has none; set "
+                             "loss.audiocon.mode to 'supcon' or 'off'")
+        if self.data.dataset != "refavs" and (self.model.fuser.uses_text or self.model.text_encoder):
+            raise ValueError(f"data.dataset={self.data.dataset!r} has no expressions: model.fuser.modalities="
+                             f"{self.model.fuser.modalities!r} / model.text_encoder={self.model.text_encoder!r} need "
+                             "Ref-AVS; use modalities 'audio' or 'visual' and no text encoder")
+        if self.data.dataset == "refavs" and self.model.fuser.uses_text and not self.model.text_encoder:
+            raise ValueError(f"model.fuser.modalities={self.model.fuser.modalities!r} reads the expressions: set "
+                             "model.text_encoder (released: distilbert/distilroberta-base, a local folder or a model "
+                             "id in the local Hugging Face cache)")
+        return self
+
+    @property
+    def task(self) -> Literal["avs", "ref"]:
+        """`ref` (one item per expression) for Ref-AVS, `avs` (one item per clip) otherwise."""
+        return "ref" if self.data.dataset == "refavs" else "avs"
+
+    def with_run_name(self, run_name: str | None = None) -> ExperimentConfig:
+        """A copy with `run_name` set (default: a UTC timestamp), as the run folder needs one."""
+        name = run_name or self.run_name or dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+        return self.model_copy(update={"run_name": name})
