@@ -36,6 +36,7 @@ from auralsam2.config import (
     config_from_mapping,
     config_to_yaml,
     load_config,
+    load_yaml,
 )
 from auralsam2.paths import data_home
 from auralsam2.utils.files import (
@@ -84,7 +85,7 @@ class SummarySelection:
 def load_grid(grid: str = "paper", rows: Sequence[str] | None = None, path: str | os.PathLike = GRID_FILE
               ) -> list[AblationRow]:
     """The rows of a named grid (or the explicitly named rows), in grid order."""
-    data = yaml.safe_load(Path(path).read_text())
+    data = load_yaml(Path(path).read_text())
     known = data["rows"]
     names = list(rows) if rows else data["grids"].get(grid)
     if names is None:

@@ -147,3 +147,20 @@ def test_the_library_imports_no_orchestration_tracking_or_tool_package():
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_bare_yaml_off_is_the_mode_off():
+    # YAML 1.1 reads `off` as false; `--set loss.audiocon.mode=off` and `mode: off` mean the mode
+    assert load_config(None, ["loss.audiocon.mode=off"]).loss.audiocon.mode == "off"
+    with pytest.raises(ConfigError, match="loss.audiocon.mode"):
+        load_config(None, ["loss.audiocon.mode=true"])
+    # the same in a config file, and for every Literal with an on/off value
+    assert load_config(None, ["train.ddp_find_unused_parameters=on"]).train.ddp_find_unused_parameters == "on"
+    assert load_config(None, ["train.progress=off"]).train.progress is False  # a bool still reads off
+
+
+def test_a_config_file_keeps_on_and_off_as_words(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("loss:\n  audiocon:\n    mode: off\ntrain:\n  ddp_find_unused_parameters: on\n  progress: no\n")
+    cfg = load_config(path)
+    assert (cfg.loss.audiocon.mode, cfg.train.ddp_find_unused_parameters, cfg.train.progress) == ("off", "on", False)

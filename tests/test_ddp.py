@@ -95,3 +95,48 @@ def test_two_gloo_processes_train_in_sync_and_evaluate_each_item_once(tmp_path):
                 for metric, value in values.items():
                     assert r["metrics"][mode][protocol][metric] == pytest.approx(value, rel=1e-9, abs=1e-12)
         assert r["semantic"] == pytest.approx(single.semantic)
+
+
+ACCUMULATING = ("train.max_steps=1", "train.epochs=1", "loss.audiocon.mode=off", "model.fuser.dropout=0",
+                "data.views=first", "optim.lr=1e-2")
+
+
+def _accumulating_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from auralsam2.engine import train
+    from feature_cache.dataset import open_reader, training_data
+
+    cfg = tiny_config(*ACCUMULATING, "train.clips_per_step=1", "train.accumulate_steps=2")
+    result = train(cfg, training_data(cfg, open_reader(cfg)), Path(out) / "run")
+    torch.save({k: v.detach().clone() for k, v in result.model.named_parameters() if v.requires_grad},
+               Path(out) / f"weights{rank}.pt")
+
+
+def test_two_gloo_processes_accumulating_take_the_step_of_one_process_over_the_same_clips(tmp_path):
+    """2 ranks x 2 micro-steps (all-reduced once, at the step's last backward) = 1 process with
+    2 clips x 2 micro-steps: the same 4 clips (the sampler's first 4), the same mean gradient."""
+    from auralsam2.engine import train
+    from feature_cache.dataset import open_reader, training_data
+
+    tiny_cache("avss")
+    context = mp.start_processes(_accumulating_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + 240
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the 2 DDP processes did not finish within 240 s")
+    w0, w1 = (torch.load(tmp_path / f"weights{r}.pt", weights_only=True) for r in range(2))
+    assert w0 and all(torch.equal(w0[k], w1[k]) for k in w0)
+    cfg = tiny_config(*ACCUMULATING, "train.clips_per_step=2", "train.accumulate_steps=2")
+    single = {k: v.detach() for k, v in train(cfg, training_data(cfg, open_reader(cfg)), tmp_path / "single")
+              .model.named_parameters() if v.requires_grad}
+    cfg = tiny_config(*ACCUMULATING)
+    one_clip = {k: v.detach() for k, v in train(cfg, training_data(cfg, open_reader(cfg)), tmp_path / "one")
+                .model.named_parameters() if v.requires_grad}
+    relative = {k: float((w0[k] - single[k]).norm() / single[k].norm().clamp_min(1e-12)) for k in single}
+    assert max(relative.values()) < 1e-5, max(relative.items(), key=lambda kv: kv[1])
+    assert max(float((one_clip[k] - single[k]).norm() / single[k].norm()) for k in single) > 1e-3

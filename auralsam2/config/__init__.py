@@ -31,6 +31,7 @@ from auralsam2.config.loading import (
     demo_config_path,
     flatten_config,
     load_config,
+    load_yaml,
 )
 from auralsam2.config.project import PROJECT_ROOT, resolve_path
 from auralsam2.config.sections import (
@@ -61,5 +62,6 @@ __all__ = [
     "demo_config_path",
     "flatten_config",
     "load_config",
+    "load_yaml",
     "resolve_path",
 ]

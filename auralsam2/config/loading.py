@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,25 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans,
+    so `mode: off` or `--set train.ddp_find_unused_parameters=on` would arrive as False / True;
+    as strings they reach the Literal fields as written, and pydantic still reads them for a bool."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse user-written YAML (config files, grids, `--set` values) with YAML 1.2 booleans."""
+    return yaml.load(text, Loader=_Yaml12Loader)
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = path.expanduser().resolve()
     if path in seen:
@@ -37,7 +57,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist (presets are in {PROJECT_ROOT / 'configs'})")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
@@ -52,7 +72,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 def _parse_value(text: str) -> Any:
     """`--set` values are YAML scalars/lists: `1e-4`, `true`, `[3, 3, 3]`, `null`, `sam2_hiera_l`."""
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         return text
 

@@ -118,8 +118,11 @@ class TrainConfig(_Strict):
     epochs: int = Field(140, ge=1, description="epochs (released scripts: v1s/v1m 140, v2 90, Ref-AVS 50; paper 180)")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (the poly schedule "
                                                           "decays over min(epochs x steps/epoch, max_steps))")
-    clips_per_step: Literal[1] = Field(1, description="clips per GPU per step (released: 1; the fuser mixes "
-                                                       "frames of all clips in a batch, so only 1 is supported)")
+    clips_per_step: int = Field(1, ge=1, description="clips per GPU per micro-step (released: 1); each keeps its "
+                                "own frames, memory and AudioCon sampling, and the loss is the mean over clips")
+    accumulate_steps: int = Field(1, ge=1, description="micro-steps per optimizer step (gradient accumulation): "
+                                  "a step sees clips_per_step x accumulate_steps clips per GPU, in the same order "
+                                  "whatever the split")
     seed: int = Field(666, description="seed; rank r uses seed + r (released: 666 + rank)")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms + fixed threads: "
                                                    "an interrupted + resumed CPU run ends bit-identical")

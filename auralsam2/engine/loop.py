@@ -2,9 +2,11 @@
 
 Read `train` top to bottom; it is the whole control flow (released `trainer/train.py`, `main.py`):
 
-* one item (an AVSBench clip, or one Ref-AVS expression) per GPU per step, its cached pyramid in
-  the epoch's view; SAM2 frozen and in eval mode, tracking with memory through the stock modules;
-  the fuser (and VGGish when it trains) learns; bf16 autocast around the forward on GPU only;
+* one item (an AVSBench clip, or one Ref-AVS expression) per GPU per step as released, or
+  `clips_per_step` x `accumulate_steps` of them (the loss is the mean over the step's clips; each
+  clip its own forward, memory and AudioCon sample; one all-reduce per step under DDP), its cached
+  pyramid in the epoch's view; SAM2 frozen and in eval mode, tracking with memory through the stock
+  modules; the fuser (and VGGish when it trains) learns; bf16 autocast around the forward on GPU only;
 * AdamW with the released parameter groups and poly decay per iteration (`engine.optim`);
 * validation on `val` by the configured protocol's J after every `validate_every_epochs` epochs and
   at the end; `best.ckpt` when it improves; `last.ckpt` after every epoch (and every
@@ -20,6 +22,7 @@ cache, built by `feature_cache.dataset`), metrics leave through an optional `Run
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -96,7 +99,7 @@ def train(
         run.tag({"selection_split": "test", "selection_warning": "selected on test (optimistic)"})
 
     # ---- data ---------------------------------------------------------------------------------
-    order = DataOrder(len(data.train), tc.seed, rt.rank, rt.world)
+    order = DataOrder(len(data.train), tc.seed, rt.rank, rt.world, tc.clips_per_step * tc.accumulate_steps)
     steps_per_epoch = order.steps_per_epoch
     total_steps = tc.epochs * steps_per_epoch if tc.max_steps is None else min(tc.max_steps, tc.epochs * steps_per_epoch)
 
@@ -115,7 +118,7 @@ def train(
         progress = load_training_state(run.last, rt, model, optimizer, scheduler, loss_generator)
     run.truncate_history(progress.step)  # lines of a killed process after its checkpoint (or all: a fresh start)
     model.train()
-    forward, ddp_tags = wrap_ddp(model, cfg, rt)
+    forward, ddp_tags = wrap_ddp(TrainingStep(model, cfg, rt), cfg, rt)
     run.tag(ddp_tags)
 
     def save_last(finished: bool) -> None:
@@ -126,17 +129,9 @@ def train(
     bar = _progress_bar(tc.progress and rt.main, total_steps, progress.step, cfg.run_name or cfg.experiment)
     interrupted = False
     while progress.step < total_steps:
-        epoch, position = divmod(progress.step, steps_per_epoch)
-        item = data.train.item(order.index(epoch, position), epoch)
-        with rt.autocast():
-            out = forward(tuple(x.to(rt.device) for x in item.pyramid),
-                          None if item.log_mel is None else item.log_mel.to(rt.device),
-                          None if item.text is None else item.text.to(rt.device),
-                          cond_frame=item.n_frames // 2 if tc.cond_frame == "middle" else 0)
-        losses = clip_loss(out, item.masks.to(rt.device), item.supervised, cfg.loss.audiocon, cfg.loss.seg,
-                           loss_generator, cfg.loss.mask_prompt)
+        epoch, in_epoch = divmod(progress.step, steps_per_epoch)
         optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
+        values = _step_gradients(cfg, data, forward, rt, loss_generator, order.step_items(epoch, in_epoch), epoch)
         if cfg.optim.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
@@ -145,7 +140,6 @@ def train(
         step = progress.step
 
         # ---- bookkeeping: loss curves, then validation and checkpoints at epoch ends -------------
-        values = {k: float(losses[k].detach()) for k in LOSS_TERMS}
         progress.window.add(values)
         progress.epoch_losses.add(values)
         lr = optimizer.param_groups[0]["lr"]
@@ -173,6 +167,48 @@ def train(
     return TrainResult(run.dir, run.last, run.best if run.best.is_file() else None, progress.step, total_steps,
                        interrupted, progress.best_metric, progress.best_step,
                        f"{data.select_split}/{tc.select_protocol}/{tc.select_decoding}/J", progress.epochs, model)
+
+
+class TrainingStep(torch.nn.Module):
+    """One clip's forward and its loss terms as one module: what DDP wraps. DDP's
+    `find_unused_parameters` walks the graph back from the forward's outputs, so they must be the
+    loss terms: with the model's outputs, a run without the contrastive term counts the AudioCon
+    heads as used, their gradients never come, and DDP silently all-reduces nothing."""
+
+    def __init__(self, model: AuralSAM2, cfg: ExperimentConfig, rt: Runtime) -> None:
+        super().__init__()
+        self.model, self.loss, self.autocast = model, cfg.loss, rt.autocast
+
+    def forward(self, pyramid: tuple[torch.Tensor, ...], log_mel: torch.Tensor | None, text: torch.Tensor | None,
+                cond_frame: int, masks: torch.Tensor, supervised: list[int], generator: torch.Generator
+                ) -> dict[str, torch.Tensor]:
+        with self.autocast():  # the model only: the loss runs in fp32 (released)
+            out = self.model(pyramid, log_mel, text, cond_frame=cond_frame)
+        return clip_loss(out, masks, supervised, self.loss.audiocon, self.loss.seg, generator, self.loss.mask_prompt)
+
+
+def _step_gradients(cfg: ExperimentConfig, data: TrainingData, forward: torch.nn.Module, rt: Runtime,
+                    loss_generator: torch.Generator, items: list[tuple[int, int]], epoch: int) -> dict[str, float]:
+    """Accumulate the gradient of one optimizer step: the mean loss over its clips, each clip its own
+    forward (own frames, memory, conditioning frame) and backward, in the data order, drawing its
+    AudioCon sample from `loss_generator` in that order; so neither the gradient nor the random
+    streams depend on how the step splits into `clips_per_step` x `accumulate_steps`. Under DDP the
+    gradients are all-reduced once, at the step's last backward. Returns each loss term's mean."""
+    tc = cfg.train
+    sums = dict.fromkeys(LOSS_TERMS, 0.0)
+    for k, (_, index) in enumerate(items):
+        item = data.train.item(index, epoch)
+        last = k == len(items) - 1
+        with contextlib.nullcontext() if last or rt.world == 1 else forward.no_sync():
+            losses = forward(tuple(x.to(rt.device) for x in item.pyramid),
+                             None if item.log_mel is None else item.log_mel.to(rt.device),
+                             None if item.text is None else item.text.to(rt.device),
+                             item.n_frames // 2 if tc.cond_frame == "middle" else 0,
+                             item.masks.to(rt.device), item.supervised, loss_generator)
+            (losses["total"] / len(items)).backward()  # / 1 is exact: one clip per step as released
+        for name in LOSS_TERMS:
+            sums[name] += float(losses[name].detach())
+    return {name: total / len(items) for name, total in sums.items()}
 
 
 def _progress_bar(show: bool, total: int, initial: int, name: str):

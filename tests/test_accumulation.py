@@ -1,0 +1,94 @@
+"""Many clips per optimizer step (issue 15): `train.clips_per_step` N and `train.accumulate_steps` K.
+
+One optimizer step over the same items gives the same weights however it is split into N x K, the
+data order and the random streams do not depend on the split, and a run killed in the middle of
+an accumulation resumes to the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from auralsam2.engine import DataOrder, train
+from feature_cache.dataset import open_reader, training_data
+from tests.train_fixtures import tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def _weights(result) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in result.model.named_parameters() if v.requires_grad}
+
+
+def _one_step(tmp_path, dataset: str, n: int, k: int, *extra: str):
+    # fp32 on CPU, dropout off; paper AudioCon sampling draws from the loss generator per clip
+    cfg = tiny_config("train.deterministic=true", "model.fuser.dropout=0", "train.max_steps=1", "train.epochs=1",
+                      f"train.clips_per_step={n}", f"train.accumulate_steps={k}", "optim.lr=1e-2", *extra,
+                      dataset=dataset)
+    return train(cfg, training_data(cfg, open_reader(cfg)), tmp_path / f"{dataset}-{n}x{k}")
+
+
+def _max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[key] - b[key]).norm() / b[key].norm().clamp_min(1e-12)) for key in a)
+
+
+@pytest.mark.parametrize("dataset,audiocon", [("avss", "paper"), ("refavs", "official")])
+def test_one_step_is_the_same_for_every_split_of_its_clips(tmp_path, dataset, audiocon):
+    extra = (f"loss.audiocon.mode={audiocon}",)
+    splits = {(n, k): _weights(_one_step(tmp_path, dataset, n, k, *extra)) for n, k in ((4, 1), (1, 4), (2, 2))}
+    reference = splits[(4, 1)]
+    for split, weights in splits.items():
+        assert _max_relative_difference(weights, reference) < 1e-5, split
+    # ... and it is a step over 4 clips, not over the first one: one clip alone moves the weights elsewhere
+    single = _weights(_one_step(tmp_path, dataset, 1, 1, *extra))
+    assert _max_relative_difference(single, reference) > 1e-3
+
+
+def test_the_data_order_does_not_depend_on_the_split():
+    flat = DataOrder(7, seed=5, items_per_step=1)
+    sequence = [flat.index(e, p) for e in range(2) for p in range(flat.items_per_epoch)]
+    for per_step in (2, 3, 4, 7, 9):
+        order = DataOrder(7, seed=5, items_per_step=per_step)
+        assert order.steps_per_epoch == -(-7 // per_step)  # the epoch's last step takes what is left
+        grouped = [i for e in range(2) for s in range(order.steps_per_epoch) for _, i in order.step_items(e, s)]
+        assert grouped == sequence, per_step
+
+
+class _KilledMidStep(Exception):
+    pass
+
+
+def test_a_run_killed_mid_accumulation_resumes_to_the_same_weights(tmp_path):
+    overrides = ("train.deterministic=true", "data.views=random", "model.fuser.dropout=0.1",
+                 "loss.audiocon.mode=paper", "train.epochs=2", "train.clips_per_step=2", "train.accumulate_steps=2",
+                 "train.checkpoint_every_steps=1")
+    cfg = tiny_config(*overrides)
+    full = train(cfg, training_data(cfg, open_reader(cfg)), tmp_path / "full")
+    assert full.steps == 4  # 6 training clips, 4 per step: steps of 4 and 2 clips per epoch
+
+    data = training_data(cfg, open_reader(cfg))
+    item, fetched = data.train.item, []
+
+    def dies_in_step_3(index, epoch):  # the process dies at the 3rd clip of step 3 (epoch 1, step 0)
+        fetched.append(index)
+        if len(fetched) == 6 + 3:
+            raise _KilledMidStep
+        return item(index, epoch)
+
+    data.train.item = dies_in_step_3
+    with pytest.raises(_KilledMidStep):
+        train(cfg, data, tmp_path / "killed")
+    assert torch.load(tmp_path / "killed" / "last.ckpt", weights_only=True)["progress"]["step"] == 2
+    resumed = train(cfg, training_data(cfg, open_reader(cfg)), tmp_path / "killed", resume=True)
+    assert resumed.steps == 4
+    a, b = (torch.load(tmp_path / run / "last.ckpt", weights_only=True) for run in ("full", "killed"))
+    for key in a["trainable"]:
+        assert torch.equal(a["trainable"][key], b["trainable"][key]), key
+    assert (tmp_path / "full" / "history.jsonl").read_text() == (tmp_path / "killed" / "history.jsonl").read_text()
