@@ -32,6 +32,7 @@ from auralsam2.backbone import (
     freeze_sam2,
     point_inputs_from_clicks,
     track_clip,
+    track_clips,
 )
 from auralsam2.decoding import DecodeMode, decode_masks
 from auralsam2.fuser import AuralFuser, FuserOutput
@@ -275,6 +276,38 @@ class AuralSAM2(nn.Module):
         return ClipOutput(frames, fused, cond_frame)
 
     forward = forward_clip
+
+    def forward_clips(
+        self,
+        clips: Sequence[tuple[Tensor | Pyramid | CompactPyramid | Sequence[Tensor], Tensor | None,
+                              Tensor | TextEmbeddings | str | Sequence[str] | None]],
+        cond_frames: Sequence[int],
+    ) -> list[ClipOutput]:
+        """Several clips, each `(visual, audio, text)` with its conditioning frame: the fuser runs per
+        clip (its attention and fusion see that clip's frames and tokens only), then clips of one
+        length and conditioning frame are tracked together (`track_clips`: frame t of each is one
+        decoder batch, each with its own memory). Equal to `forward_clip` one at a time, up to float
+        summation order; returned in the input order."""
+        if len(clips) != len(cond_frames):
+            raise ValueError(f"{len(clips)} clips but {len(cond_frames)} conditioning frames")
+        pyramids = [self.pyramid_of(visual) for visual, _, _ in clips]
+        dtype = next(self.fuser.parameters()).dtype
+        fused = [self.fuser([x.to(dtype) for x in pyramid], self.audio_embeddings(audio), self.text_hidden(text))
+                 for pyramid, (_, audio, text) in zip(pyramids, clips, strict=True)]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (pyramid, cond) in enumerate(zip(pyramids, cond_frames, strict=True)):
+            groups.setdefault((pyramid.s16.shape[0], cond), []).append(i)  # length buckets
+        outputs: list[ClipOutput | None] = [None] * len(clips)
+        for (_, cond), members in groups.items():
+            prompts = [DecoderPrompts(dense=None if fused[i].dense is None else fused[i].dense[::-1],
+                                      sparse=None if fused[i].sparse is None else fused[i].sparse[::-1])
+                       for i in members]
+            masks = [None if fused[i].mask_prompt is None else fused[i].mask_prompt.sigmoid() for i in members]
+            tracked = track_clips(self.sam2, [pyramids[i] for i in members], prompts, cond,
+                                  frame_mask_inputs=masks, official_query_pe=self.official_query_pe)
+            for i, frames in zip(members, tracked, strict=True):
+                outputs[i] = ClipOutput(frames, fused[i], cond)
+        return outputs  # type: ignore[return-value]
 
     @torch.no_grad()
     def predict_clip(

@@ -27,16 +27,22 @@ def _weights(result) -> dict[str, torch.Tensor]:
 
 
 def _one_step(tmp_path, dataset: str, n: int, k: int, *extra: str):
-    # fp32 on CPU, dropout off; paper AudioCon sampling draws from the loss generator per clip
+    # fp32 on CPU, dropout off; AudioCon sampling draws from the loss generator per clip. Adam's first
+    # step is lr * g / (|g| + eps): with the default eps (1e-8) the float noise of a batched forward
+    # (~1e-7 of the gradient) flips the sign of parameters whose gradient is ~0 (the 1-D blocks'
+    # query biases: a softmax is nearly blind to them) and moves them by lr; eps = 1e-4 keeps the
+    # step a smooth function of the gradient, so the weights compare the gradients
     cfg = tiny_config("train.deterministic=true", "model.fuser.dropout=0", "train.max_steps=1", "train.epochs=1",
-                      f"train.clips_per_step={n}", f"train.accumulate_steps={k}", "optim.lr=1e-2", *extra,
-                      dataset=dataset)
+                      f"train.clips_per_step={n}", f"train.accumulate_steps={k}", "optim.lr=1e-2",
+                      "optim.eps=1e-4", *extra, dataset=dataset)
     return train(cfg, training_data(cfg, open_reader(cfg)), tmp_path / f"{dataset}-{n}x{k}")
 
 
-def _max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+def _relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """|a - b| / |b| over all trainable weights together."""
     assert a.keys() == b.keys()
-    return max(float((a[key] - b[key]).norm() / b[key].norm().clamp_min(1e-12)) for key in a)
+    flat_a, flat_b = (torch.cat([w[key].flatten() for key in sorted(w)]) for w in (a, b))
+    return float((flat_a - flat_b).norm() / flat_b.norm())
 
 
 @pytest.mark.parametrize("dataset,audiocon", [("avss", "paper"), ("refavs", "official")])
@@ -45,10 +51,10 @@ def test_one_step_is_the_same_for_every_split_of_its_clips(tmp_path, dataset, au
     splits = {(n, k): _weights(_one_step(tmp_path, dataset, n, k, *extra)) for n, k in ((4, 1), (1, 4), (2, 2))}
     reference = splits[(4, 1)]
     for split, weights in splits.items():
-        assert _max_relative_difference(weights, reference) < 1e-5, split
+        assert _relative_difference(weights, reference) < 1e-5, split
     # ... and it is a step over 4 clips, not over the first one: one clip alone moves the weights elsewhere
     single = _weights(_one_step(tmp_path, dataset, 1, 1, *extra))
-    assert _max_relative_difference(single, reference) > 1e-3
+    assert _relative_difference(single, reference) > 1e-3
 
 
 def test_the_data_order_does_not_depend_on_the_split():

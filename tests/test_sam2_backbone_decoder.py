@@ -22,6 +22,7 @@ from auralsam2.backbone import (
     prompted_decode,
     prompted_two_way,
     track_clip,
+    track_clips,
 )
 
 C = 32  # tiny hidden dim
@@ -418,3 +419,31 @@ def test_track_clip_frame_mask_inputs_prompt_every_frame(tiny, pyramid):
     assert not torch.equal(both[1].high_res_masks, every[1].high_res_masks)  # other memory from frame 0
     with pytest.raises(ValueError, match=rf"frame_mask_inputs must be \({n}, 1, H, W\)"):
         track_clip(tiny, pyramid, None, cond_frame=0, frame_mask_inputs=masks[:2])
+
+
+def test_track_clips_batches_frames_and_equals_one_clip_at_a_time(tiny):
+    """Frame t of 3 clips as one decoder batch, each with its own memory, pointers and prompts."""
+    torch.manual_seed(3)
+    pyramids = [encode_frames(tiny, torch.randn(4, 3, 128, 128)) for _ in range(3)]
+    prompts = [DecoderPrompts(*_random_prompts(4, seed=20 + c, requires_grad=True)) for c in range(3)]
+    masks = [torch.rand(4, 1, 32, 32) for _ in range(3)]
+    alone = [track_clip(tiny, p, q, cond_frame=2, frame_mask_inputs=m)
+             for p, q, m in zip(pyramids, prompts, masks, strict=True)]
+    together = track_clips(tiny, pyramids, prompts, cond_frame=2, frame_mask_inputs=masks)
+    assert len(together) == 3
+    for one, batched in zip(alone, together, strict=True):
+        assert [o.frame_idx for o in batched] == [0, 1, 2, 3]
+        for a, b in zip(one, batched, strict=True):
+            assert a.best_index == b.best_index
+            for name in ("high_res_masks", "low_res_masks", "ious", "object_score_logits", "obj_ptr"):
+                assert getattr(b, name).shape == getattr(a, name).shape
+                assert _max_diff(getattr(a, name), getattr(b, name)) < 1e-4, name
+    # the gradients reach each clip's own prompts only, and equal the one-at-a-time ones
+    sum(o.high_res_masks.sigmoid().mean() for o in together[1]).backward()
+    assert not prompts[0].dense[0].grad.any() and prompts[1].dense[0].grad.any()
+    batched_grad = prompts[1].dense[0].grad.clone()
+    prompts[1].dense[0].grad = None
+    sum(o.high_res_masks.sigmoid().mean() for o in alone[1]).backward()
+    assert _max_diff(prompts[1].dense[0].grad, batched_grad) < 1e-6
+    with pytest.raises(ValueError, match="one length"):
+        track_clips(tiny, [pyramids[0], type(pyramids[0])(*(x[:3] for x in pyramids[1]))], prompts[:2], cond_frame=0)

@@ -39,7 +39,7 @@ from auralsam2.backbone.encoding import (
     expand_compact,
     prepare_decoder_features,
 )
-from auralsam2.backbone.tracking import DecoderPrompts, FrameOutput, track_clip
+from auralsam2.backbone.tracking import DecoderPrompts, FrameOutput, track_clip, track_clips
 from auralsam2.backbone.transforms import preprocess_frames, preprocess_masks
 
 __all__ = [
@@ -74,4 +74,5 @@ __all__ = [
     "resolve_sam2_config",
     "save_sam2_checkpoint",
     "track_clip",
+    "track_clips",
 ]

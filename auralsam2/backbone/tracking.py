@@ -69,10 +69,15 @@ def _unpack_prompts(prompts: Any) -> tuple[Sequence[Tensor] | None, Sequence[Ten
     return prompts.dense, prompts.sparse
 
 
-def _frame_prompts(prompts: Sequence[Tensor] | None, t: int) -> list[Tensor] | None:
+def _frame_rows(x: Tensor, t: int, rows: Tensor, clips: int) -> Tensor:
+    """Frame t of every clip from a clip-major `(clips * N, ...)` tensor."""
+    return x[t : t + 1] if clips == 1 else x[rows]
+
+
+def _frame_prompts(prompts: Sequence[Tensor | None] | None, t: int, rows: Tensor, clips: int) -> list[Tensor] | None:
     if prompts is None:
         return None
-    return [None if p is None else p[t : t + 1] for p in prompts]
+    return [None if p is None else _frame_rows(p, t, rows, clips) for p in prompts]
 
 
 def _mask_as_output(model: nn.Module, pix_feat: Tensor, high_res: list[Tensor], mask: Tensor) -> DecoderOutput:
@@ -139,14 +144,70 @@ def track_clip(
             if p is not None and p.shape[0] != num_frames:
                 raise ValueError(f"prompts.{name}[{k}] has {p.shape[0]} frames, the pyramid has {num_frames}")
 
-    feats = prepare_decoder_features(model, pyramid)
+    return _track(model, prepare_decoder_features(model, pyramid), num_frames, 1, dense, sparse, cond_frame,
+                  point_inputs, mask_inputs, frame_mask_inputs, cond_mask, official_query_pe,
+                  binarize_memory_masks)[0]
+
+
+def track_clips(
+    model: nn.Module,
+    pyramids: Sequence[Pyramid],
+    prompts: Sequence[DecoderPrompts | Mapping[str, Any] | None],
+    cond_frame: int,
+    *,
+    frame_mask_inputs: Sequence[Tensor | None] | None = None,
+    official_query_pe: bool = True,
+    binarize_memory_masks: bool = True,
+) -> list[list[FrameOutput]]:
+    """`track_clip` for several clips of the same length at once: frame t of every clip is one
+    decoder batch, each clip with its own memory bank, object pointers and prompts (SAM2's memory
+    attention is per batch entry), so the result equals tracking them one at a time (up to float
+    summation order). No SAM2 point / mask prompts (those are per-clip interactive inputs)."""
+    if not pyramids:
+        return []
+    lengths = {p.s16.shape[0] for p in pyramids}
+    if len(lengths) != 1:
+        raise ValueError(f"track_clips needs clips of one length, got lengths {sorted(lengths)}: group them first")
+    if len(prompts) != len(pyramids):
+        raise ValueError(f"{len(pyramids)} clips but {len(prompts)} prompt sets")
+    num_frames = lengths.pop()
+    if not 0 <= cond_frame < num_frames:
+        raise ValueError(f"cond_frame={cond_frame} is outside the clips' {num_frames} frames")
+    if model.training:
+        raise ValueError("SAM2 must be in eval mode for the released tracking regime: call freeze_sam2(model)")
+    unpacked = [_unpack_prompts(p) for p in prompts]
+
+    def stacked(which: int) -> list[Tensor | None] | None:
+        per_clip = [u[which] for u in unpacked]
+        if all(x is None for x in per_clip):
+            return None
+        if any(x is None for x in per_clip):
+            raise ValueError("every clip of a batch needs the same kinds of prompts")
+        return [None if per_clip[0][k] is None else torch.cat([x[k] for x in per_clip]) for k in range(len(per_clip[0]))]
+
+    masks = None
+    if frame_mask_inputs is not None and any(m is not None for m in frame_mask_inputs):
+        masks = torch.cat(list(frame_mask_inputs))
+    pyramid = Pyramid(*(torch.cat([getattr(p, level) for p in pyramids]) for level in Pyramid._fields))
+    return _track(model, prepare_decoder_features(model, pyramid), num_frames, len(pyramids), stacked(0), stacked(1),
+                  cond_frame, None, None, masks, None, official_query_pe, binarize_memory_masks)
+
+
+def _track(model: nn.Module, feats: Any, num_frames: int, clips: int, dense: Sequence[Tensor | None] | None,
+           sparse: Sequence[Tensor | None] | None, cond_frame: int, point_inputs: PointInputs | None,
+           mask_inputs: Tensor | None, frame_mask_inputs: Tensor | None, cond_mask: Tensor | None,
+           official_query_pe: bool, binarize_memory_masks: bool) -> list[list[FrameOutput]]:
+    """Frame t of clip c sits at index c * num_frames + t of every per-frame tensor; frame t of all
+    clips is decoded as one batch (`clips` entries)."""
     output_dict: dict[str, dict[int, dict[str, Any]]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-    results: dict[int, FrameOutput] = {}
+    results: list[dict[int, FrameOutput]] = [{} for _ in range(clips)]
     order = [cond_frame] + [t for t in range(num_frames) if t != cond_frame]
+    device = feats.vision_feats[0].device
     for t in order:
         is_cond = t == cond_frame
-        cur_feats = [x[:, t : t + 1] for x in feats.vision_feats]
-        cur_pos = [x[:, t : t + 1] for x in feats.vision_pos_embeds]
+        rows = torch.arange(clips, device=device) * num_frames + t
+        cur_feats = [x[:, t : t + 1] if clips == 1 else x[:, rows] for x in feats.vision_feats]
+        cur_pos = [x[:, t : t + 1] if clips == 1 else x[:, rows] for x in feats.vision_pos_embeds]
         pix_feat = model._prepare_memory_conditioned_features(
             frame_idx=t,
             is_init_cond_frame=is_cond,
@@ -157,7 +218,7 @@ def track_clip(
             num_frames=num_frames,
         )
         high_res = [
-            x.permute(1, 2, 0).view(1, x.size(2), *size)
+            x.permute(1, 2, 0).view(clips, x.size(2), *size)
             for x, size in zip(cur_feats[:-1], feats.feat_sizes[:-1], strict=True)
         ]
         if is_cond and cond_mask is not None:
@@ -167,19 +228,21 @@ def track_clip(
                 model,
                 pix_feat,
                 high_res,
-                _frame_prompts(dense, t),
-                _frame_prompts(sparse, t),
+                _frame_prompts(dense, t, rows, clips),
+                _frame_prompts(sparse, t, rows, clips),
                 point_inputs=point_inputs if is_cond else None,
                 mask_inputs=mask_inputs if is_cond and mask_inputs is not None
-                else None if frame_mask_inputs is None else frame_mask_inputs[t : t + 1],
+                else None if frame_mask_inputs is None else _frame_rows(frame_mask_inputs, t, rows, clips),
                 multimask_output=True,
                 official_query_pe=official_query_pe,
             )
-        best = int(torch.argmax(out.ious[0]).item())
+        best = torch.argmax(out.ious, dim=1)  # per clip: the mask used for memory and the object pointer
+        best_masks = (out.high_res_masks[:, int(best[0]) : int(best[0]) + 1] if clips == 1
+                      else out.high_res_masks[torch.arange(clips, device=best.device), best][:, None])
         maskmem_features, maskmem_pos_enc = model._encode_new_memory(
             current_vision_feats=cur_feats,
             feat_sizes=feats.feat_sizes,
-            pred_masks_high_res=out.high_res_masks[:, best : best + 1],
+            pred_masks_high_res=best_masks,
             object_score_logits=out.object_score_logits,
             is_mask_from_pts=binarize_memory_masks,
         )
@@ -189,13 +252,14 @@ def track_clip(
             "maskmem_pos_enc": maskmem_pos_enc,
             "obj_ptr": out.obj_ptr,
         }
-        results[t] = FrameOutput(
-            frame_idx=t,
-            high_res_masks=out.high_res_masks,
-            low_res_masks=out.low_res_masks,
-            ious=out.ious,
-            object_score_logits=out.object_score_logits,
-            best_index=best,
-            obj_ptr=out.obj_ptr,
-        )
-    return [results[t] for t in range(num_frames)]
+        for c in range(clips):
+            results[c][t] = FrameOutput(
+                frame_idx=t,
+                high_res_masks=out.high_res_masks[c : c + 1],
+                low_res_masks=out.low_res_masks[c : c + 1],
+                ious=out.ious[c : c + 1],
+                object_score_logits=out.object_score_logits[c : c + 1],
+                best_index=int(best[c]),
+                obj_ptr=out.obj_ptr[c : c + 1],
+            )
+    return [[clip[t] for t in range(num_frames)] for clip in results]

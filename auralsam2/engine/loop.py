@@ -55,6 +55,7 @@ from auralsam2.engine.state import (
     save_training_state,
 )
 from auralsam2.evaluation import EvalResult, evaluate_source
+from auralsam2.items import ClipItem
 from auralsam2.model import AuralSAM2, clip_loss
 
 __all__ = ["TrainResult", "train", "validate"]
@@ -170,44 +171,50 @@ def train(
 
 
 class TrainingStep(torch.nn.Module):
-    """One clip's forward and its loss terms as one module: what DDP wraps. DDP's
-    `find_unused_parameters` walks the graph back from the forward's outputs, so they must be the
-    loss terms: with the model's outputs, a run without the contrastive term counts the AudioCon
+    """A micro-step's clips through the model and their loss terms, as one module: what DDP wraps.
+    DDP's `find_unused_parameters` walks the graph back from the forward's outputs, so they must be
+    the loss terms: with the model's outputs, a run without the contrastive term counts the AudioCon
     heads as used, their gradients never come, and DDP silently all-reduces nothing."""
 
     def __init__(self, model: AuralSAM2, cfg: ExperimentConfig, rt: Runtime) -> None:
         super().__init__()
-        self.model, self.loss, self.autocast = model, cfg.loss, rt.autocast
+        self.model, self.loss, self.rt, self.middle = model, cfg.loss, rt, cfg.train.cond_frame == "middle"
 
-    def forward(self, pyramid: tuple[torch.Tensor, ...], log_mel: torch.Tensor | None, text: torch.Tensor | None,
-                cond_frame: int, masks: torch.Tensor, supervised: list[int], generator: torch.Generator
-                ) -> dict[str, torch.Tensor]:
-        with self.autocast():  # the model only: the loss runs in fp32 (released)
-            out = self.model(pyramid, log_mel, text, cond_frame=cond_frame)
-        return clip_loss(out, masks, supervised, self.loss.audiocon, self.loss.seg, generator, self.loss.mask_prompt)
+    def forward(self, items: list[ClipItem], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Each loss term per clip, `(len(items),)`; each clip's AudioCon sample drawn from
+        `generator` in the items' order."""
+        device = self.rt.device
+        clips = [(tuple(x.to(device) for x in item.pyramid), None if item.log_mel is None else item.log_mel.to(device),
+                  None if item.text is None else item.text.to(device)) for item in items]
+        conds = [item.n_frames // 2 if self.middle else 0 for item in items]
+        with self.rt.autocast():  # the model only: the loss runs in fp32 (released)
+            if len(items) == 1:  # the released path, exactly
+                outs = [self.model(*clips[0], cond_frame=conds[0])]
+            else:
+                outs = self.model.forward_clips(clips, conds)
+        terms = [clip_loss(out, item.masks.to(device), item.supervised, self.loss.audiocon, self.loss.seg, generator,
+                           self.loss.mask_prompt) for out, item in zip(outs, items, strict=True)]
+        return {name: torch.stack([t[name] for t in terms]) for name in LOSS_TERMS}
 
 
 def _step_gradients(cfg: ExperimentConfig, data: TrainingData, forward: torch.nn.Module, rt: Runtime,
                     loss_generator: torch.Generator, items: list[tuple[int, int]], epoch: int) -> dict[str, float]:
-    """Accumulate the gradient of one optimizer step: the mean loss over its clips, each clip its own
-    forward (own frames, memory, conditioning frame) and backward, in the data order, drawing its
-    AudioCon sample from `loss_generator` in that order; so neither the gradient nor the random
-    streams depend on how the step splits into `clips_per_step` x `accumulate_steps`. Under DDP the
-    gradients are all-reduced once, at the step's last backward. Returns each loss term's mean."""
-    tc = cfg.train
+    """Accumulate the gradient of one optimizer step: the mean loss over its clips, in micro-steps
+    of `clips_per_step` clips (one forward and backward each; every clip keeps its own frames,
+    memory and conditioning frame), drawing each clip's AudioCon sample from `loss_generator` in the
+    data order; so neither the gradient nor the random streams depend on how the step splits into
+    `clips_per_step` x `accumulate_steps`. Under DDP the gradients are all-reduced once, at the
+    step's last backward. Returns each loss term's mean over the step's clips."""
+    n = cfg.train.clips_per_step
     sums = dict.fromkeys(LOSS_TERMS, 0.0)
-    for k, (_, index) in enumerate(items):
-        item = data.train.item(index, epoch)
-        last = k == len(items) - 1
+    for start in range(0, len(items), n):
+        micro = [data.train.item(index, epoch) for _, index in items[start : start + n]]
+        last = start + n >= len(items)
         with contextlib.nullcontext() if last or rt.world == 1 else forward.no_sync():
-            losses = forward(tuple(x.to(rt.device) for x in item.pyramid),
-                             None if item.log_mel is None else item.log_mel.to(rt.device),
-                             None if item.text is None else item.text.to(rt.device),
-                             item.n_frames // 2 if tc.cond_frame == "middle" else 0,
-                             item.masks.to(rt.device), item.supervised, loss_generator)
-            (losses["total"] / len(items)).backward()  # / 1 is exact: one clip per step as released
+            terms = forward(micro, loss_generator)
+            (terms["total"].sum() / len(items)).backward()  # / 1 is exact: one clip per step as released
         for name in LOSS_TERMS:
-            sums[name] += float(losses[name].detach())
+            sums[name] += float(terms[name].detach().sum())
     return {name: total / len(items) for name, total in sums.items()}
 
 
