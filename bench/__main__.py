@@ -99,4 +99,5 @@ def main() -> None:
     print(f"wrote {HERE.parent / 'BENCHMARKS.md'}")
 
 
-main()
+if __name__ == "__main__":  # bench_kills / bench_faults import machine() from here
+    main()

@@ -35,3 +35,15 @@ def test_killed_training_reruns_to_identical_results(tmp_path: Path) -> None:
 def test_kills_anywhere_in_every_stage(tmp_path: Path) -> None:
     results = _sweep(tmp_path, "ingest,cache,train,evaluate,ablate,pipeline", trials=3, seed=1)
     assert len(results) == 18
+
+
+def test_the_benchmarks_can_name_the_machine_without_running(monkeypatch):
+    """bench_kills / bench_faults import `machine()` from bench/__main__.py to record their sweeps;
+    importing it must not start `make bench` (it once re-ran itself and lost a 25-minute sweep)."""
+    import importlib
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["python", "no-such-benchmark"])
+    sys.modules.pop("bench.__main__", None)
+    module = importlib.import_module("bench.__main__")
+    assert "cores" in module.machine()
