@@ -135,7 +135,7 @@ def evaluate_split(checkpoint: str | os.PathLike, cfg: ExperimentConfig, split: 
                              decodings=cfg.eval.decodings, cond_frame=cfg.eval.cond_frame,
                              precision=cfg.train.precision, rows_sink=sink, run_id=run_id,
                              avss_semantic=cfg.eval.avss_semantic and cfg.data.dataset == "avss",
-                             progress=cfg.eval.progress)
+                             progress=cfg.eval.progress, clips_per_batch=cfg.eval.clips_per_batch)
     flat = result.flat(prefix="test/")
     if math.isfinite(result.frames_per_s):
         flat[f"test/{split}/frames_per_s"] = result.frames_per_s

@@ -89,3 +89,40 @@ def test_streamed_evaluation_of_a_split(tmp_path):
     assert "test/test/avsbench_official/iou_select/J_and_F" in flat and "test/test/avss_semantic_oracle_miou" in flat
     j = result.value("avsbench_official", "iou_select")
     assert 0.0 <= j <= 1.0
+
+
+@pytest.mark.parametrize("dataset,split", [("avss", "test"), ("refavs", "test_s"), ("refavs", "test_n")])
+def test_batched_evaluation_equals_one_clip_at_a_time(dataset, split):
+    cfg = tiny_config(dataset=dataset)
+    reader = open_reader(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, reader.model)
+    source = eval_items(cfg, reader, split)
+    protocols = ["refavs_official", "auralsam2_released"] if dataset == "refavs" else ["avsbench_official"]
+    runs = {}
+    for batch in (1, 2, 4):
+        rows: list = []
+        result = evaluate_source(model, source, split, task=cfg.task, protocols=protocols, run_id="r", flush_every=2,
+                                 rows_sink=lambda mode, f, c, rows=rows: rows.append((mode, f, c)),
+                                 clips_per_batch=batch)
+        runs[batch] = (result, rows)
+    one, one_rows = runs[1]
+    assert one.n_items == len(source) >= 2
+    for batch in (2, 4):
+        result, rows = runs[batch]
+        assert result.n_items == one.n_items
+        assert result.flat("x/").keys() == one.flat("x/").keys()
+        for key, value in one.flat("x/").items():
+            if "frames_per_s" not in key:
+                assert result.flat("x/")[key] == pytest.approx(value, abs=1e-5, nan_ok=True), key
+        # the same rows, flushed at the same items
+        assert [(m, len(f), len(c)) for m, f, c in rows] == [(m, len(f), len(c)) for m, f, c in one_rows]
+        for (_, frames_a, _), (_, frames_b, _) in zip(rows, one_rows, strict=True):
+            for a, b in zip(frames_a, frames_b, strict=True):
+                assert a.keys() == b.keys()
+                for k in a:
+                    if isinstance(a[k], int | float) and not isinstance(a[k], bool):
+                        # a pixel whose logit is ~0 may fall on the other side (areas: 1 in ~10^5)
+                        assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-5, nan_ok=True), k
+                    else:
+                        assert a[k] == b[k], k

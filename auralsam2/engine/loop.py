@@ -236,7 +236,8 @@ def validate(cfg: ExperimentConfig, data: TrainingData, model: AuralSAM2, rt: Ru
         return evaluate_source(model, data.select, data.select_split or "val", task=cfg.task,
                                protocols=[tc.select_protocol], decodings=[tc.select_decoding],
                                cond_frame=cfg.eval.cond_frame, precision=tc.precision,
-                               max_items=cfg.data.max_val_items, progress=False)
+                               max_items=cfg.data.max_val_items, progress=False,
+                               clips_per_batch=cfg.eval.clips_per_batch)
 
 
 def _end_epoch(cfg: ExperimentConfig, data: TrainingData, model: AuralSAM2, rt: Runtime, run: RunFiles,

@@ -132,6 +132,30 @@ def predict_item(
     return logits, out.object_score_logits.float().reshape(-1)
 
 
+@torch.no_grad()
+def predict_items(
+    model: AuralSAM2,
+    items: Sequence[ClipItem],
+    cond_frames: Sequence[int],
+    decodings: Sequence[str] = DECODINGS,
+    precision: str = "auto",
+) -> list[tuple[dict[str, Tensor], Tensor]]:
+    """`predict_item` for several items in one forward (`AuralSAM2.forward_clips`: frame t of every
+    clip of one length is one decoder batch); the same results, in the items' order."""
+    device = model.sam2.device
+    was_training = model.training
+    model.train(False)
+    try:
+        with autocast(device, precision):
+            outs = model.forward_clips(
+                [([x.to(device) for x in item.pyramid], None if item.log_mel is None else item.log_mel.to(device),
+                  None if item.text is None else item.text.to(device)) for item in items], cond_frames)
+    finally:
+        model.train(was_training)
+    return [({mode: decode_masks(out.frames, mode).float() for mode in decodings},
+             out.object_score_logits.float().reshape(-1)) for out in outs]
+
+
 def avss_oracle_semantic(
     accumulator: AVSSAccumulator, logits: Tensor, labels: Tensor, frames: Sequence[int]
 ) -> None:
@@ -271,6 +295,7 @@ def evaluate_source(
     prompt_mode: str = "none",
     method: str = "auralsam2",
     prompt_seed: int = 0,
+    clips_per_batch: int = 1,
 ) -> EvalResult:
     """Score `source` (one split) under `protocols` x `decodings`; returns the aggregates.
 
@@ -279,7 +304,8 @@ def evaluate_source(
     torch.distributed initialised, ranks score disjoint whole calls and the aggregates are merged
     (every rank gets the same result). `indices`: score only these items (overrides sharding).
     `prompt_mode` (`auralsam2.evaluation.prompts`): SAM2 prompts from the conditioning frame's GT;
-    `method="sam2"`: SAM2 alone, without the fuser (paper Tables 6 and 7).
+    `method="sam2"`: SAM2 alone, without the fuser (paper Tables 6 and 7). `clips_per_batch` > 1:
+    that many items per forward (`predict_items`; the same numbers as one at a time).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -309,27 +335,10 @@ def evaluate_source(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(indices), unit="item", desc=f"evaluate {split}", leave=False)
-    for count, index in enumerate(indices, 1):
-        item = source.item(index)
+    batched = clips_per_batch > 1 and prompt_mode == "none" and method == "auralsam2"
+
+    def score(item: ClipItem, frames: list[int], logits: dict[str, Tensor], scores: Tensor) -> None:
         n = item.n_frames
-        if item.is_null:
-            frames = list(range(n))
-        else:
-            frames = [t for t in range(n) if bool(item.labelled[t])]
-            if not frames:
-                continue
-        cond = cond_frame_for(task, n, cond_frame)
-        prompts = None
-        if prompt_mode != "none":
-            if not item.is_null and bool(item.labelled[cond]):
-                prompts = gt_prompts(item.masks[cond], prompt_mode, model.image_size, item.key, prompt_seed)
-            unprompted += prompts is None
-        started = time.perf_counter()
-        logits, scores = predict_item(model, item, cond, decodings, precision, prompts, method == "auralsam2")
-        if logits[decodings[0]].is_cuda:
-            torch.cuda.synchronize(logits[decodings[0]].device)
-        forward_seconds += time.perf_counter() - started
-        forward_frames += n
         rows_idx = torch.as_tensor(frames, dtype=torch.long)
         gt = None if item.is_null else item.masks[rows_idx]
         meta = {"dataset": item.dataset, "subset": item.subset, "split": item.split, "clip_key": item.clip_key,
@@ -341,10 +350,54 @@ def evaluate_source(
         if semantic is not None and item.labels is not None and not item.is_null:
             avss_oracle_semantic(semantic, logits["iou_select" if "iou_select" in logits else decodings[0]].cpu(),
                                  item.labels, frames)
-        if count % flush_every == 0:
-            flush()
-        if bar is not None:
-            bar.update(1)
+
+    # items go through the model `clips_per_batch` at a time (one at a time with SAM2 prompts or
+    # SAM2 alone); they are scored, and the rows flushed, in the same order either way
+    pending: list[tuple[int, ClipItem, list[int] | None]] = []
+
+    def run_pending() -> None:
+        nonlocal forward_seconds, forward_frames, unprompted
+        todo = [(item, frames) for _, item, frames in pending if frames is not None]
+        started = time.perf_counter()
+        if batched and len(todo) > 1:
+            predictions = predict_items(model, [item for item, _ in todo],
+                                        [cond_frame_for(task, item.n_frames, cond_frame) for item, _ in todo],
+                                        decodings, precision)
+        else:
+            predictions = []
+            for item, _ in todo:
+                cond = cond_frame_for(task, item.n_frames, cond_frame)
+                prompts = None
+                if prompt_mode != "none":
+                    if not item.is_null and bool(item.labelled[cond]):
+                        prompts = gt_prompts(item.masks[cond], prompt_mode, model.image_size, item.key, prompt_seed)
+                    unprompted += prompts is None
+                predictions.append(predict_item(model, item, cond, decodings, precision, prompts,
+                                                method == "auralsam2"))
+        if predictions and predictions[0][0][decodings[0]].is_cuda:
+            torch.cuda.synchronize(predictions[0][0][decodings[0]].device)
+        forward_seconds += time.perf_counter() - started
+        forward_frames += sum(item.n_frames for item, _ in todo)
+        scored = iter(predictions)
+        for count, item, frames in pending:
+            if frames is not None:
+                score(item, frames, *next(scored))
+            if count % flush_every == 0:
+                flush()
+            if bar is not None:
+                bar.update(1)
+        pending.clear()
+
+    for count, index in enumerate(indices, 1):
+        item = source.item(index)
+        if item.is_null:
+            frames: list[int] | None = list(range(item.n_frames))
+        else:
+            frames = [t for t in range(item.n_frames) if bool(item.labelled[t])] or None  # None: nothing to score
+        pending.append((count, item, frames))
+        if len(pending) >= clips_per_batch:
+            run_pending()
+    run_pending()
     flush()
     if bar is not None:
         bar.close()
