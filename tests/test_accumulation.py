@@ -71,10 +71,11 @@ class _KilledMidStep(Exception):
     pass
 
 
-def test_a_run_killed_mid_accumulation_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("prefetch", ["off", "on"])
+def test_a_run_killed_mid_accumulation_resumes_to_the_same_weights(tmp_path, prefetch):
     overrides = ("train.deterministic=true", "data.views=random", "model.fuser.dropout=0.1",
                  "loss.audiocon.mode=paper", "train.epochs=2", "train.clips_per_step=2", "train.accumulate_steps=2",
-                 "train.checkpoint_every_steps=1")
+                 "train.checkpoint_every_steps=1", f"train.prefetch={prefetch}")
     cfg = tiny_config(*overrides)
     full = train(cfg, training_data(cfg, open_reader(cfg)), tmp_path / "full")
     assert full.steps == 4  # 6 training clips, 4 per step: steps of 4 and 2 clips per epoch
@@ -98,3 +99,17 @@ def test_a_run_killed_mid_accumulation_resumes_to_the_same_weights(tmp_path):
     for key in a["trainable"]:
         assert torch.equal(a["trainable"][key], b["trainable"][key]), key
     assert (tmp_path / "full" / "history.jsonl").read_text() == (tmp_path / "killed" / "history.jsonl").read_text()
+
+
+def test_prefetching_the_next_step_changes_nothing(tmp_path):
+    """The background reader (on by default on a GPU) hands over the same items: bit-identical runs,
+    validation included (it waits for the background read before reading the same cache)."""
+    runs = {}
+    for prefetch in ("off", "on"):
+        cfg = tiny_config("train.deterministic=true", "data.views=random", "train.epochs=2", "train.clips_per_step=2",
+                          f"train.prefetch={prefetch}", "loss.audiocon.mode=paper")
+        runs[prefetch] = train(cfg, training_data(cfg, open_reader(cfg)), tmp_path / prefetch)
+    a, b = (torch.load(tmp_path / p / "last.ckpt", weights_only=True) for p in ("off", "on"))
+    assert all(torch.equal(a["trainable"][k], b["trainable"][k]) for k in a["trainable"])
+    assert (tmp_path / "off" / "history.jsonl").read_text() == (tmp_path / "on" / "history.jsonl").read_text()
+    assert runs["on"].data_wait_s >= 0 and runs["off"].data_wait_s > 0

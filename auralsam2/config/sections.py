@@ -123,6 +123,9 @@ class TrainConfig(_Strict):
     accumulate_steps: int = Field(1, ge=1, description="micro-steps per optimizer step (gradient accumulation): "
                                   "a step sees clips_per_step x accumulate_steps clips per GPU, in the same order "
                                   "whatever the split")
+    prefetch: Literal["auto", "on", "off"] = Field(
+        "auto", description="read the next step's items in a background thread (on a GPU: pinned, copied on a side "
+                            "stream) while this step computes; auto = on a GPU only")
     seed: int = Field(666, description="seed; rank r uses seed + r (released: 666 + rank)")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms + fixed threads: "
                                                    "an interrupted + resumed CPU run ends bit-identical")

@@ -1,17 +1,20 @@
 """What the training loop reads: the frozen SAM2 and the items (`TrainingData`), in the released
-`DistributedSampler` order (`DataOrder`)."""
+`DistributedSampler` order (`DataOrder`), step by step (`StepReader`: the next step's items read,
+pinned and copied to the GPU in the background while this step computes)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from auralsam2.items import ItemSource
+from auralsam2.items import ClipItem, ItemSource
 
-__all__ = ["DataOrder", "TrainingData"]
+__all__ = ["DataOrder", "StepReader", "TrainingData", "item_to_device"]
 
 
 @dataclass
@@ -61,3 +64,70 @@ class DataOrder:
         start = step * self.items_per_step
         stop = min(start + self.items_per_step, self.items_per_epoch)
         return [(position, self.index(epoch, position)) for position in range(start, stop)]
+
+
+def item_to_device(item: ClipItem, device: torch.device, pin: bool = False) -> ClipItem:
+    """The item with the tensors the model reads on `device`; `pin`: through pinned host memory and
+    a non-blocking copy (on the current CUDA stream)."""
+    def move(x: torch.Tensor | None) -> torch.Tensor | None:
+        if x is None:
+            return None
+        if pin and x.device.type == "cpu":
+            x = x.pin_memory()
+        return x.to(device, non_blocking=pin)
+
+    return dataclasses.replace(item, pyramid=tuple(move(x) for x in item.pyramid), log_mel=move(item.log_mel),
+                               text=move(item.text), masks=move(item.masks))
+
+
+class StepReader:
+    """The items of optimizer step s (`DataOrder.step_items`), on the device.
+
+    With `prefetch`, taking step s starts reading step s + 1 in one background thread (the cache
+    reader's memory-mapped reads and decoding release the GIL); on a GPU it pins them and copies them
+    on a side stream, which the compute stream waits for when they are taken. The items do not
+    depend on prefetching (a pure function of the step). `idle()` blocks until the background read
+    is done: call it before anything else reads the same cache (validation)."""
+
+    def __init__(self, source: ItemSource, order: DataOrder, device: torch.device, prefetch: bool) -> None:
+        self.source, self.order, self.device = source, order, device
+        self._cuda = device.type == "cuda"
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch else None
+        self._stream = torch.cuda.Stream(device) if prefetch and self._cuda else None
+        self._pending: tuple[int, Future] | None = None
+        self.wait_s = 0.0  # time the loop spent waiting for items (reading them itself, or the prefetch)
+
+    def _read(self, step: int) -> list[ClipItem]:
+        epoch, in_epoch = divmod(step, self.order.steps_per_epoch)
+        items = [self.source.item(index, epoch) for _, index in self.order.step_items(epoch, in_epoch)]
+        if self._stream is not None:
+            with torch.cuda.stream(self._stream):
+                return [item_to_device(item, self.device, pin=True) for item in items]
+        return [item_to_device(item, self.device) for item in items]
+
+    def take(self, step: int, next_step: int | None) -> list[ClipItem]:
+        """Step `step`'s items; starts reading `next_step`'s (None: nothing follows)."""
+        import time
+
+        started = time.perf_counter()
+        pending, self._pending = self._pending, None
+        items = pending[1].result() if pending is not None and pending[0] == step else self._read(step)
+        if self._stream is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self._stream)
+            for item in items:  # the side stream's memory is now used on this one
+                for x in (*item.pyramid, item.log_mel, item.text, item.masks):
+                    if x is not None:
+                        x.record_stream(current)
+        self.wait_s += time.perf_counter() - started
+        if self._pool is not None and next_step is not None:
+            self._pending = (next_step, self._pool.submit(self._read, next_step))
+        return items
+
+    def idle(self) -> None:
+        if self._pending is not None:
+            wait([self._pending[1]])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,6 +1,7 @@
 """The training loop: config -> data -> model -> optimizer -> loop -> validation -> checkpoints.
 
-Read `train` top to bottom; it is the whole control flow (released `trainer/train.py`, `main.py`):
+Read `train` and its `_loop` top to bottom; they are the whole control flow (released
+`trainer/train.py`, `main.py`):
 
 * one item (an AVSBench clip, or one Ref-AVS expression) per GPU per step as released, or
   `clips_per_step` x `accumulate_steps` of them (the loss is the mean over the step's clips; each
@@ -26,16 +27,16 @@ import contextlib
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from auralsam2.config import ExperimentConfig
+from auralsam2.config import ExperimentConfig, TrainConfig
 from auralsam2.engine.build import build_model
-from auralsam2.engine.data import DataOrder, TrainingData
+from auralsam2.engine.data import DataOrder, StepReader, TrainingData
 from auralsam2.engine.optim import make_optimizer
 from auralsam2.engine.runtime import (
     Runtime,
@@ -74,6 +75,7 @@ class TrainResult:
     selection: str
     epochs: list[dict[str, float]] = field(default_factory=list)
     model: AuralSAM2 | None = field(default=None, repr=False)  # the trained model (this rank's copy)
+    data_wait_s: float = 0.0  # time the loop waited for items (the device idles meanwhile)
 
 
 def train(
@@ -129,10 +131,37 @@ def train(
     # ---- loop -----------------------------------------------------------------------------------
     bar = _progress_bar(tc.progress and rt.main, total_steps, progress.step, cfg.run_name or cfg.experiment)
     interrupted = False
+    reader = StepReader(data.train, order, rt.device, prefetch=_prefetch(tc, rt))
+    try:
+        interrupted = _loop(cfg, data, model, forward, rt, run, order, reader, optimizer, scheduler, loss_generator,
+                            progress, total_steps, bar, save_last, checkpoint_extra)
+    finally:
+        reader.close()
+    if bar is not None:
+        bar.close()
+    finish_runtime(rt)
+    return TrainResult(run.dir, run.last, run.best if run.best.is_file() else None, progress.step, total_steps,
+                       interrupted, progress.best_metric, progress.best_step,
+                       f"{data.select_split}/{tc.select_protocol}/{tc.select_decoding}/J", progress.epochs, model,
+                       reader.wait_s)
+
+
+def _prefetch(tc: TrainConfig, rt: Runtime) -> bool:
+    return tc.prefetch == "on" or (tc.prefetch == "auto" and rt.device.type == "cuda")
+
+
+def _loop(cfg: ExperimentConfig, data: TrainingData, model: AuralSAM2, forward: torch.nn.Module, rt: Runtime,
+          run: RunFiles, order: DataOrder, reader: StepReader, optimizer: torch.optim.Optimizer,
+          scheduler: torch.optim.lr_scheduler.LRScheduler, loss_generator: torch.Generator, progress: Progress,
+          total_steps: int, bar: Any, save_last: Callable[[bool], None],
+          checkpoint_extra: Mapping[str, Any] | None) -> bool:
+    """Optimizer steps from `progress.step` to `total_steps` (or `stop_after_steps`); True when stopped early."""
+    tc = cfg.train
+    steps_per_epoch = order.steps_per_epoch
     while progress.step < total_steps:
-        epoch, in_epoch = divmod(progress.step, steps_per_epoch)
+        items = reader.take(progress.step, progress.step + 1 if progress.step + 1 < total_steps else None)
         optimizer.zero_grad(set_to_none=True)
-        values = _step_gradients(cfg, data, forward, rt, loss_generator, order.step_items(epoch, in_epoch), epoch)
+        values = _step_gradients(cfg, forward, rt, loss_generator, items)
         if cfg.optim.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
@@ -152,6 +181,7 @@ def train(
                      "train/lr": lr, "train/epoch": step / steps_per_epoch}, step)
         saved = step % steps_per_epoch == 0 or step == total_steps
         if saved:
+            reader.idle()  # validation reads the same cache
             _end_epoch(cfg, data, model, rt, run, progress, steps_per_epoch, total_steps, checkpoint_extra)
             save_last(finished=step == total_steps)
         elif tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0:
@@ -160,14 +190,8 @@ def train(
         if tc.stop_after_steps is not None and tc.stop_after_steps <= step < total_steps:
             if not saved:
                 save_last(finished=False)
-            interrupted = True
-            break
-    if bar is not None:
-        bar.close()
-    finish_runtime(rt)
-    return TrainResult(run.dir, run.last, run.best if run.best.is_file() else None, progress.step, total_steps,
-                       interrupted, progress.best_metric, progress.best_step,
-                       f"{data.select_split}/{tc.select_protocol}/{tc.select_decoding}/J", progress.epochs, model)
+            return True
+    return False
 
 
 class TrainingStep(torch.nn.Module):
@@ -197,8 +221,8 @@ class TrainingStep(torch.nn.Module):
         return {name: torch.stack([t[name] for t in terms]) for name in LOSS_TERMS}
 
 
-def _step_gradients(cfg: ExperimentConfig, data: TrainingData, forward: torch.nn.Module, rt: Runtime,
-                    loss_generator: torch.Generator, items: list[tuple[int, int]], epoch: int) -> dict[str, float]:
+def _step_gradients(cfg: ExperimentConfig, forward: torch.nn.Module, rt: Runtime, loss_generator: torch.Generator,
+                    items: list[ClipItem]) -> dict[str, float]:
     """Accumulate the gradient of one optimizer step: the mean loss over its clips, in micro-steps
     of `clips_per_step` clips (one forward and backward each; every clip keeps its own frames,
     memory and conditioning frame), drawing each clip's AudioCon sample from `loss_generator` in the
@@ -208,7 +232,7 @@ def _step_gradients(cfg: ExperimentConfig, data: TrainingData, forward: torch.nn
     n = cfg.train.clips_per_step
     sums = dict.fromkeys(LOSS_TERMS, 0.0)
     for start in range(0, len(items), n):
-        micro = [data.train.item(index, epoch) for _, index in items[start : start + n]]
+        micro = items[start : start + n]
         last = start + n >= len(items)
         with contextlib.nullcontext() if last or rt.world == 1 else forward.no_sync():
             terms = forward(micro, loss_generator)
