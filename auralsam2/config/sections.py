@@ -126,6 +126,11 @@ class TrainConfig(_Strict):
     prefetch: Literal["auto", "on", "off"] = Field(
         "auto", description="read the next step's items in a background thread (on a GPU: pinned, copied on a side "
                             "stream) while this step computes; auto = on a GPU only")
+    compile: Literal["off", "fuser", "all"] = Field(
+        "off", description="torch.compile the per-frame modules: the fuser, or all (+ VGGish, SAM2's memory "
+                           "attention and encoder, decoder blocks); a few graphs (clip lengths), then none")
+    compile_backend: str = Field("inductor", description="torch.compile backend (inductor; aot_eager checks "
+                                                         "tracing without code generation)")
     seed: int = Field(666, description="seed; rank r uses seed + r (released: 666 + rank)")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms + fixed threads: "
                                                    "an interrupted + resumed CPU run ends bit-identical")

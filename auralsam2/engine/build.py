@@ -18,7 +18,7 @@ from auralsam2.config import ModelConfig, resolve_path
 from auralsam2.fuser import AuralFuser
 from auralsam2.model import AuralSAM2
 
-__all__ = ["build_model", "load_fuser_weights"]
+__all__ = ["build_model", "compile_model", "load_fuser_weights"]
 
 
 def build_model(cfg: ModelConfig, sam2: nn.Module) -> AuralSAM2:
@@ -56,3 +56,25 @@ def load_fuser_weights(model: AuralSAM2, path: str | os.PathLike) -> str:
     if loaded.audio_encoder is not None and model.audio_encoder is not None:
         model.audio_encoder.vggish.load_state_dict(loaded.audio_encoder.vggish.state_dict())
     return f"{path}: loaded our fuser checkpoint (fingerprints {loaded.fingerprints})"
+
+
+def compile_model(model: AuralSAM2, what: str, backend: str = "inductor") -> list[str]:
+    """`torch.compile` the parts of `model` that run every frame, in place (`nn.Module.compile`: the
+    parameter names, so checkpoints, do not change); returns their names. `what`: "off", "fuser",
+    or "all" = the fuser, VGGish, and SAM2's memory attention, memory encoder and decoder blocks
+    (the stock modules our tracking calls). Shapes change only between clip lengths, expression
+    lengths and the memory bank's first frames, so after those few graphs no step recompiles."""
+    if what == "off":
+        return []
+    parts: dict[str, nn.Module] = {"fuser": model.fuser}
+    if what == "all":
+        sam2 = model.sam2
+        if model.audio_encoder is not None:
+            parts["audio_encoder"] = model.audio_encoder
+        parts["sam2.memory_attention"] = sam2.memory_attention
+        parts["sam2.memory_encoder"] = sam2.memory_encoder
+        for i, layer in enumerate(sam2.sam_mask_decoder.transformer.layers):
+            parts[f"sam2.sam_mask_decoder.transformer.layers.{i}"] = layer
+    for module in parts.values():
+        module.compile(backend=backend)
+    return list(parts)

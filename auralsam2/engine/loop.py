@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from auralsam2.config import ExperimentConfig, TrainConfig
-from auralsam2.engine.build import build_model
+from auralsam2.engine.build import build_model, compile_model
 from auralsam2.engine.data import DataOrder, StepReader, TrainingData
 from auralsam2.engine.optim import make_optimizer
 from auralsam2.engine.runtime import (
@@ -109,6 +109,9 @@ def train(
     # ---- model (same init on every rank; DDP would broadcast rank 0's anyway) -------------------
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model, data.sam2).to(rt.device)
+    compiled = compile_model(model, tc.compile, tc.compile_backend)
+    if compiled:
+        run.tag({"compiled": ",".join(compiled), "compile_backend": tc.compile_backend})
     seed_everything(tc.seed + rt.rank)
     loss_generator = torch.Generator().manual_seed(tc.seed + rt.rank)
 
