@@ -1,21 +1,30 @@
-"""GPU benchmark (prepared for a lent GPU machine): AuralSAM2 with SAM 2.0 Hiera-B+ at 1024^2.
+"""Training and inference speed, side by side in one run on one device (issue 15).
 
-Measures, with random weights and the released-size fuser and VGGish, bf16 autocast around the
-forward as released, one clip per step:
+For each SAM2 backbone (default Hiera-B+ and Hiera-L at 1024^2; random weights, the released-size
+fuser and VGGish, bf16 autocast on a GPU), two training loops over the same synthetic clips:
 
-1. training steps/s FROM THE CACHE: the step starts from the bf16 compact levels on the GPU
-   (what `CacheReader` hands over after reading), expands them with the frozen lateral convs, runs
-   the fuser + SAM2 tracking with memory, the released loss (segmentation + official AudioCon),
-   backward and AdamW;
-2. the same step WITH THE IMAGE ENCODER in the loop (Hiera-B+ on the clip's frames each step);
-3. inference frames/s with audio prompts (`predict_clip`, eval, no grad, bf16; encoder included,
-   and from cached pyramids), the paper's 16.4 FPS setting for Hiera-B+.
+(a) **released-style**: a `DataLoader` (worker processes) decodes each frame's JPEG and resizes it
+    to S x S; every step runs the image encoder on the clip, then fuser + SAM2 tracking with memory,
+    the released loss (segmentation + official AudioCon), backward and AdamW (foreach); one clip per
+    step, eager;
+(b) **ours**: the step starts from cached bf16 compact levels in pinned host memory (what the feature
+    cache's memory-mapped files hand over), read for the next step in the background (`StepReader`:
+    pinned, side-stream copies, the lateral convs on the GPU), `clips_per_step` clips per step in one
+    forward (`TrainingStep` / `forward_clips`: frame t of every clip one decoder batch),
+    `torch.compile` of the per-frame modules (`compile_model`), fused AdamW.
 
-    python -m bench.gpu_train_bench [--frames 5] [--steps 10] [--warmup 3] [--config sam2_hiera_b+]
-    python -m bench.gpu_train_bench --config sam2_hiera_t --image-size 128 --frames 2 --steps 1   # CPU smoke run
+Reported per backbone: training frames/s of each and their ratio, FLOPs per step (counted once with
+`torch.utils.flop_counter.FlopCounterMode`) and model FLOPs utilisation = FLOPs / step time / the
+device's bf16 dense peak (the peak used is printed; `--peak-tflops` overrides the table), the time
+the loop waited for data, peak memory, and inference frames/s with the fuser, single-stream (one
+clip at a time) and batched (`predict_items`, `--clips` at once), from cached levels.
+
+    python -m bench.gpu_train_bench                       # a GPU: Hiera-B+ and Hiera-L, ~3-6 min on an H100
+    python -m bench.gpu_train_bench --configs sam2_hiera_b+ --clips 8 --compile all
+    python -m bench.gpu_train_bench --smoke               # CPU: tiny SAM2 at 128 px, seconds (the tests run it)
 
 Prints a Markdown table and a JSON line; writes both to $OUT/gpu_train_bench.{md,json} when $OUT
-is set. Needs nothing but this repository (no weights, no data). Expect ~2-4 minutes on one H100.
+is set. Needs nothing but this repository (no weights, no data).
 """
 
 from __future__ import annotations
@@ -30,138 +39,295 @@ from pathlib import Path
 
 import torch
 
+# bf16 dense tensor-core peaks (TFLOP/s, no sparsity), from the vendors' data sheets
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0,
+                    "RTX 4090": 165.2, "A10": 125.0, "L4": 121.0}
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+
+def peak_tflops(device: torch.device, override: float | None) -> tuple[float | None, str]:
+    if override:
+        return override, f"{override:g} TFLOP/s (--peak-tflops)"
+    if device.type != "cuda":
+        return None, "n/a (CPU)"
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BF16_TFLOPS.items():  # longest names first where they overlap (H100 PCIe)
+        if key in name:
+            return value, f"{value:g} TFLOP/s ({key} bf16 dense)"
+    return None, f"unknown for {name!r}: pass --peak-tflops"
 
 
-def _timed(fn, steps: int, warmup: int) -> list[float]:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, steps: int, warmup: int, device: torch.device) -> list[float]:
     for _ in range(warmup):
         fn()
-    _sync()
+    _sync(device)
     times = []
     for _ in range(steps):
-        start = time.perf_counter()
+        started = time.perf_counter()
         fn()
-        _sync()
-        times.append(time.perf_counter() - start)
+        _sync(device)
+        times.append(time.perf_counter() - started)
     return times
 
 
-def run(config: str = "sam2_hiera_b+", frames: int = 5, steps: int = 10, warmup: int = 3,
-        image_size: int | None = None) -> dict:
-    from auralsam2.audio import AudioEncoder, VGGish
-    from auralsam2.backbone import build_sam2_model, encode_frames, encode_frames_compact, expand_compact
-    from auralsam2.config import OptimConfig
-    from auralsam2.engine import param_groups
+def _flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+class JpegClips(torch.utils.data.Dataset):
+    """The released loader's work per clip: decode each frame's JPEG, resize to S x S, normalise."""
+
+    def __init__(self, jpegs: list[list[torch.Tensor]], size: int, log_mel: torch.Tensor, masks: torch.Tensor) -> None:
+        self.jpegs, self.size, self.log_mel, self.masks = jpegs, size, log_mel, masks
+
+    def __len__(self) -> int:
+        return 1 << 30  # sampled round-robin for as many steps as asked
+
+    def __getitem__(self, index: int):
+        from torchvision.io import decode_jpeg
+        from torchvision.transforms.v2.functional import normalize, resize
+
+        frames = [resize(decode_jpeg(data), [self.size, self.size], antialias=True)
+                  for data in self.jpegs[index % len(self.jpegs)]]
+        images = normalize(torch.stack(frames).float() / 255, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        return images, self.log_mel, self.masks
+
+
+class CachedClips:
+    """An `ItemSource` over compact bf16 levels in (pinned) host memory: its items are expanded on the
+    device with SAM2's frozen lateral convs, as `CacheReader` does after its memory-mapped reads."""
+
+    def __init__(self, sam2, compact: list, log_mel: torch.Tensor, masks: torch.Tensor, frames: int) -> None:
+        self.sam2, self.compact, self.log_mel, self.masks, self.frames = sam2, compact, log_mel, masks, frames
+
+    def __len__(self) -> int:
+        return len(self.compact)
+
+    def item(self, index: int, epoch: int = 0):
+        from auralsam2.backbone import CompactPyramid, expand_compact
+        from auralsam2.items import ClipItem
+
+        device = self.sam2.device
+        compact = self.compact[index]
+        on_device = CompactPyramid(tuple(x.to(device, non_blocking=True) for x in compact.levels), compact.forms)
+        pyramid = tuple(expand_compact(self.sam2, on_device))
+        return ClipItem(key=f"clip{index}", clip_key=f"clip{index}", dataset="avss", subset="v1m", split="train",
+                        category="", pyramid=pyramid, log_mel=self.log_mel, text=None, masks=self.masks,
+                        labelled=torch.ones(self.frames, dtype=torch.bool), supervised=list(range(self.frames)))
+
+
+def run_backbone(config: str, *, frames: int, clips: int, steps: int, warmup: int, image_size: int | None,
+                 compile_mode: str, workers: int, device: torch.device, smoke: bool) -> dict:
+    from torchvision.io import encode_jpeg
+
+    from auralsam2.audio import AudioEncoder, VGGish, VGGishConfig
+    from auralsam2.backbone import build_sam2_model, encode_frames, encode_frames_compact
+    from auralsam2.config import OptimConfig, load_config
+    from auralsam2.engine import DataOrder, StepReader, TrainingStep, compile_model, make_optimizer
+    from auralsam2.engine.runtime import Runtime, use_cudnn_attention
+    from auralsam2.evaluation.evaluate import predict_item, predict_items
     from auralsam2.fuser import AuralFuser, FuserConfig
     from auralsam2.losses import AudioConConfig
     from auralsam2.model import AuralSAM2, clip_loss
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = device.type == "cuda"
-    torch.manual_seed(0)
-    from auralsam2.engine.runtime import use_cudnn_attention
-
     use_cudnn_attention(False)  # as training does (train.cudnn_attention: false)
+    torch.manual_seed(0)
     sam2 = build_sam2_model(config, device=device, image_size=image_size)
-    size = int(sam2.image_size)
-    model = AuralSAM2(sam2, AuralFuser(FuserConfig()).to(device), AudioEncoder(VGGish(), 2, trainable=False).to(device))
-    opt = torch.optim.AdamW(param_groups(model, OptimConfig()), betas=(0.9, 0.999))
-    g = torch.Generator(device="cpu").manual_seed(0)
-    images = torch.randn(frames, 3, size, size, generator=g).to(device)
-    log_mel = torch.randn(frames, 2, 96, 64, generator=g).to(device)
-    masks = torch.zeros(frames, size, size, dtype=torch.bool, device=device)
+    size, dim = int(sam2.image_size), int(sam2.hidden_dim)
+    if smoke:  # a fuser and VGGish the tiny SAM2 can carry
+        fuser_cfg = FuserConfig(dim=dim, audio_dim=32, f_depths=(1, 1, 1), a_depth=1, heads=2, mlp_hidden=64,
+                                fusion_dim=16)
+        vggish = VGGish(VGGishConfig(conv_widths=(4, 8, 16, 16), fc_width=32, embedding_dim=16))
+    else:
+        fuser_cfg, vggish = FuserConfig(), VGGish()
+
+    def fresh_model() -> AuralSAM2:
+        torch.manual_seed(0)
+        return AuralSAM2(sam2, AuralFuser(fuser_cfg).to(device), AudioEncoder(vggish, 2, trainable=True).to(device))
+
+    g = torch.Generator().manual_seed(0)
+    pool = max(clips, 2)
+    log_mel = torch.randn(frames, 2, 96, 64, generator=g)
+    masks = torch.zeros(frames, size, size, dtype=torch.bool)
     masks[:, size // 4 : size // 2, size // 5 : size // 2] = True
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else None
+    source_hw = (64, 64) if smoke else (480, 640)  # released AVSBench frames are 224-720 px; resized to S
+    jpegs = [[encode_jpeg(torch.randint(0, 256, (3, *source_hw), dtype=torch.uint8, generator=g), quality=90)
+              for _ in range(frames)] for _ in range(pool)]
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else (
+        lambda: torch.autocast("cpu", enabled=False))
+    loss_cfg = AudioConConfig(mode="official")
+    result: dict = {"config": config, "image_size": size, "frames_per_clip": frames, "clips_per_step": clips}
 
-    def encode():
-        with torch.no_grad(), (autocast() if autocast else torch.autocast("cpu", enabled=False)):
-            return encode_frames(sam2, images)
+    # ---- (a) released-style: JPEG decode + resize in a DataLoader, the encoder every step, 1 clip, eager
+    model = fresh_model().train()
+    opt = torch.optim.AdamW(make_optimizer(model, OptimConfig(), 10**6)[0].param_groups, foreach=True)
+    loader = iter(torch.utils.data.DataLoader(JpegClips(jpegs, size, log_mel, masks), batch_size=None,
+                                              num_workers=workers, pin_memory=bf16,
+                                              persistent_workers=workers > 0))
+    waited = [0.0]
 
-    with torch.no_grad(), (autocast() if autocast else torch.autocast("cpu", enabled=False)):
-        compact = encode_frames_compact(sam2, images)
-    compact = type(compact)(levels=tuple(x.to(torch.bfloat16) for x in compact.levels), forms=compact.forms)
-
-    def step(pyramid_fn):
-        model.train()
-        pyramid = pyramid_fn()
-        with autocast() if autocast else torch.autocast("cpu", enabled=False):
-            out = model.forward_clip(pyramid, log_mel, cond_frame=frames // 2)
-        loss = clip_loss(out, masks, range(frames), AudioConConfig(mode="official"))["total"]
+    def released_step() -> None:
+        started = time.perf_counter()
+        images, mel, gt = next(loader)
+        waited[0] += time.perf_counter() - started
+        images, mel, gt = (x.to(device, non_blocking=True) for x in (images, mel, gt))
+        with torch.no_grad(), autocast():
+            pyramid = encode_frames(sam2, images)
+        with autocast():
+            out = model.forward_clip(pyramid, mel, cond_frame=frames // 2)
+        loss = clip_loss(out, gt, range(frames), loss_cfg)["total"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    def from_cache():
-        return expand_compact(sam2, compact, dtype=torch.float32)
-
+    released_flops = _flops(released_step)
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    train_cache = _timed(lambda: step(from_cache), steps, warmup)
-    peak_train = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    train_encoder = _timed(lambda: step(encode), steps, warmup)
-    encoder_only = _timed(encode, steps, warmup)
+        torch.cuda.reset_peak_memory_stats(device)
+    waited[0] = 0.0
+    times_a = _timed(released_step, steps, warmup, device)
+    wait_a = waited[0] / (steps + warmup)
+    peak_a = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    del model, opt, loader
 
-    def infer(pyramid_fn):
-        with autocast() if autocast else torch.autocast("cpu", enabled=False):
-            model.predict_clip(pyramid_fn(), log_mel, cond_frame=0, mode="iou_select")
+    # ---- (b) ours: cached compact levels, prefetched; N clips per step, compiled, fused AdamW
+    compact = []
+    for clip in jpegs:
+        images, _, _ = JpegClips([clip], size, log_mel, masks)[0]
+        with torch.no_grad(), autocast():
+            levels = encode_frames_compact(sam2, images.to(device))
+        stored = tuple(x.to(torch.bfloat16).cpu() for x in levels.levels)
+        compact.append(type(levels)(tuple(x.pin_memory() for x in stored) if bf16 else stored, levels.forms))
+    model = fresh_model().train()
+    opt = make_optimizer(model, OptimConfig(), 10**6)[0]  # fused on a GPU
+    cfg = load_config(None, [f"loss.audiocon.mode={loss_cfg.mode}", f"train.clips_per_step={clips}"])
+    rt = Runtime(0, 1, device, bf16, False)
+    step_module = TrainingStep(model, cfg, rt)
+    source = CachedClips(sam2, compact, log_mel, masks, frames)
+    order = DataOrder(len(source), seed=0, items_per_step=clips)
+    reader = StepReader(source, order, device, prefetch=True)
+    generator = torch.Generator().manual_seed(0)
+    counter = [0]
 
-    infer_full = _timed(lambda: infer(lambda: images), steps, warmup)  # frames -> encoder inside
-    infer_cache = _timed(lambda: infer(from_cache), steps, warmup)
+    def our_step() -> None:
+        step = counter[0]
+        counter[0] += 1
+        items = reader.take(step, step + 1)
+        opt.zero_grad(set_to_none=True)
+        terms = step_module(items, generator)
+        (terms["total"].sum() / len(items)).backward()
+        opt.step()
+
+    our_flops = _flops(our_step)  # eager: the counter sees every op (compiled graphs hide theirs)
+    compiled = compile_model(model, compile_mode, "inductor" if bf16 else "aot_eager")
+    for _ in range(max(warmup, 2)):  # compile (each shape bucket once) before timing
+        our_step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    reader.wait_s = 0.0
+    times_b = _timed(our_step, steps, 0, device)
+    wait_b = reader.wait_s / steps
+    peak_b = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    reader.close()
+
+    # ---- inference with the fuser, from cached levels: one clip at a time, and N clips per forward
+    items = [source.item(i) for i in range(len(source))][:clips]
+    single = _timed(lambda: [predict_item(model, item, 0, ["iou_select"]) for item in items], steps, 1, device)
+    batched = _timed(lambda: predict_items(model, items, [0] * len(items), ["iou_select"]), steps, 1, device)
+
     med = statistics.median
-    result = {
-        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "config": config, "image_size": size, "frames_per_clip": frames,
-        "steps_timed": steps, "warmup": warmup, "precision": "bf16 autocast" if bf16 else "fp32",
-        "train_step_from_cache_s": med(train_cache), "train_step_with_encoder_s": med(train_encoder),
-        "train_steps_per_s_from_cache": 1 / med(train_cache), "train_steps_per_s_with_encoder": 1 / med(train_encoder),
-        "cache_speedup": med(train_encoder) / med(train_cache),
-        "encoder_per_clip_s": med(encoder_only), "peak_train_memory_gib": peak_train,
-        "inference_fps_with_encoder": frames / med(infer_full), "inference_fps_from_cache": frames / med(infer_cache),
-        "paper_inference_fps": 16.4,
-    }
+    frames_a, frames_b = frames / med(times_a), frames * clips / med(times_b)
+    result.update({
+        "released_train_step_s": med(times_a), "released_train_frames_per_s": frames_a,
+        "released_flops_per_step": released_flops, "released_data_wait_s_per_step": wait_a,
+        "released_peak_memory_gib": peak_a,
+        "ours_train_step_s": med(times_b), "ours_train_frames_per_s": frames_b,
+        "ours_flops_per_step": our_flops, "ours_data_wait_s_per_step": wait_b, "ours_peak_memory_gib": peak_b,
+        "ours_compiled": ",".join(compiled) or "off", "speedup": frames_b / frames_a,
+        "inference_single_frames_per_s": frames * len(items) / med(single),
+        "inference_batched_frames_per_s": frames * len(items) / med(batched),
+    })
     return result
 
 
+def run(configs: list[str], *, frames: int = 5, clips: int = 8, steps: int = 8, warmup: int = 3,
+        image_size: int | None = None, compile_mode: str = "all", workers: int = 4, peak: float | None = None,
+        smoke: bool = False) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
+    peak_value, peak_text = peak_tflops(device, peak)
+    rows = []
+    for config in configs:
+        row = run_backbone(config, frames=frames, clips=clips, steps=steps, warmup=warmup, image_size=image_size,
+                           compile_mode=compile_mode, workers=workers, device=device, smoke=smoke)
+        for loop in ("released", "ours"):
+            flops_per_s = row[f"{loop}_flops_per_step"] / row[f"{loop}_train_step_s"]
+            row[f"{loop}_tflops_per_s"] = flops_per_s / 1e12
+            row[f"{loop}_mfu"] = flops_per_s / (peak_value * 1e12) if peak_value else float("nan")
+        rows.append(row)
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+            "peak": peak_text, "steps_timed": steps, "warmup": warmup, "rows": rows}
+
+
 def to_markdown(r: dict) -> str:
-    return "\n".join([
-        f"GPU training/inference benchmark: {r['device']}, torch {r['torch']}, {r['config']} at {r['image_size']}^2, "
-        f"{r['frames_per_clip']}-frame clips, {r['precision']}, random weights, released-size fuser + VGGish; "
-        f"median of {r['steps_timed']} after {r['warmup']} warm-up",
-        "",
-        "| measurement | value |",
-        "|---|---:|",
-        f"| training step from cache | {r['train_step_from_cache_s']:.3f} s ({r['train_steps_per_s_from_cache']:.2f} steps/s) |",
-        f"| training step with image encoder | {r['train_step_with_encoder_s']:.3f} s "
-        f"({r['train_steps_per_s_with_encoder']:.2f} steps/s) |",
-        f"| cache speed-up | x{r['cache_speedup']:.2f} |",
-        f"| image encoder per clip (no grad) | {r['encoder_per_clip_s']:.3f} s |",
-        f"| peak training memory | {r['peak_train_memory_gib']:.1f} GiB |",
-        f"| inference with audio prompts, encoder included | {r['inference_fps_with_encoder']:.1f} frames/s "
-        f"(paper: {r['paper_inference_fps']} FPS) |",
-        f"| inference from cached pyramids | {r['inference_fps_from_cache']:.1f} frames/s |",
-    ])
+    lines = [f"Training and inference, {r['device']}, torch {r['torch']}, {r['precision']}, random weights; "
+             f"median of {r['steps_timed']} steps after {r['warmup']} warm-up; MFU against {r['peak']}.", "",
+             "| backbone | loop | clips/step | train frames/s | step s | TFLOP/step | TFLOP/s | MFU | data wait s/step "
+             "| peak GiB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in r["rows"]:
+        name = f"{row['config']} {row['image_size']}^2, {row['frames_per_clip']} frames"
+        for loop, label, n in (("released", "(a) released-style", 1),
+                               ("ours", f"(b) ours, compile {row['ours_compiled']}", row["clips_per_step"])):
+            lines.append(f"| {name} | {label} | {n} | {row[f'{loop}_train_frames_per_s']:.1f} | "
+                         f"{row[f'{loop}_train_step_s']:.3f} | {row[f'{loop}_flops_per_step'] / 1e12:.2f} | "
+                         f"{row[f'{loop}_tflops_per_s']:.1f} | {row[f'{loop}_mfu']:.1%} | "
+                         f"{row[f'{loop}_data_wait_s_per_step']:.3f} | {row[f'{loop}_peak_memory_gib']:.1f} |")
+    lines += ["", "| backbone | training speed-up (b)/(a) | inference frames/s, single-stream | batched |",
+              "|---|---:|---:|---:|"]
+    for row in r["rows"]:
+        lines.append(f"| {row['config']} | x{row['speedup']:.2f} | {row['inference_single_frames_per_s']:.1f} | "
+                     f"{row['inference_batched_frames_per_s']:.1f} ({row['clips_per_step']} clips) |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="sam2_hiera_b+")
-    parser.add_argument("--frames", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--configs", default="sam2_hiera_b+,sam2_hiera_l", help="comma-separated SAM2 configs")
+    parser.add_argument("--frames", type=int, default=5, help="frames per clip")
+    parser.add_argument("--clips", type=int, default=8, help="clips per step of (b), and per inference batch")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=None, help="input size (default: the config's, 1024)")
+    parser.add_argument("--compile", dest="compile_mode", default="all", choices=["off", "fuser", "all"])
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of (a)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's bf16 dense peak")
+    parser.add_argument("--smoke", action="store_true",
+                        help="CPU smoke run: tiny SAM2 at 128 px, 2 frames, 2 clips, 1 step, no workers")
     args = parser.parse_args(argv)
-    result = run(args.config, args.frames, args.steps, args.warmup, args.image_size)
+    if args.smoke:
+        result = run(["tiny"], frames=2, clips=2, steps=1, warmup=0, image_size=128, compile_mode="fuser",
+                     workers=0, smoke=True)
+    else:
+        result = run(args.configs.split(","), frames=args.frames, clips=args.clips, steps=args.steps,
+                     warmup=args.warmup, image_size=args.image_size, compile_mode=args.compile_mode,
+                     workers=args.workers, peak=args.peak_tflops)
     text = to_markdown(result)
     print(text)
-    print(json.dumps(result))
+    print(json.dumps(result, default=str))
     out = os.environ.get("OUT")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "gpu_train_bench.md").write_text(text + "\n")
-        (Path(out) / "gpu_train_bench.json").write_text(json.dumps(result, indent=1))
+        (Path(out) / "gpu_train_bench.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 
 

@@ -8,9 +8,9 @@
 * `runtime`: the process group and DDP, the device, seeding and RNG states.
 """
 
-from auralsam2.engine.build import build_model, load_fuser_weights
-from auralsam2.engine.data import DataOrder, TrainingData
-from auralsam2.engine.loop import TrainResult, train, validate
+from auralsam2.engine.build import build_model, compile_model, load_fuser_weights
+from auralsam2.engine.data import DataOrder, StepReader, TrainingData, item_to_device
+from auralsam2.engine.loop import TrainingStep, TrainResult, train, validate
 from auralsam2.engine.optim import make_optimizer, param_groups, poly_factor
 from auralsam2.engine.runtime import Runtime, needs_find_unused, setup_runtime
 from auralsam2.engine.state import LOSS_TERMS, STATE_FORMAT, RunLogger
@@ -21,9 +21,13 @@ __all__ = [
     "DataOrder",
     "RunLogger",
     "Runtime",
+    "StepReader",
     "TrainResult",
     "TrainingData",
+    "TrainingStep",
     "build_model",
+    "compile_model",
+    "item_to_device",
     "load_fuser_weights",
     "make_optimizer",
     "needs_find_unused",

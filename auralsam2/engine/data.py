@@ -99,11 +99,12 @@ class StepReader:
 
     def _read(self, step: int) -> list[ClipItem]:
         epoch, in_epoch = divmod(step, self.order.steps_per_epoch)
-        items = [self.source.item(index, epoch) for _, index in self.order.step_items(epoch, in_epoch)]
-        if self._stream is not None:
+        if self._stream is not None:  # the reader's own GPU work (expanding cached levels) goes there too
             with torch.cuda.stream(self._stream):
-                return [item_to_device(item, self.device, pin=True) for item in items]
-        return [item_to_device(item, self.device) for item in items]
+                return [item_to_device(self.source.item(index, epoch), self.device, pin=True)
+                        for _, index in self.order.step_items(epoch, in_epoch)]
+        return [item_to_device(self.source.item(index, epoch), self.device)
+                for _, index in self.order.step_items(epoch, in_epoch)]
 
     def take(self, step: int, next_step: int | None) -> list[ClipItem]:
         """Step `step`'s items; starts reading `next_step`'s (None: nothing follows)."""
