@@ -196,7 +196,7 @@ def run_backbone(config: str, *, frames: int, clips: int, steps: int, warmup: in
     times_a = _timed(released_step, steps, warmup, device)
     wait_a = waited[0] / (steps + warmup)
     peak_a = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    del model, opt, loader
+    model = opt = loader = None  # free (a)'s model, optimizer state and loader workers before (b)
 
     # ---- (b) ours: cached compact levels, prefetched; N clips per step, compiled, fused AdamW
     compact = []
