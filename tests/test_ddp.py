@@ -101,27 +101,28 @@ ACCUMULATING = ("train.max_steps=1", "train.epochs=1", "loss.audiocon.mode=off",
                 "data.views=first", "optim.lr=1e-2", "optim.eps=1e-4")  # eps: see tests/test_accumulation.py
 
 
-def _accumulating_worker(rank: int, world: int, port: int, out: str) -> None:
+def _accumulating_worker(rank: int, world: int, port: int, out: str, n: int, k: int) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     from auralsam2.engine import train
     from feature_cache.dataset import open_reader, training_data
 
-    cfg = tiny_config(*ACCUMULATING, "train.clips_per_step=1", "train.accumulate_steps=2")
+    cfg = tiny_config(*ACCUMULATING, f"train.clips_per_step={n}", f"train.accumulate_steps={k}")
     result = train(cfg, training_data(cfg, open_reader(cfg)), Path(out) / "run")
     torch.save({k: v.detach().clone() for k, v in result.model.named_parameters() if v.requires_grad},
                Path(out) / f"weights{rank}.pt")
 
 
-def test_two_gloo_processes_accumulating_take_the_step_of_one_process_over_the_same_clips(tmp_path):
-    """2 ranks x 2 micro-steps (all-reduced once, at the step's last backward) = 1 process with
-    2 clips x 2 micro-steps: the same 4 clips (the sampler's first 4), the same mean gradient."""
+@pytest.mark.parametrize("n,k", [(1, 2), (2, 1)])
+def test_two_gloo_processes_accumulating_take_the_step_of_one_process_over_the_same_clips(tmp_path, n, k):
+    """2 ranks x (N clips x K micro-steps, all-reduced once, at the step's last backward) = 1 process
+    with 2 clips x 2 micro-steps: the same 4 clips (the sampler's first 4), the same mean gradient."""
     from auralsam2.engine import train
     from feature_cache.dataset import open_reader, training_data
 
     tiny_cache("avss")
-    context = mp.start_processes(_accumulating_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
+    context = mp.start_processes(_accumulating_worker, args=(2, _free_port(), str(tmp_path), n, k), nprocs=2, join=False,
                                  start_method="spawn")
     deadline = time.monotonic() + 240
     while not context.join(timeout=5):
