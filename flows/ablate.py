@@ -314,7 +314,7 @@ def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = 
     parent_name = f"ablate-{grid}-{config_hash(base)}"
     key = f"{parent_name}/{','.join(r.name for r in grid_rows)}/{sel}"
     parent_id = mlf.continue_or_start_run(base.experiment, parent_name, key,
-                                          tags={"auralsam2.kind": "ablation", "grid": grid}) \
+                                          tags={"auralsam2.kind": "ablation", "grid": grid}, reuse_finished=True) \
         if tracking else f"local-{parent_name}"
     try:
         args = [(config_to_yaml(row_config(base, row)), row.name, parent_id if tracking else None, sel, tracking)

@@ -126,25 +126,42 @@ def start_run(experiment: str, run_name: str, *, parent_run_id: str | None = Non
 def unfinished_run(experiment: str, tag: str, value: str, mlflow_client=None) -> str | None:
     """The id of a RUNNING run of `experiment` tagged `tag = value`: one a killed process left behind
     before it could record the id anywhere else."""
+    return _run_tagged(experiment, tag, value, "RUNNING", mlflow_client)
+
+
+def _run_tagged(experiment: str, tag: str, value: str, status: str, mlflow_client=None) -> str | None:
+    """The newest run of `experiment` with `status` whose tag `tag` equals `value`. The tag is
+    compared here, not in the search filter: MLflow's filter grammar cannot quote a value holding a
+    quote (an ablation key names its selection, `split='test'`), so such a run was never found."""
     c = mlflow_client or client()
     found = c.get_experiment_by_name(experiment)
     if found is None:
         return None
-    quoted = value.replace("\\", "\\\\").replace("'", "\\'")
-    runs = c.search_runs([found.experiment_id], f"tags.`{tag}` = '{quoted}' and attributes.status = 'RUNNING'",
-                         max_results=1)
-    return runs[0].info.run_id if runs else None
+    token = None
+    while True:
+        page = c.search_runs([found.experiment_id], f"attributes.status = '{status}'", max_results=1000,
+                             order_by=["attributes.start_time DESC"], page_token=token)
+        for run in page:
+            if run.data.tags.get(tag) == value:
+                return run.info.run_id
+        token = page.token
+        if not token:
+            return None
 
 
 KEY_TAG = "auralsam2.key"  # what a run is of (an ablation grid, an evaluation): a killed one is continued
 
 
 def continue_or_start_run(experiment: str, run_name: str, key: str, *, tags: Mapping[str, str] | None = None,
-                          mlflow_client=None) -> str:
+                          reuse_finished: bool = False, mlflow_client=None) -> str:
     """The RUNNING run tagged with `key` (left by a killed process: the re-run continues it rather
-    than leaving it RUNNING for ever beside a new one), else a new run tagged with it."""
+    than leaving it RUNNING for ever beside a new one), else, with `reuse_finished`, the newest
+    FINISHED one (a re-run of finished work rewrites its outputs in place instead of adding a
+    second copy), else a new run tagged with it."""
     c = mlflow_client or client()
     run_id = unfinished_run(experiment, KEY_TAG, key, c)
+    if run_id is None and reuse_finished:
+        run_id = _run_tagged(experiment, KEY_TAG, key, "FINISHED", c)
     if run_id is not None:
         return run_id
     return start_run(experiment, run_name, tags={**(tags or {}), KEY_TAG: key}, mlflow_client=c)

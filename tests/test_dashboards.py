@@ -128,3 +128,22 @@ def test_report_curves_hold_one_point_per_step_after_a_resume(home, monkeypatch)
     curve = _curves(home)[run.info.run_id]["train/total"]
     assert [step for step, _ in curve] == list(range(7))
     assert curve == [(s, 1.0 / (s + 1)) for s in range(7)]
+
+
+def test_a_killed_or_finished_run_is_found_by_a_key_holding_quotes(tmp_path, monkeypatch) -> None:
+    """An ablation's key names its selection (`split='test'`); MLflow's filter grammar cannot quote
+    such a value, so the re-run of a killed grid once started a second parent and left the first
+    RUNNING (bench.kill_injection). Real SQLite store."""
+    from flows import tracking as mlf
+
+    _mlflow_store(tmp_path, monkeypatch, "keys")
+    key = "ablate-paper-abc/full,visual_only/SummarySelection(split='test', subsets=[])"
+    killed = mlf.continue_or_start_run("keys", "ablate-paper-abc", key)
+    mlf.continue_or_start_run("keys", "other", key + "x")  # a different key: never picked
+    assert mlf.unfinished_run("keys", mlf.KEY_TAG, key) == killed
+    assert mlf.continue_or_start_run("keys", "ablate-paper-abc", key, reuse_finished=True) == killed
+    mlf.end_run(killed)
+    assert mlf.unfinished_run("keys", mlf.KEY_TAG, key) is None
+    # finished: an ablation re-run rewrites the same parent; other work starts a new run
+    assert mlf.continue_or_start_run("keys", "ablate-paper-abc", key, reuse_finished=True) == killed
+    assert mlf.continue_or_start_run("keys", "ablate-paper-abc", key) != killed
