@@ -281,15 +281,15 @@ def run(configs: list[str], *, frames: int = 5, clips: int = 8, steps: int = 8, 
 def to_markdown(r: dict) -> str:
     lines = [f"Training and inference, {r['device']}, torch {r['torch']}, {r['precision']}, random weights; "
              f"median of {r['steps_timed']} steps after {r['warmup']} warm-up; MFU against {r['peak']}.", "",
-             "| backbone | loop | clips/step | train frames/s | step s | TFLOP/step | TFLOP/s | MFU | data wait s/step "
+             "| backbone | loop | clips/step | train frames/s | step s | GFLOP/step | TFLOP/s | MFU | data wait s/step "
              "| peak GiB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in r["rows"]:
         name = f"{row['config']} {row['image_size']}^2, {row['frames_per_clip']} frames"
         for loop, label, n in (("released", "(a) released-style", 1),
                                ("ours", f"(b) ours, compile {row['ours_compiled']}", row["clips_per_step"])):
             lines.append(f"| {name} | {label} | {n} | {row[f'{loop}_train_frames_per_s']:.1f} | "
-                         f"{row[f'{loop}_train_step_s']:.3f} | {row[f'{loop}_flops_per_step'] / 1e12:.2f} | "
-                         f"{row[f'{loop}_tflops_per_s']:.1f} | {row[f'{loop}_mfu']:.1%} | "
+                         f"{row[f'{loop}_train_step_s']:.3f} | {row[f'{loop}_flops_per_step'] / 1e9:.1f} | "
+                         f"{row[f'{loop}_tflops_per_s']:.2f} | {row[f'{loop}_mfu']:.1%} | "
                          f"{row[f'{loop}_data_wait_s_per_step']:.3f} | {row[f'{loop}_peak_memory_gib']:.1f} |")
     lines += ["", "| backbone | training speed-up (b)/(a) | inference frames/s, single-stream | batched |",
               "|---|---:|---:|---:|"]
