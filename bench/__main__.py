@@ -68,7 +68,8 @@ def run(area: str, quick: bool) -> None:
     out.unlink(missing_ok=True)
 
 
-def assemble() -> None:
+def assemble(out: Path | None = None) -> None:
+    """Write BENCHMARKS.md (or `out`) from the machine line and every `bench/results/*.md`."""
     parts = [
         "# Benchmarks\n",
         "Produced by `make bench` (`python -m bench`), which runs every `bench/bench_*.py` and collects their\n"
@@ -81,7 +82,7 @@ def assemble() -> None:
         md = RESULTS / f"{area}.md"
         if md.is_file():
             parts.append(md.read_text().strip() + "\n")
-    (HERE.parent / "BENCHMARKS.md").write_text("\n".join(parts))
+    (out or HERE.parent / "BENCHMARKS.md").write_text("\n".join(parts))
 
 
 def main() -> None:

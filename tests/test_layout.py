@@ -149,3 +149,19 @@ def test_no_path_of_any_machine_in_the_repository() -> None:
                     if absolute.search(line) and "noqa: machine-path" not in line:
                         offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def test_benchmarks_md_is_the_assembly_of_bench_results(tmp_path, monkeypatch):
+    """`make bench` rebuilds BENCHMARKS.md from bench/results/*.md: a section written into
+    BENCHMARKS.md alone would be lost at the next run (it once dropped five)."""
+    import importlib
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["python"])
+    importlib.import_module("bench.__main__").assemble(tmp_path / "BENCHMARKS.md")
+    rebuilt = (tmp_path / "BENCHMARKS.md").read_text().splitlines()
+    committed = (ROOT / "BENCHMARKS.md").read_text().splitlines()
+    dated = [i for i, line in enumerate(committed) if line.startswith("Last assembled")]
+    for i in dated:  # the assembly date and machine line is the one that may differ
+        rebuilt[i] = committed[i]
+    assert rebuilt == committed, "edit bench/results/*.md, then `python -m bench --assemble-only`"
