@@ -219,7 +219,7 @@ CONSUMERS = {
     "evaluate": Consumer("evaluate", lambda ws: ["evaluate", _best(ws), "--no-tracking", "--split", "test"],
                          lambda ws, out: _metrics_digest(ws)),
     "query": Consumer("query", lambda ws: ["query", "--no-refresh-runs", "--csv",
-                                           "select * from clip_metrics order by clip_key, protocol, decoding"],
+                                           "select * from clip_metrics order by all"],  # a total order: two runs' rows
                       lambda ws, out: hashlib.sha256(out.encode()).hexdigest()),
     "query_ablation": Consumer("query_ablation", lambda ws: ["query", "--no-refresh-runs", "--csv",
                                                              "select * from ablation_summary order by all"],
