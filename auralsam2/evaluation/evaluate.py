@@ -275,6 +275,39 @@ def schema_rows(
 RowsSink = Callable[[str, list[dict[str, Any]], list[dict[str, Any]]], None]
 
 
+def _predict_one_by_one(model: AuralSAM2, items: Sequence[ClipItem], conds: Sequence[int], decodings: Sequence[str],
+                        precision: str, prompt_mode: str, prompt_seed: int, use_fuser: bool
+                        ) -> tuple[list[tuple[dict[str, Tensor], Tensor]], int]:
+    """`predict_item` per item, with SAM2 prompts from the conditioning frame's GT when asked; also
+    returns how many items had no GT there to prompt from."""
+    predictions, unprompted = [], 0
+    for item, cond in zip(items, conds, strict=True):
+        prompts = None
+        if prompt_mode != "none":
+            if not item.is_null and bool(item.labelled[cond]):
+                prompts = gt_prompts(item.masks[cond], prompt_mode, model.image_size, item.key, prompt_seed)
+            unprompted += prompts is None
+        predictions.append(predict_item(model, item, cond, decodings, precision, prompts, use_fuser))
+    return predictions, unprompted
+
+
+def _score_item(evaluators: dict[str, StreamingEvaluator], semantic: AVSSAccumulator | None,
+                labelled: dict[str, set[int]], decodings: Sequence[str], item: ClipItem, frames: list[int],
+                logits: dict[str, Tensor], scores: Tensor) -> None:
+    """Hand one item's predictions of its scored `frames` to every decoding's evaluator."""
+    rows_idx = torch.as_tensor(frames, dtype=torch.long)
+    gt = None if item.is_null else item.masks[rows_idx]
+    meta = {"dataset": item.dataset, "subset": item.subset, "split": item.split, "clip_key": item.clip_key,
+            "expression_uid": item.expression_uid, "category": item.category}
+    labelled[item.key] = {t for t in range(item.n_frames) if bool(item.labelled[t])}
+    for mode, ev in evaluators.items():
+        ev.add_clip(item.key, logits[mode][rows_idx.to(logits[mode].device)], gt, scores[rows_idx.to(scores.device)],
+                    null=item.is_null, meta=meta, frame_indices=frames)
+    if semantic is not None and item.labels is not None and not item.is_null:
+        avss_oracle_semantic(semantic, logits["iou_select" if "iou_select" in logits else decodings[0]].cpu(),
+                             item.labels, frames)
+
+
 def evaluate_source(
     model: AuralSAM2,
     source: ItemSource,
@@ -337,51 +370,29 @@ def evaluate_source(
         bar = tqdm(total=len(indices), unit="item", desc=f"evaluate {split}", leave=False)
     batched = clips_per_batch > 1 and prompt_mode == "none" and method == "auralsam2"
 
-    def score(item: ClipItem, frames: list[int], logits: dict[str, Tensor], scores: Tensor) -> None:
-        n = item.n_frames
-        rows_idx = torch.as_tensor(frames, dtype=torch.long)
-        gt = None if item.is_null else item.masks[rows_idx]
-        meta = {"dataset": item.dataset, "subset": item.subset, "split": item.split, "clip_key": item.clip_key,
-                "expression_uid": item.expression_uid, "category": item.category}
-        labelled[item.key] = {t for t in range(n) if bool(item.labelled[t])}
-        for mode, ev in evaluators.items():
-            ev.add_clip(item.key, logits[mode][rows_idx.to(logits[mode].device)], gt, scores[rows_idx.to(scores.device)],
-                        null=item.is_null, meta=meta, frame_indices=frames)
-        if semantic is not None and item.labels is not None and not item.is_null:
-            avss_oracle_semantic(semantic, logits["iou_select" if "iou_select" in logits else decodings[0]].cpu(),
-                                 item.labels, frames)
-
     # items go through the model `clips_per_batch` at a time (one at a time with SAM2 prompts or
     # SAM2 alone); they are scored, and the rows flushed, in the same order either way
     pending: list[tuple[int, ClipItem, list[int] | None]] = []
 
     def run_pending() -> None:
         nonlocal forward_seconds, forward_frames, unprompted
-        todo = [(item, frames) for _, item, frames in pending if frames is not None]
+        todo = [item for _, item, frames in pending if frames is not None]
         started = time.perf_counter()
+        conds = [cond_frame_for(task, item.n_frames, cond_frame) for item in todo]
         if batched and len(todo) > 1:
-            predictions = predict_items(model, [item for item, _ in todo],
-                                        [cond_frame_for(task, item.n_frames, cond_frame) for item, _ in todo],
-                                        decodings, precision)
+            predictions = predict_items(model, todo, conds, decodings, precision)
         else:
-            predictions = []
-            for item, _ in todo:
-                cond = cond_frame_for(task, item.n_frames, cond_frame)
-                prompts = None
-                if prompt_mode != "none":
-                    if not item.is_null and bool(item.labelled[cond]):
-                        prompts = gt_prompts(item.masks[cond], prompt_mode, model.image_size, item.key, prompt_seed)
-                    unprompted += prompts is None
-                predictions.append(predict_item(model, item, cond, decodings, precision, prompts,
-                                                method == "auralsam2"))
+            predictions, missed = _predict_one_by_one(model, todo, conds, decodings, precision, prompt_mode,
+                                                      prompt_seed, method == "auralsam2")
+            unprompted += missed
         if predictions and predictions[0][0][decodings[0]].is_cuda:
             torch.cuda.synchronize(predictions[0][0][decodings[0]].device)
         forward_seconds += time.perf_counter() - started
-        forward_frames += sum(item.n_frames for item, _ in todo)
+        forward_frames += sum(item.n_frames for item in todo)
         scored = iter(predictions)
         for count, item, frames in pending:
             if frames is not None:
-                score(item, frames, *next(scored))
+                _score_item(evaluators, semantic, labelled, decodings, item, frames, *next(scored))
             if count % flush_every == 0:
                 flush()
             if bar is not None:
