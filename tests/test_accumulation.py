@@ -131,6 +131,7 @@ class _GraphCounter:
         self.tags.update(tags)
 
 
+@pytest.mark.slow  # 35 s: make test-all
 def test_the_compiled_path_trains_like_eager_and_stops_recompiling(tmp_path):
     """`train.compile: all` (aot_eager here: the graphs are traced, forward and backward, without
     code generation) gives eager's weights; once every shape bucket (clip length x clips of that

@@ -114,7 +114,7 @@ def _accumulating_worker(rank: int, world: int, port: int, out: str, n: int, k: 
                Path(out) / f"weights{rank}.pt")
 
 
-@pytest.mark.parametrize("n,k", [(1, 2), (2, 1)])
+@pytest.mark.parametrize("n,k", [(1, 2), pytest.param(2, 1, marks=pytest.mark.slow)])
 def test_two_gloo_processes_accumulating_take_the_step_of_one_process_over_the_same_clips(tmp_path, n, k):
     """2 ranks x (N clips x K micro-steps, all-reduced once, at the step's last backward) = 1 process
     with 2 clips x 2 micro-steps: the same 4 clips (the sampler's first 4), the same mean gradient."""
