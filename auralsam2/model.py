@@ -133,6 +133,14 @@ def clip_loss(
     return terms
 
 
+def _decoder_prompts(fused: FuserOutput) -> tuple[DecoderPrompts, Tensor | None]:
+    """The fuser's prompts in decoder stage order (deepest first, as released) and its per-frame mask
+    prompt as probabilities (None without one)."""
+    prompts = DecoderPrompts(dense=None if fused.dense is None else fused.dense[::-1],
+                             sparse=None if fused.sparse is None else fused.sparse[::-1])
+    return prompts, None if fused.mask_prompt is None else fused.mask_prompt.sigmoid()
+
+
 class AuralSAM2(nn.Module):
     """SAM2 that hears: `forward_clip` for training, `predict_clip` for inference.
 
@@ -255,13 +263,8 @@ class AuralSAM2(nn.Module):
             frames = track_clip(self.sam2, pyramid, None, cond_frame, point_inputs, mask_inputs=mask_inputs,
                                 cond_mask=cond_mask, official_query_pe=self.official_query_pe)
             return ClipOutput(frames, None, cond_frame)
-        dtype = next(self.fuser.parameters()).dtype
-        levels = [x.to(dtype) for x in pyramid]
-        fused = self.fuser(levels, self.audio_embeddings(audio), self.text_hidden(text))
-        prompts = DecoderPrompts(
-            dense=None if fused.dense is None else fused.dense[::-1],
-            sparse=None if fused.sparse is None else fused.sparse[::-1],
-        )
+        fused = self._fuse(pyramid, audio, text)
+        prompts, frame_masks = _decoder_prompts(fused)
         frames = track_clip(
             self.sam2,
             pyramid,
@@ -269,13 +272,18 @@ class AuralSAM2(nn.Module):
             cond_frame,
             point_inputs,
             mask_inputs=mask_inputs,
-            frame_mask_inputs=None if fused.mask_prompt is None else fused.mask_prompt.sigmoid(),
+            frame_mask_inputs=frame_masks,
             cond_mask=cond_mask,
             official_query_pe=self.official_query_pe,
         )
         return ClipOutput(frames, fused, cond_frame)
 
     forward = forward_clip
+
+    def _fuse(self, pyramid: Pyramid, audio: Tensor | None,
+              text: Tensor | TextEmbeddings | str | Sequence[str] | None) -> FuserOutput:
+        dtype = next(self.fuser.parameters()).dtype
+        return self.fuser([x.to(dtype) for x in pyramid], self.audio_embeddings(audio), self.text_hidden(text))
 
     def forward_clips(
         self,
@@ -291,18 +299,13 @@ class AuralSAM2(nn.Module):
         if len(clips) != len(cond_frames):
             raise ValueError(f"{len(clips)} clips but {len(cond_frames)} conditioning frames")
         pyramids = [self.pyramid_of(visual) for visual, _, _ in clips]
-        dtype = next(self.fuser.parameters()).dtype
-        fused = [self.fuser([x.to(dtype) for x in pyramid], self.audio_embeddings(audio), self.text_hidden(text))
-                 for pyramid, (_, audio, text) in zip(pyramids, clips, strict=True)]
+        fused = [self._fuse(pyramid, audio, text) for pyramid, (_, audio, text) in zip(pyramids, clips, strict=True)]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, (pyramid, cond) in enumerate(zip(pyramids, cond_frames, strict=True)):
             groups.setdefault((pyramid.s16.shape[0], cond), []).append(i)  # length buckets
         outputs: list[ClipOutput | None] = [None] * len(clips)
         for (_, cond), members in groups.items():
-            prompts = [DecoderPrompts(dense=None if fused[i].dense is None else fused[i].dense[::-1],
-                                      sparse=None if fused[i].sparse is None else fused[i].sparse[::-1])
-                       for i in members]
-            masks = [None if fused[i].mask_prompt is None else fused[i].mask_prompt.sigmoid() for i in members]
+            prompts, masks = zip(*(_decoder_prompts(fused[i]) for i in members), strict=True)
             tracked = track_clips(self.sam2, [pyramids[i] for i in members], prompts, cond,
                                   frame_mask_inputs=masks, official_query_pe=self.official_query_pe)
             for i, frames in zip(members, tracked, strict=True):

@@ -23,14 +23,6 @@ from feature_cache.dataset import CacheItems, choose_view, open_reader, training
 from tests.train_fixtures import tiny_config
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
-
-
 @pytest.fixture(scope="module")
 def cfg():
     return tiny_config()

@@ -12,14 +12,6 @@ from feature_cache.dataset import open_reader, training_data
 from tests.train_fixtures import tiny_config
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
-
-
 def _run(tmp_path, name: str, *overrides: str, resume: bool = False):
     # random views (2 cached per clip), dropout on, paper AudioCon sampling: every RNG stream is used
     cfg = tiny_config("train.deterministic=true", "data.views=random", "model.fuser.dropout=0.1",

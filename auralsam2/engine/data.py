@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -59,11 +60,11 @@ class DataOrder:
             self._epoch, self._indices = epoch, perm[self.rank :: self.world]
         return self._indices[position]
 
-    def step_items(self, epoch: int, step: int) -> list[tuple[int, int]]:
-        """(position in the epoch, item index) of the items of optimizer step `step` of `epoch`."""
+    def step_items(self, epoch: int, step: int) -> list[int]:
+        """The item indices of optimizer step `step` of `epoch`, in order."""
         start = step * self.items_per_step
         stop = min(start + self.items_per_step, self.items_per_epoch)
-        return [(position, self.index(epoch, position)) for position in range(start, stop)]
+        return [self.index(epoch, position) for position in range(start, stop)]
 
 
 def item_to_device(item: ClipItem, device: torch.device, pin: bool = False) -> ClipItem:
@@ -91,25 +92,21 @@ class StepReader:
 
     def __init__(self, source: ItemSource, order: DataOrder, device: torch.device, prefetch: bool) -> None:
         self.source, self.order, self.device = source, order, device
-        self._cuda = device.type == "cuda"
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch else None
-        self._stream = torch.cuda.Stream(device) if prefetch and self._cuda else None
+        self._stream = torch.cuda.Stream(device) if prefetch and device.type == "cuda" else None
         self._pending: tuple[int, Future] | None = None
         self.wait_s = 0.0  # time the loop spent waiting for items (reading them itself, or the prefetch)
 
     def _read(self, step: int) -> list[ClipItem]:
         epoch, in_epoch = divmod(step, self.order.steps_per_epoch)
+        indices = self.order.step_items(epoch, in_epoch)
         if self._stream is not None:  # the reader's own GPU work (expanding cached levels) goes there too
             with torch.cuda.stream(self._stream):
-                return [item_to_device(self.source.item(index, epoch), self.device, pin=True)
-                        for _, index in self.order.step_items(epoch, in_epoch)]
-        return [item_to_device(self.source.item(index, epoch), self.device)
-                for _, index in self.order.step_items(epoch, in_epoch)]
+                return [item_to_device(self.source.item(i, epoch), self.device, pin=True) for i in indices]
+        return [item_to_device(self.source.item(i, epoch), self.device) for i in indices]
 
     def take(self, step: int, next_step: int | None) -> list[ClipItem]:
         """Step `step`'s items; starts reading `next_step`'s (None: nothing follows)."""
-        import time
-
         started = time.perf_counter()
         pending, self._pending = self._pending, None
         items = pending[1].result() if pending is not None and pending[0] == step else self._read(step)
