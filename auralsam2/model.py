@@ -42,6 +42,7 @@ from auralsam2.losses import (
     audiocon_loss,
     mask_prompt_loss,
     segmentation_loss,
+    text_contrast_loss,
 )
 from auralsam2.text import TextEmbeddings, TextEncoder
 
@@ -93,6 +94,7 @@ def clip_loss(
     seg_weights: SegLossWeights | None = None,
     generator: torch.Generator | None = None,
     mask_weight: float = 5.0,
+    text_contrast: tuple[float, float] = (0.0, 0.1),
 ) -> dict[str, Tensor]:
     """Named loss terms of one clip; `total` is what to back-propagate.
 
@@ -101,8 +103,9 @@ def clip_loss(
     Returns `focal`, `dice`, `iou`, `object_score` (unweighted, summed over supervised frames),
     `seg` (weighted segmentation total), `audiocon` (unweighted contrastive term, computed on the
     supervised frames), `mask` (BCE of the fuser's mask-prompt logits against the GT on their grid,
-    0 without a mask prompt: it calibrates the mask threshold) and
-    `total = seg + audiocon.weight * audiocon + mask_weight * mask`.
+    0 without a mask prompt: it calibrates the mask threshold), `text` (the text map's contrast,
+    `text_contrast = (weight, temperature)`; 0 without a text map or at weight 0) and
+    `total = seg + audiocon.weight * audiocon + mask_weight * mask + weight * text`.
     """
     cfg = audiocon or AudioConConfig()
     frames = list(supervised_frames)
@@ -129,7 +132,12 @@ def clip_loss(
         )
     mask_logits = out.fuser.mask_prompt
     terms["mask"] = seg["total"].new_zeros(()) if mask_logits is None else mask_prompt_loss(mask_logits[rows], targets)
-    terms["total"] = terms["seg"] + cfg.weight * terms["audiocon"] + mask_weight * terms["mask"]
+    text_weight, text_temperature = text_contrast
+    text_cosine = out.fuser.text_cosine
+    terms["text"] = (seg["total"].new_zeros(()) if text_cosine is None or text_weight == 0
+                     else text_contrast_loss(text_cosine[rows], targets, text_temperature))
+    terms["total"] = (terms["seg"] + cfg.weight * terms["audiocon"] + mask_weight * terms["mask"]
+                      + text_weight * terms["text"])
     return terms
 
 

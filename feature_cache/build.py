@@ -7,6 +7,8 @@ runs them in-process, one shard after the other, for scripts and tests that want
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -329,6 +331,18 @@ def cache_is_current(ingest: str | os.PathLike, out: str | os.PathLike, settings
     return not fingerprint_differences(info["fingerprint"], expected_fields(settings))
 
 
+def cache_identity(info: dict[str, Any], manifest_sha256: str) -> str:
+    """One id for everything a run trained on this cache depends on: the clips (the sha256 of the
+    ingest manifest it was built from), the features' fingerprint (frozen SAM2, views, storage) and,
+    when the cache holds one, the text file's (the encoder's files, tokenizer settings). The
+    features' `fingerprint_id` alone changes with neither the data nor the text encoder."""
+    text = (info.get("text") or {}).get("fingerprint")
+    if text is not None:
+        text = {k: v for k, v in text.items() if k != "text_encoder"}  # where the folder lies is no identity
+    blob = json.dumps({"clips": manifest_sha256, "features": info["fingerprint_id"], "text": text}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def text_is_current(info: dict[str, Any], text_encoder: str) -> bool:
     """True when cache.json `info` records a text file built from exactly this encoder's files."""
     from auralsam2.text import text_encoder_identity
@@ -368,6 +382,5 @@ def _build_locked(ingest, out, settings: CacheSettings, rebuild: bool, created: 
 
 
 __all__ = ["CACHE_JSON", "CLIPS", "INDEX", "MANIFEST", "CachePlan", "CacheSummary", "build_cache", "build_text",
-           "text_is_current",
-           "cache_is_current",
+           "cache_identity", "cache_is_current", "text_is_current",
            "created_now", "finalize_cache", "locate_ingest", "plan_cache", "read_cache_json"]

@@ -37,6 +37,7 @@ from auralsam2.config import (
     config_to_yaml,
     load_config,
     load_yaml,
+    resolve_path,
 )
 from auralsam2.paths import data_home
 from auralsam2.utils.files import (
@@ -46,6 +47,7 @@ from auralsam2.utils.files import (
     atomic_write_text,
     read_json,
 )
+from auralsam2.utils.hashing import sha256_file
 
 GRID_FILE = PROJECT_ROOT / "configs" / "ablations.yaml"
 
@@ -104,8 +106,20 @@ def _override_strings(overrides: dict[str, Any]) -> list[str]:
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
-    """Hash of everything that determines a run's result (the config minus its run name)."""
+    """Hash of everything that determines a run's result: the config minus its run name, and the
+    identity of the feature cache it trains on when that exists (`cache_identity`: the frozen SAM2
+    and text encoder the features and text were computed with). A run of the same config on a
+    cache rebuilt with another encoder is thus another run, never a finished one reused."""
+    from feature_cache.build import MANIFEST, CacheError, cache_identity, read_cache_json
+
     text = config_to_yaml(cfg.model_copy(update={"run_name": None}))
+    cache = resolve_path(cfg.data.cache, data_home())
+    try:
+        info = read_cache_json(cache)
+    except CacheError:
+        info = None
+    if info and info.get("status") == "complete" and (cache / MANIFEST).is_file():
+        text += f"\ncache_identity: {cache_identity(info, sha256_file(cache / MANIFEST))}\n"
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 

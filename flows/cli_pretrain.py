@@ -72,18 +72,23 @@ def make_tiny_text_encoder(
     hidden_size: int = typer.Option(32, min=2, help="Hidden size (the fuser's model.fuser.text_dim)."),
     layers: int = typer.Option(2, min=1, help="Transformer layers."),
     vocab_size: int = typer.Option(400, min=50, help="Byte-level BPE vocabulary size."),
+    pretrain_steps: int = typer.Option(2000, min=0, help="Masked-LM pretraining steps on the expressions before "
+                                       "freezing, as distilroberta-base is pretrained (0 = random weights)."),
 ) -> None:
     """Write the synthetic Ref-AVS demo's frozen text encoder as a Hugging Face folder.
 
-    A random tiny RoBERTa with a byte-level BPE tokenizer trained on the synthetic world's
-    expressions; the demo loads it through the same `model.text_encoder` path (a `save_pretrained`
-    folder) as the released distilroberta-base.
+    A tiny RoBERTa with a byte-level BPE tokenizer trained on the synthetic world's expressions,
+    pretrained as a masked language model on them (a few seconds) and frozen; the demo loads it
+    through the same `model.text_encoder` path (a `save_pretrained` folder) as the released
+    distilroberta-base.
     """
     from flows.pretrain import run_make_tiny_text_encoder
 
     record = run_make_tiny_text_encoder(out=out, seed=seed, hidden_size=hidden_size, layers=layers,
-                                        vocab_size=vocab_size)
+                                        vocab_size=vocab_size, pretrain_steps=pretrain_steps)
     typer.echo(f"wrote {record['folder']} ({', '.join(record['files_sha256'])})")
+    if record["mlm_loss"]:
+        typer.echo(f"masked-LM loss {record['mlm_loss'][0]} -> {record['mlm_loss'][-1]}")
 
 
 COMMANDS = {"pretrain-tiny-sam2": pretrain_tiny_sam2, "pretrain-tiny-vggish": pretrain_tiny_vggish,

@@ -91,11 +91,11 @@ def cache_step(ingest: str, manifest_sha256: str, out: str, settings_json: str,
 
     settings = CacheSettings.model_validate_json(settings_json)
     run_cache(ingest, out, settings, workers=workers, dask_address=dask_address, progress=False)
-    from feature_cache.build import read_cache_json
+    from feature_cache.build import cache_identity, read_cache_json
 
     info = read_cache_json(out) or {}
-    return {"cache": out, "fingerprint": info.get("fingerprint_id") or sha256_file(Path(out) / "cache.json"),
-            "manifest_sha256": manifest_sha256}
+    identity = cache_identity(info, manifest_sha256) if info else sha256_file(Path(out) / "cache.json")
+    return {"cache": out, "fingerprint": identity, "manifest_sha256": manifest_sha256}
 
 
 @task(name="train-step", cache_policy=STEP_CACHE, persist_result=True)
@@ -141,7 +141,6 @@ def pipeline_flow(config_yaml: str, raw: str | None = None, subset: str = "all",
     from flows.ablate import ablate_flow
 
     cfg = config_from_mapping(yaml.safe_load(config_yaml), "pipeline config")
-    cfg = cfg.with_run_name(cfg.run_name or f"{cfg.experiment}-{config_hash(cfg)}")
     home = data_home()
     timings: dict[str, float] = {}
     ingest_dir = resolve_path(cfg.data.ingest, home)
@@ -165,6 +164,8 @@ def pipeline_flow(config_yaml: str, raw: str | None = None, subset: str = "all",
                   manifest_sha256=ingest["manifest_sha256"], out=str(cache_dir), settings_json=settings.model_dump_json(),
                   workers=workers, dask_address=dask_address)
     timings["cache"] = time.perf_counter() - t
+    # named after the cache is built: the name's hash covers what the run trains on (`config_hash`)
+    cfg = cfg.with_run_name(cfg.run_name or f"{cfg.experiment}-{config_hash(cfg)}")
 
     ablation = None
     # With parallel rows the grid goes first: its `full` row is this config, so it trains beside the

@@ -143,23 +143,29 @@ def run_pretrain_tiny_vggish(out: Path | None = None, steps: int = 600, seed: in
 
 
 def run_make_tiny_text_encoder(out: Path | None = None, seed: int = 0, hidden_size: int = 32, layers: int = 2,
-                               vocab_size: int = 400) -> dict:
-    """Write the demo's text encoder (a random, frozen tiny RoBERTa whose byte-level BPE tokenizer is
-    trained on every expression the synthetic Ref-AVS world writes) as a `save_pretrained` folder,
-    plus a recipe JSON beside it with the sha256 of each file."""
-    from auralsam2.pretrain.text import write_tiny_text_encoder
-    from auralsam2.text import text_encoder_identity
+                               vocab_size: int = 400, pretrain_steps: int = 2000) -> dict:
+    """Write the demo's text encoder (a tiny RoBERTa whose byte-level BPE tokenizer is trained on
+    every expression the synthetic Ref-AVS world writes, pretrained as a masked LM on them and then
+    frozen) as a `save_pretrained` folder, plus a recipe JSON beside it with the sha256 of each file."""
+    from auralsam2.pretrain.text import pretrain_masked_lm, save_text_encoder
+    from auralsam2.text import text_encoder_identity, tiny_text_encoder
     from data_specs.synth_plans import expression_corpus
 
     out = Path(out) if out else TEXT_ASSET
-    write_tiny_text_encoder(out, expression_corpus(), hidden_size=hidden_size, layers=layers, heads=2,
-                            vocab_size=vocab_size, seed=seed)
+    started = time.time()
+    corpus = expression_corpus()
+    encoder = tiny_text_encoder(hidden_size=hidden_size, layers=layers, heads=2, vocab_size=vocab_size,
+                                corpus=corpus, seed=seed)
+    losses = pretrain_masked_lm(encoder, corpus, pretrain_steps, seed=seed) if pretrain_steps else []
+    save_text_encoder(encoder, out)
+    weights = (f"masked-LM pretrained for {pretrain_steps} steps on the corpus, then frozen"
+               if pretrain_steps else "random (frozen)")
     record = {
         "folder": out.name, "files_sha256": text_encoder_identity(out),
         "command": f"auralsam2 make-tiny-text-encoder --seed {seed} --hidden-size {hidden_size} --layers {layers} "
-                   f"--vocab-size {vocab_size}",
-        "corpus": "data_specs.synth_plans.expression_corpus()", "weights": "random (frozen, as released)",
-        "torch": torch.__version__, "machine": platform.machine(),
+                   f"--vocab-size {vocab_size} --pretrain-steps {pretrain_steps}",
+        "corpus": "data_specs.synth_plans.expression_corpus()", "weights": weights, "mlm_loss": losses,
+        "torch": torch.__version__, "machine": platform.machine(), "wall_s": round(time.time() - started, 1),
     }
     atomic_write_json(out.with_name(out.name + ".json"), record, sort_keys=False)
     return record

@@ -67,3 +67,17 @@ def test_resume_from_a_periodic_checkpoint_after_a_kill(tmp_path):
 def test_resume_without_a_checkpoint_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="without --resume"):
         _run(tmp_path, "none", resume=True)
+
+
+def test_a_training_state_written_before_a_loss_term_existed_resumes():
+    """`last.ckpt` files from before the `text` term keep their sums; the new term starts at 0."""
+    from auralsam2.engine.runtime import Runtime
+    from auralsam2.engine.state import LOSS_TERMS, LossMeter
+
+    rt = Runtime(rank=0, world=1, device=torch.device("cpu"), bf16=False)
+    old = {"sums": {k: 1.0 for k in LOSS_TERMS if k != "text"}, "count": 2}
+    meter = LossMeter.restore(old, rt)
+    meter.add(dict.fromkeys(LOSS_TERMS, 1.0))
+    means = meter.pop_means(rt)
+    assert set(means) == set(LOSS_TERMS)
+    assert means["total"] == pytest.approx(2 / 3) and means["text"] == pytest.approx(1 / 3)

@@ -194,7 +194,7 @@ def test_levels_use_the_deepest_pyramid_levels_only():
 
 def test_prompt_switches():
     fuser, out = run(FuserConfig.tiny(sparse_prompts=False))
-    assert len(fuser(tiny_pyramid(), torch.randn(N, 32))) == 5  # dense, sparse, proj_visual, proj_audio, mask_prompt
+    assert len(fuser(tiny_pyramid(), torch.randn(N, 32))) == 6  # dense, sparse, proj_visual, proj_audio, mask_prompt, text_cosine
     assert out.sparse is None and out.dense is not None
     _, out = run(FuserConfig.tiny(dense_prompts=False))
     assert out.dense is None and out.sparse is not None
@@ -363,6 +363,35 @@ def test_mask_prompt_with_audio_and_text_is_on_only_where_both_maps_are():
     both.mask_prompt.sum().backward()
     assert fuser.mask_prompt.text_visual.proj[0].weight.grad is not None
     assert fuser.mask_prompt.text_threshold.grad is not None
+
+
+def test_relative_text_map_shifts_the_audio_margin_from_a_branch_of_its_own():
+    """`relative`: logits = (audio margin + gate x (text cosine - frame's best text cosine)) / T, the
+    text term detached; the text map reads the raw pyramid and expression through its own branch,
+    so a loss on the text cosine trains that branch and nothing of the fuser's trunk."""
+    cfg = FuserConfig.tiny(mask_prompt=True, variant="refavs", audiocon="paper", mask_prompt_peak_ratio=0.0,
+                           mask_prompt_text="relative", mask_prompt_text_gate=7.0)
+    fuser, out = run(cfg, train=True)
+    mp, k = fuser.mask_prompt, cfg.used_levels[0]
+    audio_margin = torch.einsum("nphw,np->nhw", out.proj_visual[k], out.proj_audio[k]) - mp.threshold
+    text = out.text_cosine[:, 0]
+    assert out.text_cosine.shape == (N, 1, 8, 8) and float(text.abs().max()) <= 1 + 1e-5
+    relative = text - text.flatten(1).amax(1)[:, None, None]
+    expect = (audio_margin + 7.0 * relative) / cfg.mask_prompt_temperature
+    assert torch.allclose(out.mask_prompt[:, 0], expect, atol=1e-4)
+    # every frame keeps its best text cell at the audio margin: the text only pushes cells off
+    best = relative.flatten(1).argmax(1)
+    assert torch.allclose(out.mask_prompt[:, 0].flatten(1).gather(1, best[:, None]),
+                          (audio_margin.flatten(1).gather(1, best[:, None])) / cfg.mask_prompt_temperature, atol=1e-4)
+    out.mask_prompt.sum().backward(retain_graph=True)
+    assert mp.text_gate.grad is not None and mp.text_patch_embeds[k].weight.grad is None  # detached in the mask
+    out.text_cosine.sum().backward()
+    assert mp.text_patch_embeds[k].weight.grad is not None and mp.text_tokens[0].weight.grad is not None
+    assert all(p.grad is None for p in fuser.text_proj.parameters())  # the trunk's text projection: untouched
+    assert all(p.grad is None for j in range(3) for p in fuser.patch_embeds[j].parameters())
+    # the default ('min') has no such branch: its checkpoints keep their keys
+    assert not any("text_gate" in name or "text_tokens" in name for name in
+                   AuralFuser(FuserConfig.tiny(mask_prompt=True, variant="refavs")).state_dict())
 
 
 def test_derived_defaults_are_resolved_and_contradictions_are_errors():

@@ -23,6 +23,7 @@ from auralsam2.losses import (
     segmentation_loss,
     supcon,
     supervised_frames,
+    text_contrast_loss,
 )
 from auralsam2.losses.contrastive import _balanced_sample, _grid_targets
 
@@ -330,3 +331,26 @@ def test_mask_prompt_loss_is_bce_against_the_area_resized_gt():
     target = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
     expect = F.binary_cross_entropy_with_logits(logits, target)
     assert mask_prompt_loss(logits, masks).item() == pytest.approx(expect.item())
+
+
+def test_text_contrast_hand_computed():
+    """InfoNCE over a frame's cells, the referred object's cells weighted by the share of the cell
+    it covers; a frame without the object adds nothing."""
+    masks = torch.zeros(2, 8, 8)
+    masks[0, :4, :4] = 1  # frame 0: the whole top-left cell of a 2x2 grid
+    masks[0, 4:6, 4:8] = 1  # and half of the bottom-right one
+    cosine = torch.tensor([[[[0.5, -0.2], [0.1, 0.3]]], [[[0.9, 0.9], [0.9, 0.9]]]])
+    t = 0.1
+    z = [c / t for c in (0.5, -0.2, 0.1, 0.3)]
+    positive = math.log(1.0 * math.exp(z[0]) + 0.5 * math.exp(z[3]))
+    expect = math.log(sum(math.exp(v) for v in z)) - positive
+    assert text_contrast_loss(cosine, masks, t).item() == pytest.approx(expect, rel=1e-5)
+    # the absent frame (1) is not averaged in; a clip of absent frames gives 0 with a graph
+    empty = cosine.clone().requires_grad_()
+    loss = text_contrast_loss(empty, torch.zeros(2, 8, 8), t)
+    assert loss.item() == 0 and loss.requires_grad
+    # near 0 when the map peaks on the referred object, large when on the background
+    on_object = torch.tensor([[[[1.0, -1.0], [-1.0, -1.0]]]])
+    on_background = torch.tensor([[[[-1.0, 1.0], [-1.0, -1.0]]]])
+    assert text_contrast_loss(on_object, masks[:1], t).item() < 1e-6
+    assert text_contrast_loss(on_background, masks[:1], t).item() > 19

@@ -108,8 +108,8 @@ def test_tiny_model_trains_and_only_fuser_and_vggish_change():
         terms["total"].backward()
         opt.step()
         losses.append(terms["total"].item())
-    assert set(terms) == {"focal", "dice", "iou", "object_score", "seg", "audiocon", "mask", "total"}
-    assert terms["mask"].item() == 0  # no mask prompt in the released model
+    assert set(terms) == {"focal", "dice", "iou", "object_score", "seg", "audiocon", "mask", "text", "total"}
+    assert terms["mask"].item() == 0 and terms["text"].item() == 0  # no mask prompt in the released model
     assert losses[-1] < losses[0] and min(losses[-3:]) < min(losses[:3])
     for k, v in model.sam2.state_dict().items():
         assert torch.equal(v, frozen_before[k]), k

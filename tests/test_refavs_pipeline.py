@@ -65,6 +65,16 @@ def test_refavs_pipeline_end_to_end(world: Path, encoders) -> None:
     assert info["text"]["fingerprint"]["text_encoder"] == str(encoders[0])
     assert info["text"]["rows"] > 0
 
+    # another encoder: the text cache is rebuilt and the model trained again, as another run (its
+    # name's hash covers the cache), never the finished run of the first encoder reused
+    other = run_pipeline(CONFIG, [*TINY_RUN, f"model.text_encoder={encoders[1]}"], raw=world / "REFAVS")
+    assert other["run_name"] != result["run_name"] and other["train"]["run_id"] != run_id
+    assert other["cache"]["fingerprint"] != result["cache"]["fingerprint"]
+    assert mlflow.get_run(other["train"]["run_id"]).info.status == "FINISHED"
+    # and the first encoder again: the text cache follows it back, and its finished run is reused
+    again = run_pipeline(CONFIG, [*TINY_RUN, f"model.text_encoder={encoders[0]}"], raw=world / "REFAVS")
+    assert again["run_name"] == result["run_name"] and again["train"]["run_id"] == run_id
+
 
 def test_the_text_cache_follows_the_encoder_and_only_the_text_cache(world: Path, encoders, tmp_path: Path) -> None:
     """Changing the encoder rebuilds the text file and reuses every SAM2 feature file; the same
@@ -132,3 +142,18 @@ def test_a_refavs_config_needs_a_text_encoder_and_the_released_preset_names_one(
         "distilbert/distilroberta-base"
     with pytest.raises(ConfigError, match="set model.text_encoder"):
         load_config(CONFIG, ["model.text_encoder=null"])
+
+
+def test_a_cache_identity_covers_clips_features_and_text_but_not_where_the_encoder_lies() -> None:
+    from feature_cache.build import cache_identity
+
+    text = {"files_sha256": {"model.safetensors": "a" * 64}, "text_encoder": "/here/roberta", "format": 2}
+    info = {"fingerprint_id": "f" * 16, "text": {"fingerprint": text}}
+    base = cache_identity(info, "m" * 64)
+    assert cache_identity(info, "n" * 64) != base  # other clips
+    assert cache_identity({**info, "fingerprint_id": "g" * 16}, "m" * 64) != base  # other SAM2 features
+    other_weights = {**text, "files_sha256": {"model.safetensors": "b" * 64}}
+    assert cache_identity({**info, "text": {"fingerprint": other_weights}}, "m" * 64) != base
+    moved = {**text, "text_encoder": "/elsewhere/roberta"}
+    assert cache_identity({**info, "text": {"fingerprint": moved}}, "m" * 64) == base
+    assert cache_identity({"fingerprint_id": "f" * 16}, "m" * 64) != base  # AVSBench: no text

@@ -55,6 +55,12 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"model.fuser.modalities={self.model.fuser.modalities!r} reads the expressions: set "
                              "model.text_encoder (released: distilbert/distilroberta-base, a local folder or a model "
                              "id in the local Hugging Face cache)")
+        fuser = self.model.fuser
+        if (fuser.mask_prompt and fuser.mask_prompt_text == "relative" and fuser.uses_audio and fuser.uses_text
+                and self.loss.text_contrast == 0):
+            raise ValueError("model.fuser.mask_prompt_text='relative' trains the text map by the text contrast "
+                             "alone (its shift of the audio margin is detached), and loss.text_contrast is 0: set "
+                             "loss.text_contrast > 0 (the demo: 5) or mask_prompt_text: 'min'")
         return self
 
     @property

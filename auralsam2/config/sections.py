@@ -97,6 +97,11 @@ class LossConfig(_Strict):
     audiocon: AudioConConfig = Field(default_factory=AudioConConfig, description="contrastive loss (mode, weight)")
     mask_prompt: float = Field(5.0, ge=0, description="weight of the mask-prompt BCE (only with "
                                "model.fuser.mask_prompt; it calibrates the mask threshold)")
+    text_contrast: float = Field(0.0, ge=0, description="ours, weight of the text map's contrast (mask prompt with "
+                                 "text): which of the frame's cells the expression describes; needed by "
+                                 "model.fuser.mask_prompt_text 'relative'")
+    text_contrast_temperature: float = Field(0.1, gt=0, description="temperature of the text contrast's softmax "
+                                             "over the frame's cells (on cosines)")
 
 
 class OptimConfig(_Strict):

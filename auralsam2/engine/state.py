@@ -30,7 +30,7 @@ __all__ = ["LOSS_TERMS", "STATE_FORMAT", "LossMeter", "Progress", "RunFiles", "R
            "save_best", "save_training_state"]
 
 STATE_FORMAT = "auralsam2-train-state/1"
-LOSS_TERMS = ("total", "seg", "focal", "dice", "iou", "object_score", "audiocon", "mask")
+LOSS_TERMS = ("total", "seg", "focal", "dice", "iou", "object_score", "audiocon", "mask", "text")
 
 
 class RunLogger(Protocol):
@@ -79,7 +79,8 @@ class LossMeter:
     def restore(cls, saved: Mapping[str, Any] | None, rt: Runtime) -> LossMeter:
         if not saved or not rt.main:
             return cls()
-        return cls(dict(saved["sums"]), int(saved["count"]))
+        # a state written before a term existed (e.g. "text") resumes with that term at 0
+        return cls({**dict.fromkeys(LOSS_TERMS, 0.0), **saved["sums"]}, int(saved["count"]))
 
 
 @dataclass

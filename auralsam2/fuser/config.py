@@ -78,6 +78,15 @@ class FuserConfig(BaseModel):
         0.80, ge=0, le=1, description="a cell is on only where its cosine also reaches this share of the "
         "frame's highest cosine (a per-frame threshold; 0 = the learnt global threshold alone; 0.80 picked on val)"
     )
+    mask_prompt_text: Literal["min", "relative"] = Field(
+        "min", description="how the text map joins the audio map (auralsam2.fuser.mask_prompt): 'min' = on "
+        "where both are on, text heads on the fuser's embeddings; 'relative' = a text branch of its own, "
+        "trained by loss.text_contrast, shifting the audio margin by gate x (text cosine - frame's best)"
+    )
+    mask_prompt_text_gate: float = Field(
+        30.0, ge=0, description="'relative': the learnt gate's starting value (how far a cell that fits the "
+        "words 1.0 worse in cosine than the frame's best is pushed below the audio margin)"
+    )
     modalities: Modalities | None = Field(
         None,
         description="tokens entering the fuser: 'audio', 'text', 'audio+text', or 'visual' (no tokens, no "

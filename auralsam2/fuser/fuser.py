@@ -46,11 +46,10 @@ from torch import Tensor, nn
 from auralsam2.fuser.blocks import Block, FusionModule, OneDBlock
 from auralsam2.fuser.config import FuserConfig
 from auralsam2.fuser.heads import OfficialAudioHead, OfficialVisualHead, PaperHead
-from auralsam2.fuser.mask_prompt import MaskPrompt
+from auralsam2.fuser.mask_prompt import PATCH_STRIDES, MaskPrompt
 
 __all__ = ["AuralFuser", "FuserOutput", "PATCH_STRIDES", "pe1d"]
 
-PATCH_STRIDES = (4, 2, 1)  # kernel = stride per pyramid level: every level lands on the s16 grid
 
 
 class FuserOutput(NamedTuple):
@@ -60,7 +59,8 @@ class FuserOutput(NamedTuple):
     outside `levels`), `sparse[k]` `(N, C)` (likewise), `proj_visual[k]` `(N, P, G, G)` and
     `proj_audio[k]` `(N, P)`, the AudioCon projections (None for a level outside `levels`;
     `proj_audio` is None without audio). `mask_prompt` `(N, 1, G, G)`: the mask-prompt LOGITS
-    (`FuserConfig.mask_prompt`), else None.
+    (`FuserConfig.mask_prompt`), else None. `text_cosine` `(N, 1, G, G)`: with the mask prompt and
+    text, the text map's per-cell cosine (what the text contrast loss reads), else None.
     """
 
     dense: list[Tensor] | None
@@ -68,6 +68,7 @@ class FuserOutput(NamedTuple):
     proj_visual: list[Tensor | None]
     proj_audio: list[Tensor | None] | None
     mask_prompt: Tensor | None = None
+    text_cosine: Tensor | None = None
 
 
 def pe1d(dim: int) -> Tensor:
@@ -200,7 +201,9 @@ class AuralFuser(nn.Module):
         h, w = int(grid[0]), int(grid[1])
         dense, sparse = self._prompts(n, fused, fused_tokens)
         if self.mask_prompt is not None:  # ours: the heads read the mask prompt's inputs instead
-            return self._with_mask_prompt(dense, sparse, patches, entering, n, (h, w))
+            raw = (pyramid, text_embeddings[0] if text_embeddings.ndim == 3 else text_embeddings) \
+                if self.mask_prompt.relative_text else None
+            return self._with_mask_prompt(dense, sparse, patches, entering, n, (h, w), raw)
         used = cfg.used_levels
         proj_v = [self._project_visual(fused[k], frame_attn.get(k), h, w) if k in used else None for k in range(3)]
         proj_a = None
@@ -239,19 +242,24 @@ class AuralFuser(nn.Module):
         return head(audio)
 
     def _with_mask_prompt(self, dense: list[Tensor] | None, sparse: list[Tensor] | None, patches: list[Tensor],
-                          tokens: Tensor, n: int, grid: tuple[int, int]) -> FuserOutput:
+                          tokens: Tensor, n: int, grid: tuple[int, int],
+                          raw: tuple[Sequence[Tensor], Tensor] | None) -> FuserOutput:
         """Our mask prompt (`auralsam2.fuser.mask_prompt`): the AudioCon heads on its position-free
         inputs (returned in the finest used level's slot, the only projections AudioCon then sees),
-        the mask logits from the audio and/or the text, and the released prompts gated."""
+        the mask logits from the audio and/or the text, and the released prompts gated. `raw`: the
+        raw pyramid and expression hidden states, for a text map with its own branch (`relative`)."""
         cfg = self.config
         h, w = grid
         embedded = self.mask_prompt.visual_input(patches)  # (N, G*G, C)
         audio = self._project_audio(tokens[:n]) if cfg.uses_audio else None  # token t = frame t's audio
-        text = None
-        if cfg.uses_text:  # the projected expression tokens (all L, padding included, as released)
+        text_visual, text = embedded, None
+        if raw is not None:
+            text_visual, text = self.mask_prompt.text_inputs(*raw)
+        elif cfg.uses_text:  # the projected expression tokens (all L, padding included, as released)
             text = tokens[n:] if cfg.uses_audio else tokens
-        v, a, logits = self.mask_prompt(self._project_visual(embedded, None, h, w), audio, embedded, text, grid)
+        maps = self.mask_prompt(self._project_visual(embedded, None, h, w), audio, text_visual, text, grid)
         dense, sparse = self.mask_prompt.gate(dense, sparse)
         k = cfg.used_levels[0]
-        return FuserOutput(dense, sparse, [v if j == k else None for j in range(3)],
-                           None if a is None else [a if j == k else None for j in range(3)], logits)
+        return FuserOutput(dense, sparse, [maps.visual if j == k else None for j in range(3)],
+                           None if maps.audio is None else [maps.audio if j == k else None for j in range(3)],
+                           maps.logits, maps.text_cosine)

@@ -9,15 +9,23 @@ within a frame the sounding object ranks first, but the level varies from frame 
 (mixtures, quiet sources), so a global threshold alone both misses and over-marks. AudioCon then
 supervises these projections only.
 
-Text (Ref-AVS): two heads of their own map the same patch embeddings and each projected expression
-token to unit vectors; the expression's vector is the max over its tokens (one word, e.g. a colour,
-must survive 24 others and the padding), and the per-cell cosine, against its own learnt threshold
-(starting at 0, about half the cells on; no peak rule: several objects may fit the words), marks
-what the expression describes. With both, a cell is on only where
-both maps are on (the minimum of the two margins): the text alone may describe several objects, the
-audio alone may hear several, and the referred object is where they agree. The text heads learn
-from the mask loss on the combined map only (there is no contrastive loss for text): where the audio
-map is on and the object is not the referred one, the text must switch the cell off.
+Text (Ref-AVS): two heads map patch embeddings and each projected expression token to unit vectors;
+the expression's vector is the max over its tokens (one word, e.g. a colour, must survive 24 others
+and the padding), and their per-cell cosine marks what the expression describes, against its own
+learnt threshold (starting at 0; no peak rule: several objects may fit the words). How the text
+map joins the audio map is `mask_prompt_text`:
+
+- `min` (the first design): the text heads read the fuser's own patch embeddings and expression
+  tokens, and a cell is on only where both maps are on (the minimum of the two margins). Measured on
+  the synthetic Ref-AVS world it does not learn to read: wherever the text is the more confident map
+  no gradient reaches it, its threshold never moves, and it stays on over every object.
+- `relative`: the text map has a branch of its own (patch convolutions on the raw pyramid, a
+  projection of the raw expression hidden states), trained by the text contrast loss alone
+  (`losses.mask_prompt.text_contrast_loss`: which of the frame's cells the words describe), and
+  it SHIFTS the audio margin: `audio margin + gate * (text cosine - frame's best text cosine)`, the
+  text term detached, the gate learnt (starting at `mask_prompt_text_gate`). The referred object
+  keeps the audio's margin; a sounder the words do not describe is pushed off in proportion to how
+  much worse it fits them. Without audio (`modalities: text`) the text margin is the mask.
 
 The logits `(N, 1, G, G)` go, as sigmoid, to SAM2's own (frozen) mask-prompt encoder. The released
 dense and sparse prompts are multiplied by zero-initialised gates (dense/sparse x level), so
@@ -29,6 +37,7 @@ override SAM2's response to a mask prompt (BENCHMARKS.md, "How the synthetic dem
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,11 +46,25 @@ from torch import Tensor, nn
 from auralsam2.fuser.config import FuserConfig
 from auralsam2.fuser.heads import PaperHead
 
-__all__ = ["LEGACY_KEYS", "MaskPrompt"]
+__all__ = ["LEGACY_KEYS", "MaskPrompt", "MaskPromptMaps"]
 
 # Parameter names before the mask prompt became its own module (fuser checkpoints and training
 # states written then still load: `auralsam2.checkpoints.fuser.upgrade_fuser_state`).
 LEGACY_KEYS = {"mask_prompt_threshold": "mask_prompt.threshold", "prompt_gates": "mask_prompt.gates"}
+
+# kernel = stride per pyramid level (s4, s8, s16): every level lands on the s16 grid
+PATCH_STRIDES = (4, 2, 1)
+
+
+class MaskPromptMaps(NamedTuple):
+    """`MaskPrompt.forward`: unit-norm AudioCon projections `visual (N, P, G, G)` and `audio (N, P)`
+    (None without audio), the mask `logits (N, 1, G, G)`, and the text map's per-cell cosine
+    `text_cosine (N, 1, G, G)` (None without text): what the text contrast loss reads."""
+
+    visual: Tensor
+    audio: Tensor | None
+    logits: Tensor
+    text_cosine: Tensor | None
 
 
 class MaskPrompt(nn.Module):
@@ -60,6 +83,16 @@ class MaskPrompt(nn.Module):
             self.text_threshold = nn.Parameter(torch.tensor(0.0))
             self.text_visual = PaperHead(config.dim, config.proj_dim)
             self.text_expression = PaperHead(config.dim, config.proj_dim)
+        self.relative_text = config.uses_text and config.mask_prompt_text == "relative"
+        if self.relative_text:  # the text map's own branch (`relative`), on the fuser's raw inputs
+            c = config.dim
+            self.text_patch_embeds = nn.ModuleList(
+                nn.Conv2d(c, c, PATCH_STRIDES[k], PATCH_STRIDES[k]) if k in config.used_levels else nn.Identity()
+                for k in range(3))
+            self.text_tokens = nn.Sequential(nn.Linear(config.text_dim, config.text_hidden), nn.GELU(),
+                                             nn.Linear(config.text_hidden, c))
+            self.text_gate = nn.Parameter(torch.tensor(float(config.mask_prompt_text_gate)))
+            self.used_levels = config.used_levels
 
     def visual_input(self, patches: Sequence[Tensor]) -> Tensor:
         """Patch embeddings `(N, C, G, G)` of the used levels (fine to coarse) -> `(N, G*G, C)`: the
@@ -80,11 +113,17 @@ class MaskPrompt(nn.Module):
             margin = torch.minimum(margin, cosine - self.peak_ratio * peak)
         return margin
 
+    def text_inputs(self, pyramid: Sequence[Tensor], text_embeddings: Tensor) -> tuple[Tensor, Tensor]:
+        """`relative`: the text branch's own inputs from the raw pyramid levels and the raw expression
+        hidden states `(L, text_dim)` -> (visual input `(N, G*G, C)`, expression tokens `(L, C)`)."""
+        patches = [self.text_patch_embeds[k](pyramid[k]) for k in self.used_levels]
+        return self.visual_input(patches), self.text_tokens(text_embeddings)
+
     def forward(self, proj_visual: Tensor, proj_audio: Tensor | None, embedded: Tensor, text: Tensor | None,
-                grid: tuple[int, int]) -> tuple[Tensor, Tensor | None, Tensor]:
-        """AudioCon projections `(N, P, G, G)` and `(N, P)` (or None without audio), the position-free
-        visual input `(N, G*G, C)` and the projected expression tokens `(L, C)` (or None without text)
-        -> (unit-norm visual, unit-norm audio or None, mask logits `(N, 1, G, G)`).
+                grid: tuple[int, int]) -> MaskPromptMaps:
+        """AudioCon projections `(N, P, G, G)` and `(N, P)` (or None without audio), the text map's
+        visual input `(N, G*G, C)` and expression tokens `(L, C)` (or None without text; with
+        `relative`, from `text_inputs`) -> `MaskPromptMaps`.
 
         The audio map comes from the projections DETACHED: only AudioCon shapes it (letting the
         segmentation loss reach it through SAM2's frozen mask encoder measurably ruined it); the
@@ -94,17 +133,25 @@ class MaskPrompt(nn.Module):
         # pixels, a released quirk: re-normalising is a no-op for the other heads)
         v = F.normalize(proj_visual, dim=1)
         a = None if proj_audio is None else F.normalize(proj_audio, dim=-1)
-        margins = []
+        audio_margin = text_cosine = None
         if a is not None:
-            margins.append(self._margin(torch.einsum("nphw,np->nhw", v.detach(), a.detach()), self.threshold))
+            audio_margin = self._margin(torch.einsum("nphw,np->nhw", v.detach(), a.detach()), self.threshold)
         if text is not None:
             n, h, w = embedded.shape[0], *grid
             cells = F.normalize(self.text_visual(embedded), dim=-1).transpose(1, 2).reshape(n, -1, h, w)
             expression = F.normalize(self.text_expression(text).amax(0), dim=-1)  # (P,): max over the tokens
-            # no peak rule: every object the expression describes is on, not only the best match
-            margins.append(self._margin(torch.einsum("nphw,p->nhw", cells, expression), self.text_threshold, False))
-        margin = margins[0] if len(margins) == 1 else torch.minimum(margins[0], margins[1])
-        return v, a, (margin / self.temperature)[:, None]
+            text_cosine = torch.einsum("nphw,p->nhw", cells, expression)
+        if text_cosine is None:
+            margin = audio_margin
+        elif audio_margin is None:  # no peak rule: every object the expression describes is on
+            margin = self._margin(text_cosine, self.text_threshold, False)
+        elif self.relative_text:  # 0 at the frame's best fit to the words, negative elsewhere
+            relative = (text_cosine - text_cosine.flatten(1).amax(1)[:, None, None]).detach()
+            margin = audio_margin + self.text_gate * relative
+        else:
+            margin = torch.minimum(audio_margin, self._margin(text_cosine, self.text_threshold, False))
+        return MaskPromptMaps(v, a, (margin / self.temperature)[:, None],
+                              None if text_cosine is None else text_cosine[:, None])
 
     def gate(self, dense: list[Tensor] | None, sparse: list[Tensor] | None
              ) -> tuple[list[Tensor] | None, list[Tensor] | None]:

@@ -11,7 +11,7 @@ from auralsam2.losses.contrastive import (
     official_samples,
     supcon,
 )
-from auralsam2.losses.mask_prompt import mask_prompt_loss
+from auralsam2.losses.mask_prompt import mask_prompt_loss, text_contrast_loss
 from auralsam2.losses.segmentation import (
     SegLossWeights,
     dice_per_mask,
@@ -36,5 +36,6 @@ __all__ = [
     "official_samples",
     "segmentation_loss",
     "supcon",
+    "text_contrast_loss",
     "supervised_frames",
 ]
