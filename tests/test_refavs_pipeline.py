@@ -147,13 +147,13 @@ def test_a_refavs_config_needs_a_text_encoder_and_the_released_preset_names_one(
 def test_a_cache_identity_covers_clips_features_and_text_but_not_where_the_encoder_lies() -> None:
     from feature_cache.build import cache_identity
 
-    text = {"files_sha256": {"model.safetensors": "a" * 64}, "text_encoder": "/here/roberta", "format": 2}
+    text = {"files_sha256": {"model.safetensors": "a" * 64}, "text_encoder": "here/roberta", "format": 2}
     info = {"fingerprint_id": "f" * 16, "text": {"fingerprint": text}}
     base = cache_identity(info, "m" * 64)
     assert cache_identity(info, "n" * 64) != base  # other clips
     assert cache_identity({**info, "fingerprint_id": "g" * 16}, "m" * 64) != base  # other SAM2 features
     other_weights = {**text, "files_sha256": {"model.safetensors": "b" * 64}}
     assert cache_identity({**info, "text": {"fingerprint": other_weights}}, "m" * 64) != base
-    moved = {**text, "text_encoder": "/elsewhere/roberta"}
+    moved = {**text, "text_encoder": "elsewhere/roberta"}
     assert cache_identity({**info, "text": {"fingerprint": moved}}, "m" * 64) == base
     assert cache_identity({"fingerprint_id": "f" * 16}, "m" * 64) != base  # AVSBench: no text
