@@ -107,9 +107,10 @@ def _override_strings(overrides: dict[str, Any]) -> list[str]:
 
 def config_hash(cfg: ExperimentConfig) -> str:
     """Hash of everything that determines a run's result: the config minus its run name, and the
-    identity of the feature cache it trains on when that exists (`cache_identity`: the frozen SAM2
-    and text encoder the features and text were computed with). A run of the same config on a
-    cache rebuilt with another encoder is thus another run, never a finished one reused."""
+    identity of the feature cache it trains on when that exists (`cache_identity`: the clips, and
+    the frozen SAM2 and text encoder the features and text were computed with). A run of the same
+    config on a cache rebuilt from other data or with another encoder is thus another run, never a
+    finished one reused."""
     from feature_cache.build import MANIFEST, CacheError, cache_identity, read_cache_json
 
     text = config_to_yaml(cfg.model_copy(update={"run_name": None}))

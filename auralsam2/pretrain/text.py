@@ -3,7 +3,7 @@ synthetic world's expressions, written as a Hugging Face folder (`save_pretraine
 through exactly the code the released `distilbert/distilroberta-base` takes. Frozen, as released.
 
 Like distilroberta-base it is pretrained as a masked language model before it is frozen
-(`pretrain_steps`; 0 = random weights): a few seconds on the expression corpus. The stand-in
+(`auralsam2 make-tiny-text-encoder --pretrain-steps`, 0 = random weights): a few seconds on the expression corpus. The stand-in
 matters: the released encoder's hidden states tell words apart, and a random 2-layer RoBERTa's do
 so much less, which measurably held back the text map (BENCHMARKS.md)."""
 
@@ -58,14 +58,11 @@ def pretrain_masked_lm(encoder: TextEncoder, corpus: Sequence[str], steps: int, 
 
 
 def write_tiny_text_encoder(out: str | os.PathLike, corpus: Sequence[str], *, hidden_size: int = 32,
-                            layers: int = 2, heads: int = 2, vocab_size: int = 400, seed: int = 0,
-                            pretrain_steps: int = 0) -> Path:
-    """Build the encoder, pretrain it (`pretrain_masked_lm`, when `pretrain_steps` > 0) and write its
-    folder (`save_text_encoder`)."""
+                            layers: int = 2, heads: int = 2, vocab_size: int = 400, seed: int = 0) -> Path:
+    """Build a random (not pretrained: fast, for tests) encoder and write its folder
+    (`save_text_encoder`); the demo's asset is also pretrained (`flows.pretrain.run_make_tiny_text_encoder`)."""
     encoder = tiny_text_encoder(hidden_size=hidden_size, layers=layers, heads=heads, vocab_size=vocab_size,
                                 corpus=corpus, seed=seed)
-    if pretrain_steps:
-        pretrain_masked_lm(encoder, corpus, pretrain_steps, seed=seed)
     return save_text_encoder(encoder, out)
 
 
