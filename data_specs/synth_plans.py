@@ -4,16 +4,16 @@ Subset rules:
 - v1s / S4 (single source): 2-4 objects, exactly one of them (uniform) sounds on every frame.
 - v1m / v2 / MS3 (multi source): 2-4 objects; per frame 0..k-1 of them sound (`schedule_multi`),
   plus, in some clips, an off-screen category that is heard but never masked.
-- Ref-AVS: 10-frame clips of four objects (distinct categories) painted in two colour pairs; in
-  each pair one object sounds (on >= 6 of 10 seconds) and one is silent. An expression names the
-  colour and that the object sounds ("the red object that is making a sound"), never its category,
-  so neither the text (two objects of that colour) nor the audio (two sounders) is enough alone:
-  the task needs hearing AND reading. The referred object's mask is shown on every frame (the
+- Ref-AVS: 10-frame clips of four objects (distinct categories, each with its own look and sound),
+  two in each half of the frame; in each half one object sounds (on >= 6 of 10 seconds) and one is
+  silent. An expression names the half and that the object sounds ("the object on the left that is
+  making a sound"), never its category, so neither the text (two objects in that half) nor the
+  audio (two sounders) is enough alone: the task needs hearing AND reading. The referred object's mask is shown on every frame (the
   Ref-AVS ground truth segments the referred object, not only while it sounds). test_u clips hold
   one unseen category (never in train/val/test_s or AVSBench), the referred sounder.
   Null folders (`null_c-<vid>`: same frames, audio of absent categories only, as if crossed from
-  another clip; `null_m-<vid>`: same frames, muted audio) carry expressions naming a colour that is
-  on screen (its objects present and silent) or absent from the picture, with empty masks. The
+  another clip; `null_m-<vid>`: same frames, muted audio) carry expressions naming a half of the
+  frame whose objects are present and silent, with empty masks. The
   meaning of `c`/`m` is undocumented upstream; this is our reading.
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import numpy as np
 
 from data_specs.synth_world import (
-    PAINTS,
     ClipPlan,
     ExpressionPlan,
     SynthConfig,
@@ -117,48 +116,65 @@ def refavs_split_counts(cfg: SynthConfig) -> dict[str, int]:
     return {"train": cfg.clips - n_val - n_test_s - n_test_u, "val": n_val, "test_s": n_test_s, "test_u": n_test_u}
 
 
-# An expression names a colour and the fact that the object sounds, never its category or shape:
-# every media clip holds two objects of each named colour, one sounding and one silent, so the text
-# alone leaves two candidates (the pair) and the audio alone two (the sounders); only both together
-# single out the target. Null expressions use the same words where no object of that colour sounds.
+# An expression names a side of the picture and the fact that the object sounds, never its category,
+# colour or shape: every media clip holds two objects in each half of the frame, one sounding and one
+# silent, so the text alone leaves two candidates (that half) and the audio alone two (the sounders);
+# only both together single out the target. Each object keeps its category's own look (shape and
+# colour) and sound, as in AVSBench, so what sounds can be told by hearing which categories sound.
+# Null expressions use the same words where nothing on screen sounds.
+SIDES = ("left", "right")
 SOUNDING_TEMPLATES = (
-    "the {c} object that is making a sound",
-    "the sounding {c} one",
-    "the {c} thing that makes a sound",
-    "of the two {c} objects, the one that sounds",
-    "the {c} object making a noise",
-    "the {c} one you can hear",
+    "the sounding object on the {s}",
+    "the object on the {s} that is making a sound",
+    "the {s} one you can hear",
+    "of the two objects on the {s}, the one that sounds",
+    "the thing on the {s} making a noise",
+    "the {s}-hand object that makes a sound",
 )
+
+
+def named_side(text: str) -> int:
+    """0 (left) or 1 (right): the half of the frame an expression names."""
+    words = text.replace(",", " ").replace("-", " ").split()
+    sides = [i for i, side in enumerate(SIDES) if side in words]
+    if len(sides) != 1:
+        raise ValueError(f"expression {text!r} must name exactly one of {SIDES}")
+    return sides[0]
+
+
+def object_side(plan: ClipPlan, fid: int) -> int:
+    """The half of the frame (0 left, 1 right) on-screen object `fid` stays in."""
+    return int(plan.objects[fid].centres[0, 0] >= plan.width / 2)
 
 
 def oracle_candidates(plan: ClipPlan, expression: ExpressionPlan) -> dict[str, list[int]]:
     """The on-screen objects (fids) an oracle that knows only some modalities cannot rule out for a
-    non-null expression: `visual` sees the objects, `text` also reads the colour, `audio` also hears
+    non-null expression: `visual` sees the objects, `text` also reads the side, `audio` also hears
     who sounds, `audio+text` both. Objects never overlap and the referred object is masked on every
     frame, so an oracle that picks uniformly among its candidates has expected J = 1 / candidates:
     by construction 4, 2, 2 and 1 candidates, i.e. chance-level J of 0.25 (visual-only), 0.50
     (text-only), 0.50 (audio-only) and 1.0 (audio + text)."""
-    colour = next(c for c in PAINTS if f" {c} " in f" {expression.text.replace(',', ' ')} ")
+    side = named_side(expression.text)
     visual = [i for i, o in enumerate(plan.objects) if o.on_screen]
-    text = [i for i in visual if plan.objects[i].colour_name == colour]
+    text = [i for i in visual if object_side(plan, i) == side]
     audio = [i for i in visual if plan.sounding[i].any()]
     return {"visual": visual, "text": text, "audio": audio, "audio+text": [i for i in text if i in audio]}
 
 
 def expression_corpus() -> list[str]:
     """Every expression the synthetic Ref-AVS world can write (for the demo's tokenizer)."""
-    return [t.format(c=c) for t in SOUNDING_TEMPLATES for c in PAINTS]
+    return [t.format(s=side) for t in SOUNDING_TEMPLATES for side in SIDES]
 
 
-def _texts(rng: np.random.Generator, colour: str, n: int) -> list[str]:
+def _texts(rng: np.random.Generator, side: int, n: int) -> list[str]:
     picks = rng.choice(len(SOUNDING_TEMPLATES), size=n, replace=False)
-    return [SOUNDING_TEMPLATES[int(j)].format(c=colour) for j in picks]
+    return [SOUNDING_TEMPLATES[int(j)].format(s=SIDES[side]) for j in picks]
 
 
 def plan_refavs_media(cfg: SynthConfig, index: int, split: str) -> ClipPlan:
-    """One non-null Ref-AVS media folder: four on-screen objects of distinct categories in two
-    colour pairs; in each pair one object sounds (on most seconds) and one is silent. test_u clips
-    hold one unseen category, the sounder of the first pair, and only it is referred to."""
+    """One non-null Ref-AVS media folder: four on-screen objects of distinct categories, two in each
+    half of the frame; in each half one object sounds (on most seconds) and one is silent. test_u
+    clips hold one unseen category, the sounder of one half, and only it is referred to."""
     rng = clip_rng(cfg.seed, "refavs", "media", index)
     width, height = frame_size(cfg, rng)
     if split == "test_u":
@@ -167,15 +183,14 @@ def plan_refavs_media(cfg: SynthConfig, index: int, split: str) -> ClipPlan:
     else:
         names = choose(rng, cfg.categories, 4)
         pool = list(cfg.categories)
-    colours = choose(rng, list(PAINTS), 2)
-    roles = [(0, True), (0, False), (1, True), (1, False)]  # (colour pair, sounds) of names[0..3]
+    first_side = int(rng.integers(2))  # the half of names[0] (test_u: the unseen sounder)
+    roles = [(first_side, True), (first_side, False), (1 - first_side, True), (1 - first_side, False)]
     order = [int(j) for j in rng.permutation(4)]  # on-screen index (fid) -> role
-    objects = draw_objects(rng, cfg, [names[j] for j in order], REFAVS_FRAMES, width, height)
+    objects = draw_objects(rng, cfg, [names[j] for j in order], REFAVS_FRAMES, width, height,
+                           halves=[roles[j][0] for j in order])
     sounding = np.zeros((4, REFAVS_FRAMES), dtype=bool)
     for fid, j in enumerate(order):
-        pair, sounds = roles[j]
-        objects[fid].paint = colours[pair]
-        while sounds and sounding[fid].sum() < 6:  # a sounder sounds on most seconds
+        while roles[j][1] and sounding[fid].sum() < 6:  # a sounder sounds on most seconds
             sounding[fid] = rng.random(REFAVS_FRAMES) < 0.85
     if rng.random() < cfg.offscreen_clip_prob:
         name = choose(rng, [c for c in pool if c not in names], 1)[0]
@@ -190,7 +205,7 @@ def plan_refavs_media(cfg: SynthConfig, index: int, split: str) -> ClipPlan:
     counters: dict[str, int] = {}
     for fid in targets:
         name = objects[fid].category.name
-        for text in _texts(rng, objects[fid].paint, 1 + int(rng.random() < 0.5)):
+        for text in _texts(rng, object_side(plan, fid), 1 + int(rng.random() < 0.5)):
             counters[name] = counters.get(name, 0) + 1
             plan.expressions.append(ExpressionPlan(f"{vid}_{name}_{counters[name]}", split, fid, text, vid))
     return plan
@@ -198,8 +213,8 @@ def plan_refavs_media(cfg: SynthConfig, index: int, split: str) -> ClipPlan:
 
 def plan_null_folder(cfg: SynthConfig, media: ClipPlan, kind: str, split: str, n_expressions: int) -> ClipPlan:
     """`null_<kind>-<vid>`: the frames of `media` with other audio (`c`: only absent categories,
-    off screen; `m`: muted), so no on-screen object sounds; expressions name a colour on screen
-    (its objects are present and silent) or a colour absent from the picture."""
+    off screen; `m`: muted), so no on-screen object sounds; expressions name a half of the frame
+    (its objects are present and silent)."""
     rng = clip_rng(cfg.seed, "refavs-null", f"{kind}/{media.vid}", 0)
     on_screen = [o for o in media.objects if o.on_screen]
     present = {o.category.name for o in on_screen}
@@ -216,11 +231,9 @@ def plan_null_folder(cfg: SynthConfig, media: ClipPlan, kind: str, split: str, n
     plan = ClipPlan("refavs", "refavs", split, media.ytid, media.start_s, media.n_frames, media.width,
                     media.height, objects, sounding, media.render_seed, uid=folder, vid=media.vid,
                     frames_from=media.uid)
-    painted = sorted({o.colour_name for o in on_screen})
-    unpainted = [c for c in PAINTS if c not in painted]
     for n in range(1, n_expressions + 1):
-        colour = painted[int(rng.integers(len(painted)))] if rng.random() < 0.6 else unpainted[int(rng.integers(len(unpainted)))]
-        plan.expressions.append(ExpressionPlan(f"{folder}_null_{n}", split, 0, _texts(rng, colour, 1)[0], folder))
+        side = int(rng.integers(2))
+        plan.expressions.append(ExpressionPlan(f"{folder}_null_{n}", split, 0, _texts(rng, side, 1)[0], folder))
     return plan
 
 

@@ -77,14 +77,6 @@ CATALOG: dict[str, Category] = {c.name: c for c in (
 SEEN_CATEGORIES = ("guitar", "dog", "piano", "violin", "car", "bird", "tabla", "man")
 UNSEEN_CATEGORIES = ("lion", "emergency-car", "mower")
 
-# Ref-AVS paint: there an object's colour is drawn apart from its category (which keeps its shape
-# and its sound), so that an expression can name a colour that two objects share.
-PAINTS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 35, 35), "blue": (35, 75, 215), "green": (30, 165, 60), "yellow": (235, 205, 30),
-    "white": (245, 245, 245), "orange": (245, 135, 20), "purple": (125, 45, 175), "cyan": (30, 200, 215),
-}
-
-
 class SynthConfig(BaseModel):
     """Everything that shapes the synthetic world. Same config -> byte-identical files."""
 
@@ -178,15 +170,14 @@ class ObjectPlan:
     gain_db: float
     seed: int  # seeds the object's sound waveform
     on_screen: bool = True
-    paint: str | None = None  # Ref-AVS: a PAINTS name; None = the category's own colour
 
     @property
     def colour(self) -> tuple[int, int, int]:
-        return PAINTS[self.paint] if self.paint else self.category.colour
+        return self.category.colour
 
     @property
     def colour_name(self) -> str:
-        return self.paint or self.category.colour_name
+        return self.category.colour_name
 
 
 @dataclass
@@ -269,13 +260,14 @@ def frame_size(cfg: SynthConfig, rng: np.random.Generator) -> tuple[int, int]:
 
 
 def draw_objects(rng: np.random.Generator, cfg: SynthConfig, names: list[str], n_frames: int,
-                 width: int, height: int) -> list[ObjectPlan]:
-    """Place one object per category name, non-overlapping on every frame, moving a little."""
+                 width: int, height: int, halves: list[int] | None = None) -> list[ObjectPlan]:
+    """Place one object per category name, non-overlapping on every frame, moving a little.
+    `halves` (Ref-AVS): per object 0 = it stays in the left half of the frame, 1 = the right half."""
     lo, hi = cfg.object_size
     radii = rng.uniform(lo, hi, len(names)) * width / 2
     radii = np.minimum(radii, 0.42 * height)
     for _ in range(40):
-        centres = _trajectories(rng, radii, n_frames, width, height, cfg.motion * width)
+        centres = _trajectories(rng, radii, n_frames, width, height, cfg.motion * width, halves=halves)
         if centres is not None:
             break
         radii = radii * 0.93  # crowded (small or wide frames): shrink and try again
@@ -292,13 +284,20 @@ def draw_objects(rng: np.random.Generator, cfg: SynthConfig, names: list[str], n
 
 
 def _trajectories(rng: np.random.Generator, radii: np.ndarray, n_frames: int, width: int, height: int,
-                  step: float, tries: int = 60) -> np.ndarray | None:
-    """(k, T, 2) centres with a constant drift, jitter and bounces; None if no non-overlapping set found."""
+                  step: float, tries: int = 60, halves: list[int] | None = None) -> np.ndarray | None:
+    """(k, T, 2) centres with a constant drift, jitter and bounces; None if no non-overlapping set found.
+    `halves`: per object, the half of the frame (0 left, 1 right) it never leaves, not even in part."""
     k = len(radii)
     need = (radii[:, None] + radii[None, :]) * 1.08 + 3
     np.fill_diagonal(need, 0)
     lo = np.stack([radii + 2, radii + 2], axis=1)  # (k, 2)
     hi = np.stack([width - radii - 2, height - radii - 2], axis=1)
+    if halves is not None:
+        side = np.asarray(halves, dtype=float)
+        lo[:, 0] += side * width / 2
+        hi[:, 0] -= (1 - side) * width / 2
+        if (lo > hi).any():
+            return None
     for _ in range(tries):
         centres = np.empty((k, n_frames, 2))
         p = rng.uniform(lo, hi)

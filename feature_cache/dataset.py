@@ -17,6 +17,7 @@ The last clip read is kept, so the several expressions of a Ref-AVS clip read it
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Literal
 
@@ -98,6 +99,12 @@ class CacheItems:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def whole_clips(self) -> CacheItems:
+        """The same items with every frame (no training window; views and supervision unchanged)."""
+        whole = copy.copy(self)
+        whole.frames, whole._last = None, None
+        return whole
 
     def item_keys(self) -> list[str]:
         return [uid or key for key, uid, _ in self._items]

@@ -83,6 +83,13 @@ class SummarySelection:
     def split_list(self) -> list[str]:
         return list(self.splits) or [self.split]
 
+    @classmethod
+    def default_for(cls, cfg: ExperimentConfig, subsets: Sequence[str] = ()) -> SummarySelection:
+        """The test split of AVSBench; Ref-AVS's seen, unseen and null test splits (J, F and S)."""
+        if cfg.task == "ref":
+            return cls(split="test_s", splits=["test_s", "test_u", "test_n"], subsets=list(subsets))
+        return cls(subsets=list(subsets))
+
 
 def load_grid(grid: str = "paper", rows: Sequence[str] | None = None, path: str | os.PathLike = GRID_FILE
               ) -> list[AblationRow]:
@@ -323,7 +330,7 @@ def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = 
     from flows import tracking as mlf
 
     base = config_from_mapping(yaml.safe_load(config_yaml), "ablation base config")
-    sel = selection or SummarySelection()
+    sel = selection or SummarySelection.default_for(base)
     grid_rows = [r for r in load_grid(grid, rows) if r.applies_to(base.data.dataset)]
     title = f"{base.experiment}: ablation grid {grid!r} ({', '.join(sel.split_list())}, {', '.join(sel.subsets) or 'all subsets'})"
     parent_name = f"ablate-{grid}-{config_hash(base)}"

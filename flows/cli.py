@@ -322,7 +322,8 @@ def ablate(
     config: Path = typer.Argument(..., help="Experiment config YAML the rows modify."),
     grid: str = typer.Option("paper", help="Grid of configs/ablations.yaml (paper, demo, smoke)."),
     rows: str = typer.Option(None, help="Comma-separated row names instead of a grid."),
-    split: str = typer.Option("test", help="Split of the summary numbers."),
+    split: str = typer.Option(None, help="Split of the summary numbers (default: test for AVSBench; test_s, test_u "
+                              "and test_n for Ref-AVS)."),
     subsets: str = typer.Option("", help="Comma-separated subsets of the summary numbers (default: all)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field (repeatable)."),
     row_workers: int = typer.Option(1, help="Rows trained at once: this process and N-1 worker processes (one torch thread each)."),
@@ -331,7 +332,9 @@ def ablate(
     from auralsam2.config import ConfigError
     from flows.ablate import SummarySelection, run_ablate
 
-    selection = SummarySelection(split=split, subsets=[s for s in subsets.split(",") if s])
+    picked = [s for s in subsets.split(",") if s]
+    selection = SummarySelection(split=split, subsets=picked) if split else \
+        (SummarySelection(subsets=picked) if picked else None)
     try:
         result = run_ablate(config, set_, grid=grid, rows=rows.split(",") if rows else None, selection=selection,
                             row_workers=row_workers)

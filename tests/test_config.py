@@ -112,10 +112,12 @@ def test_cross_field_checks_say_what_to_set():
         load_config(None, ["model.text_encoder=distilbert/distilroberta-base"])
     ref = load_config(None, ["data.dataset=refavs", "model.fuser.variant=refavs", "model.fuser.modalities=audio"])
     assert ref.model.text_encoder is None  # audio + visual only: no text encoder needed
+    relative = ["model.fuser.mask_prompt_text=relative", "model.fuser.mask_prompt_text_visual=appearance",
+                "train.mask_prompt_warmup_steps=0", "loss.text_contrast=0"]
     with pytest.raises(ConfigError, match="set loss.text_contrast > 0"):  # the relative text map learns from it alone
-        load_config(PROJECT_ROOT / "configs" / "demo_refavs.yaml", ["loss.text_contrast=0"])
+        load_config(PROJECT_ROOT / "configs" / "demo_refavs.yaml", relative)
     # ... which an audio + visual row does not have
-    load_config(PROJECT_ROOT / "configs" / "demo_refavs.yaml", ["loss.text_contrast=0", "model.fuser.modalities=audio"])
+    load_config(PROJECT_ROOT / "configs" / "demo_refavs.yaml", [*relative, "model.fuser.modalities=audio"])
 
 
 def test_extends_merges_and_yaml_round_trips(tmp_path):

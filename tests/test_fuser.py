@@ -394,6 +394,42 @@ def test_relative_text_map_shifts_the_audio_margin_from_a_branch_of_its_own():
                    AuralFuser(FuserConfig.tiny(mask_prompt=True, variant="refavs")).state_dict())
 
 
+def test_joint_mask_prompt_adds_the_evidence_of_audio_and_text():
+    """`joint`: logits = (bias + a x audio cosine + b x text cosine) / T from the AudioCon heads on the
+    map's own patch embeddings and the text branch (here reading only the cells' position), trained
+    through the logits (nothing detached); the maps-only path (`mask_prompt_maps`, what the warm-up
+    trains) gives the same maps as the full forward; no thresholds are built."""
+    cfg = FuserConfig.tiny(mask_prompt=True, variant="refavs", audiocon="paper", mask_prompt_text="joint",
+                           mask_prompt_text_visual="position")
+    fuser, out = run(cfg, train=True)
+    mp, k = fuser.mask_prompt, cfg.used_levels[0]
+    audio = torch.einsum("nphw,np->nhw", out.proj_visual[k], out.proj_audio[k])
+    text = out.text_cosine[:, 0]
+    expect = (mp.joint_bias + mp.joint_scales[0] * audio + mp.joint_scales[1] * text) / cfg.mask_prompt_temperature
+    assert torch.allclose(out.mask_prompt[:, 0], expect, atol=1e-4)
+    assert not hasattr(mp, "threshold") and not hasattr(mp, "text_threshold") and not hasattr(mp, "text_patch_embeds")
+    out.mask_prompt.sum().backward()
+    assert mp.audio_patch_embeds[k].weight.grad is not None and mp.text_tokens[0].weight.grad is not None
+    assert mp.joint_scales.grad is not None and mp.joint_bias.grad is not None
+    assert all(p.grad is None for j in range(3) for p in fuser.patch_embeds[j].parameters())  # the trunk's own
+    # position only: the text map does not depend on the picture, and it differs from cell to cell
+    torch.manual_seed(0)
+    audio_in, text_in = torch.randn(N, cfg.audio_dim), torch.randn(25, cfg.text_dim)
+    fuser.eval()
+    with torch.no_grad():
+        a = fuser.mask_prompt_maps(tiny_pyramid(c=32, seed=1), audio_in, text_in)
+        b = fuser.mask_prompt_maps(tiny_pyramid(c=32, seed=2), audio_in, text_in)
+        full = fuser(tiny_pyramid(c=32, seed=1), audio_in, text_in)
+    assert torch.allclose(a.text_cosine, b.text_cosine) and float(a.text_cosine.std()) > 1e-3
+    assert not torch.allclose(a.logits, b.logits)
+    assert torch.allclose(a.logits, full.mask_prompt, atol=1e-5) and torch.allclose(a.text_cosine, full.text_cosine)
+    # one modality: its evidence alone; the setting needs a text branch of its own
+    _, audio_only = run(cfg.model_copy(update={"modalities": "audio"}))
+    assert audio_only.text_cosine is None and audio_only.mask_prompt.shape == (N, 1, 8, 8)
+    with pytest.raises(ValueError, match="mask_prompt_text_visual='position' needs the text branch"):
+        FuserConfig.tiny(mask_prompt=True, variant="refavs", mask_prompt_text_visual="position")
+
+
 def test_derived_defaults_are_resolved_and_contradictions_are_errors():
     """None fields are derived from the fields they depend on and recorded resolved; a setting that
     contradicts another is an error naming both, never a silent change."""

@@ -273,15 +273,23 @@ def test_refavs_layout_and_expressions(world, truth):
         assert all(m.shape == frame.shape[:2] and set(np.unique(m)) <= {0, 255} for m in masks)
         clip = truth[("refavs", folder)]
         on_screen = [o for o in clip["objects"] if o["on_screen"]]
-        for o in clip["objects"] if r["split"] != "TODO" else []:  # a colour, never a category or a shape
+        for o in clip["objects"] if r["split"] != "TODO" else []:  # a side, never a category, colour or shape
             cat = CATALOG[o["category"]]
             assert cat.spoken not in r["exp"] and f" {cat.shape}" not in r["exp"], (r["uid"], r["exp"])
+            assert cat.colour_name not in r["exp"].split(), (r["uid"], r["exp"])
+        width = clip["size"][0]
+        for o in on_screen if r["split"] != "TODO" else []:  # every object stays whole in its half of the frame
+            sides = {(x - o["radius"] >= width / 2, x + o["radius"] > width / 2) for x, _ in o["centres"]}
+            assert sides in ({(False, False)}, {(True, True)}), (r["uid"], o["category"])
         if null:
             assert not any(m.any() for m in masks)
-            # nothing on screen sounds: the named colour is either absent or on silent objects only
-            assert not any(any(o["sounding"]) for o in on_screen), r["uid"]
+            assert not any(any(o["sounding"]) for o in on_screen), r["uid"]  # nothing on screen sounds
         else:
             target = clip["objects"][int(r["fid"])]
+            if r["split"] != "TODO":  # the expression names the half the referred object is in
+                from data_specs.synth_plans import SIDES, named_side
+                assert named_side(r["exp"]) == int(target["centres"][0][0] >= width / 2), (r["uid"], r["exp"])
+                assert SIDES[named_side(r["exp"])] in r["exp"]
             assert target["on_screen"] and r["uid"] == f"{r['vid']}_{target['category']}_{r['uid'].rsplit('_', 1)[1]}"
             assert all(m.any() for m in masks)  # the referred object on every frame
             if r["split"] == "test_u":

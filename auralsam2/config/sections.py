@@ -128,6 +128,11 @@ class TrainConfig(_Strict):
     accumulate_steps: int = Field(1, ge=1, description="micro-steps per optimizer step (gradient accumulation): "
                                   "a step sees clips_per_step x accumulate_steps clips per GPU, in the same order "
                                   "whatever the split")
+    mask_prompt_warmup_steps: int = Field(
+        0, ge=0, description="ours: before the first step, train the mask prompt's maps alone for this many steps "
+        "on their own losses (loss.mask_prompt, loss.text_contrast), with no SAM2 pass (a few percent of a step "
+        "each; needs model.fuser.mask_prompt_text 'joint'; nothing to do without a mask prompt); 0 = off")
+    mask_prompt_warmup_clips: int = Field(4, ge=1, description="clips per mask-prompt warm-up step")
     prefetch: Literal["auto", "on", "off"] = Field(
         "auto", description="read the next step's items in a background thread (on a GPU: pinned, copied on a side "
                             "stream) while this step computes; auto = on a GPU only")

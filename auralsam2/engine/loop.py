@@ -55,6 +55,7 @@ from auralsam2.engine.state import (
     save_best,
     save_training_state,
 )
+from auralsam2.engine.warmup import warm_up_mask_prompt
 from auralsam2.evaluation import EvalResult, evaluate_source
 from auralsam2.items import ClipItem
 from auralsam2.model import AuralSAM2, clip_loss
@@ -123,6 +124,10 @@ def train(
     if resume:
         progress = load_training_state(run.last, rt, model, optimizer, scheduler, loss_generator)
     run.truncate_history(progress.step)  # lines of a killed process after its checkpoint (or all: a fresh start)
+    if progress.step == 0 and tc.mask_prompt_warmup_steps:  # a resumed run has its warmed-up weights
+        warmup = warm_up_mask_prompt(model, data.train, cfg, rt.device)
+        if warmup:
+            run.log({"warmup/mask_prompt_first": warmup[0], "warmup/mask_prompt_last": warmup[-1]}, 0)
     model.train()
     forward, ddp_tags = wrap_ddp(TrainingStep(model, cfg, rt), cfg, rt)
     run.tag(ddp_tags)

@@ -78,10 +78,17 @@ class FuserConfig(BaseModel):
         0.80, ge=0, le=1, description="a cell is on only where its cosine also reaches this share of the "
         "frame's highest cosine (a per-frame threshold; 0 = the learnt global threshold alone; 0.80 picked on val)"
     )
-    mask_prompt_text: Literal["min", "relative"] = Field(
+    mask_prompt_text: Literal["min", "relative", "joint"] = Field(
         "min", description="how the text map joins the audio map (auralsam2.fuser.mask_prompt): 'min' = on "
         "where both are on, text heads on the fuser's embeddings; 'relative' = a text branch of its own, "
-        "trained by loss.text_contrast, shifting the audio margin by gate x (text cosine - frame's best)"
+        "trained by loss.text_contrast, shifting the audio margin by gate x (text cosine - frame's best); "
+        "'joint' = the text branch's and the audio heads' cosines, each times a learnt scale, plus a learnt "
+        "bias, trained together by the mask loss (a cell is on where the evidence of both adds up)"
+    )
+    mask_prompt_text_visual: Literal["appearance", "position", "both"] = Field(
+        "appearance", description="'relative'/'joint': what the text branch reads of each cell: its own patch "
+        "embeddings of the pyramid ('appearance': colour, shape), the grid's 2-D position encoding "
+        "('position': 'on the left'), or their sum"
     )
     mask_prompt_text_gate: float = Field(
         30.0, ge=0, description="'relative': the learnt gate's starting value (how far a cell that fits the "
@@ -125,6 +132,9 @@ class FuserConfig(BaseModel):
         if self.mask_prompt and self.modalities == "visual":
             raise ValueError("mask_prompt=true with modalities='visual': the mask prompt marks what the audio "
                              "and/or the text point at, and a visual-only fuser has neither; set mask_prompt: false")
+        if self.mask_prompt_text_visual != "appearance" and self.mask_prompt_text == "min":
+            raise ValueError(f"mask_prompt_text_visual={self.mask_prompt_text_visual!r} needs the text branch of "
+                             "mask_prompt_text 'relative' or 'joint' ('min' reads the fuser's own embeddings)")
         if not (self.sparse_prompts or self.dense_prompts or self.mask_prompt):
             raise ValueError("at least one of sparse_prompts / dense_prompts / mask_prompt must be on")
         return self

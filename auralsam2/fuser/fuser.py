@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from auralsam2.fuser.blocks import Block, FusionModule, OneDBlock
 from auralsam2.fuser.config import FuserConfig
 from auralsam2.fuser.heads import OfficialAudioHead, OfficialVisualHead, PaperHead
-from auralsam2.fuser.mask_prompt import PATCH_STRIDES, MaskPrompt
+from auralsam2.fuser.mask_prompt import PATCH_STRIDES, MaskPrompt, MaskPromptMaps
 
 __all__ = ["AuralFuser", "FuserOutput", "PATCH_STRIDES", "pe1d"]
 
@@ -201,9 +201,8 @@ class AuralFuser(nn.Module):
         h, w = int(grid[0]), int(grid[1])
         dense, sparse = self._prompts(n, fused, fused_tokens)
         if self.mask_prompt is not None:  # ours: the heads read the mask prompt's inputs instead
-            raw = (pyramid, text_embeddings[0] if text_embeddings.ndim == 3 else text_embeddings) \
-                if self.mask_prompt.relative_text else None
-            return self._with_mask_prompt(dense, sparse, patches, entering, n, (h, w), raw)
+            maps = self._mask_prompt_maps(pyramid, patches, entering, n, (h, w), text_embeddings)
+            return self._with_mask_prompt(dense, sparse, maps)
         used = cfg.used_levels
         proj_v = [self._project_visual(fused[k], frame_attn.get(k), h, w) if k in used else None for k in range(3)]
         proj_a = None
@@ -241,23 +240,40 @@ class AuralFuser(nn.Module):
         head = self.train_proj_a1 if self.config.audiocon == "official" else self.audiocon_proj_a
         return head(audio)
 
-    def _with_mask_prompt(self, dense: list[Tensor] | None, sparse: list[Tensor] | None, patches: list[Tensor],
-                          tokens: Tensor, n: int, grid: tuple[int, int],
-                          raw: tuple[Sequence[Tensor], Tensor] | None) -> FuserOutput:
-        """Our mask prompt (`auralsam2.fuser.mask_prompt`): the AudioCon heads on its position-free
-        inputs (returned in the finest used level's slot, the only projections AudioCon then sees),
-        the mask logits from the audio and/or the text, and the released prompts gated. `raw`: the
-        raw pyramid and expression hidden states, for a text map with its own branch (`relative`)."""
+    def mask_prompt_maps(self, pyramid: Sequence[Tensor], audio_embeddings: Tensor | None,
+                         text_embeddings: Tensor | None = None) -> MaskPromptMaps:
+        """The mask prompt's maps alone (`MaskPromptMaps`), from the same inputs as `forward`, without
+        the visual blocks and the fusion: what the mask-prompt warm-up trains (`auralsam2.engine.warmup`)."""
+        if self.mask_prompt is None:
+            raise ValueError("mask_prompt_maps needs a fuser with mask_prompt: true")
+        n, grid = pyramid[0].shape[0], tuple(int(g) for g in pyramid[2].shape[-2:])
+        patches = [self.patch_embeds[k](pyramid[k]) for k in self.config.used_levels]
+        tokens = self._tokens(n, audio_embeddings, text_embeddings)
+        return self._mask_prompt_maps(pyramid, patches, tokens, n, grid, text_embeddings)
+
+    def _mask_prompt_maps(self, pyramid: Sequence[Tensor], patches: list[Tensor], tokens: Tensor | None, n: int,
+                          grid: tuple[int, int], text_embeddings: Tensor | None) -> MaskPromptMaps:
+        """The AudioCon heads on the mask prompt's position-free inputs, and the maps from the audio
+        and/or the text (`auralsam2.fuser.mask_prompt`). A text map with a branch of its own reads the
+        raw pyramid and expression hidden states `(L, text_dim)`."""
         cfg = self.config
         h, w = grid
-        embedded = self.mask_prompt.visual_input(patches)  # (N, G*G, C)
+        embedded = self.mask_prompt.audio_visual_input(pyramid, patches)  # (N, G*G, C)
         audio = self._project_audio(tokens[:n]) if cfg.uses_audio else None  # token t = frame t's audio
         text_visual, text = embedded, None
-        if raw is not None:
-            text_visual, text = self.mask_prompt.text_inputs(*raw)
+        if hasattr(self.mask_prompt, "text_tokens"):
+            pos = self.pos2d(patches[0]).to(embedded.dtype).flatten(2).transpose(1, 2)  # (N, G*G, C)
+            raw_text = text_embeddings[0] if text_embeddings.ndim == 3 else text_embeddings
+            text_visual, text = self.mask_prompt.text_inputs(pyramid, raw_text, pos)
         elif cfg.uses_text:  # the projected expression tokens (all L, padding included, as released)
             text = tokens[n:] if cfg.uses_audio else tokens
-        maps = self.mask_prompt(self._project_visual(embedded, None, h, w), audio, text_visual, text, grid)
+        return self.mask_prompt(self._project_visual(embedded, None, h, w), audio, text_visual, text, grid)
+
+    def _with_mask_prompt(self, dense: list[Tensor] | None, sparse: list[Tensor] | None, maps: MaskPromptMaps
+                          ) -> FuserOutput:
+        """Our mask prompt's outputs (the AudioCon projections returned in the finest used level's
+        slot, the only projections AudioCon then sees), and the released prompts gated."""
+        cfg = self.config
         dense, sparse = self.mask_prompt.gate(dense, sparse)
         k = cfg.used_levels[0]
         return FuserOutput(dense, sparse, [maps.visual if j == k else None for j in range(3)],

@@ -27,6 +27,14 @@ map joins the audio map is `mask_prompt_text`:
   keeps the audio's margin; a sounder the words do not describe is pushed off in proportion to how
   much worse it fits them. Without audio (`modalities: text`) the text margin is the mask.
 
+- `joint`: a per-cell logistic model: `(bias + a x audio cosine + b x text cosine) / T`, with the
+  scales and the bias learnt, trained by the mask loss together with the heads (not detached); the
+  audio heads read patch embeddings of their own and the text branch reads the cells' appearance,
+  their position (`mask_prompt_text_visual`: "on the left") or both. No threshold, no peak rule: the
+  bias is the threshold, and a silent frame can be empty. Its maps need no SAM2 pass, so
+  `train.mask_prompt_warmup_steps` trains them first, cheaply (`auralsam2.engine.warmup`), and SAM2
+  reads the mask detached (the segmentation loss through SAM2's frozen mask encoder undid them).
+
 The logits `(N, 1, G, G)` go, as sigmoid, to SAM2's own (frozen) mask-prompt encoder. The released
 dense and sparse prompts are multiplied by zero-initialised gates (dense/sparse x level), so
 training starts from "frozen SAM2 + the mask prompt" (as ControlNet's zero convolutions): in a
@@ -75,24 +83,45 @@ class MaskPrompt(nn.Module):
         self.levels = config.mask_prompt_levels
         self.peak_ratio = config.mask_prompt_peak_ratio
         self.temperature = config.mask_prompt_temperature
-        self.threshold = nn.Parameter(torch.tensor(0.5))
+        joint = config.mask_prompt_text == "joint"
+        if not joint:  # `joint` learns a bias instead
+            self.threshold = nn.Parameter(torch.tensor(0.5))
         self.gates = nn.Parameter(torch.zeros(2, 3))  # (dense, sparse) x pyramid level
         if config.uses_text:
-            # starts at 0 (about half the cells on): training starts from the audio map alone, and the
-            # text learns to switch off what the expression does not describe
-            self.text_threshold = nn.Parameter(torch.tensor(0.0))
+            if not joint:
+                # starts at 0 (about half the cells on): training starts from the audio map alone, and
+                # the text learns to switch off what the expression does not describe
+                self.text_threshold = nn.Parameter(torch.tensor(0.0))
             self.text_visual = PaperHead(config.dim, config.proj_dim)
             self.text_expression = PaperHead(config.dim, config.proj_dim)
+        self.joint = config.mask_prompt_text == "joint"
         self.relative_text = config.uses_text and config.mask_prompt_text == "relative"
-        if self.relative_text:  # the text map's own branch (`relative`), on the fuser's raw inputs
+        self.text_reads = config.mask_prompt_text_visual
+        if config.uses_text and config.mask_prompt_text in ("relative", "joint"):
+            # the text map's own branch, on the fuser's raw inputs
             c = config.dim
-            self.text_patch_embeds = nn.ModuleList(
-                nn.Conv2d(c, c, PATCH_STRIDES[k], PATCH_STRIDES[k]) if k in config.used_levels else nn.Identity()
-                for k in range(3))
+            if self.text_reads != "position":
+                self.text_patch_embeds = nn.ModuleList(
+                    nn.Conv2d(c, c, PATCH_STRIDES[k], PATCH_STRIDES[k]) if k in config.used_levels
+                    else nn.Identity() for k in range(3))
             self.text_tokens = nn.Sequential(nn.Linear(config.text_dim, config.text_hidden), nn.GELU(),
                                              nn.Linear(config.text_hidden, c))
-            self.text_gate = nn.Parameter(torch.tensor(float(config.mask_prompt_text_gate)))
             self.used_levels = config.used_levels
+        if self.relative_text:
+            self.text_gate = nn.Parameter(torch.tensor(float(config.mask_prompt_text_gate)))
+        if self.joint and config.uses_audio:
+            # the audio map's own patch embeddings: the released prompts' training never moves its inputs
+            c = config.dim
+            self.audio_patch_embeds = nn.ModuleList(
+                nn.Conv2d(c, c, PATCH_STRIDES[k], PATCH_STRIDES[k]) if k in config.used_levels else nn.Identity()
+                for k in range(3))
+            self.used_levels = config.used_levels
+        if self.joint:
+            # (audio, text) scales and the bias, all divided by the temperature: logits start at
+            # -5 + 10 x (audio cosine + text cosine)
+            t = config.mask_prompt_temperature
+            self.joint_scales = nn.Parameter(torch.full((2,), 10.0 * t))
+            self.joint_bias = nn.Parameter(torch.tensor(-5.0 * t))
 
     def visual_input(self, patches: Sequence[Tensor]) -> Tensor:
         """Patch embeddings `(N, C, G, G)` of the used levels (fine to coarse) -> `(N, G*G, C)`: the
@@ -113,11 +142,24 @@ class MaskPrompt(nn.Module):
             margin = torch.minimum(margin, cosine - self.peak_ratio * peak)
         return margin
 
-    def text_inputs(self, pyramid: Sequence[Tensor], text_embeddings: Tensor) -> tuple[Tensor, Tensor]:
-        """`relative`: the text branch's own inputs from the raw pyramid levels and the raw expression
-        hidden states `(L, text_dim)` -> (visual input `(N, G*G, C)`, expression tokens `(L, C)`)."""
-        patches = [self.text_patch_embeds[k](pyramid[k]) for k in self.used_levels]
-        return self.visual_input(patches), self.text_tokens(text_embeddings)
+    def audio_visual_input(self, pyramid: Sequence[Tensor], patches: Sequence[Tensor]) -> Tensor:
+        """The AudioCon heads' visual input `(N, G*G, C)`: with `joint`, the map's own patch embeddings
+        of the raw pyramid levels; otherwise the fuser's `patches` (used levels, fine to coarse)."""
+        if hasattr(self, "audio_patch_embeds"):
+            patches = [self.audio_patch_embeds[k](pyramid[k]) for k in self.used_levels]
+        return self.visual_input(patches)
+
+    def text_inputs(self, pyramid: Sequence[Tensor], text_embeddings: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """`relative`: the text branch's own inputs from the raw pyramid levels, the 2-D position
+        encoding `pos` `(N, G*G, C)` of the grid (words may name where: "on the left") and the raw
+        expression hidden states `(L, text_dim)` -> (visual input `(N, G*G, C)`, expression tokens `(L, C)`)."""
+        if self.text_reads == "position":
+            visual = pos
+        else:
+            visual = self.visual_input([self.text_patch_embeds[k](pyramid[k]) for k in self.used_levels])
+            if self.text_reads == "both":
+                visual = visual + pos
+        return visual, self.text_tokens(text_embeddings)
 
     def forward(self, proj_visual: Tensor, proj_audio: Tensor | None, embedded: Tensor, text: Tensor | None,
                 grid: tuple[int, int]) -> MaskPromptMaps:
@@ -134,14 +176,20 @@ class MaskPrompt(nn.Module):
         v = F.normalize(proj_visual, dim=1)
         a = None if proj_audio is None else F.normalize(proj_audio, dim=-1)
         audio_margin = text_cosine = None
-        if a is not None:
+        if a is not None and not self.joint:
             audio_margin = self._margin(torch.einsum("nphw,np->nhw", v.detach(), a.detach()), self.threshold)
         if text is not None:
             n, h, w = embedded.shape[0], *grid
             cells = F.normalize(self.text_visual(embedded), dim=-1).transpose(1, 2).reshape(n, -1, h, w)
             expression = F.normalize(self.text_expression(text).amax(0), dim=-1)  # (P,): max over the tokens
             text_cosine = torch.einsum("nphw,p->nhw", cells, expression)
-        if text_cosine is None:
+        if self.joint:  # evidence adds up; the mask loss trains the heads, scales and bias together
+            margin = self.joint_bias.expand(v.shape[0], *grid)
+            if a is not None:
+                margin = margin + self.joint_scales[0] * torch.einsum("nphw,np->nhw", v, a)
+            if text_cosine is not None:
+                margin = margin + self.joint_scales[1] * text_cosine
+        elif text_cosine is None:
             margin = audio_margin
         elif audio_margin is None:  # no peak rule: every object the expression describes is on
             margin = self._margin(text_cosine, self.text_threshold, False)

@@ -1,0 +1,78 @@
+"""The mask-prompt warm-up (`train.mask_prompt_warmup_steps`, `auralsam2.engine.warmup`): it trains the
+joint mask prompt's maps alone before the first step, deterministically, leaves the main loop's
+random streams alone, is skipped on resume (a resumed run ends bit-identical), and refuses a mask
+prompt it cannot train."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from auralsam2.config import ConfigError, load_config
+from auralsam2.engine import build_model, train
+from auralsam2.engine.warmup import warm_up_mask_prompt
+from auralsam2.losses import mask_prompt_loss
+from feature_cache.dataset import open_reader, training_data
+from tests.train_fixtures import tiny_config
+
+JOINT = ["model.fuser.mask_prompt=true", "model.fuser.mask_prompt_text=joint",
+         "model.fuser.mask_prompt_text_visual=position", "loss.audiocon.mode=off", "train.deterministic=true"]
+
+
+def _config(*overrides: str):
+    return tiny_config(*JOINT, *overrides, dataset="refavs")
+
+
+def _mask_loss(model, items) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for i in range(len(items)):
+            item = items.item(i)
+            maps = model.fuser.mask_prompt_maps(list(item.pyramid), model.audio_embeddings(item.log_mel), item.text)
+            rows = torch.as_tensor(item.supervised)
+            total += float(mask_prompt_loss(maps.logits[rows], item.masks[rows]))
+    return total / len(items)
+
+
+def test_warm_up_trains_the_maps_alone_and_deterministically():
+    cfg = _config("train.mask_prompt_warmup_steps=30", "train.mask_prompt_warmup_clips=2")
+    data = training_data(cfg, open_reader(cfg))
+    states, losses = [], []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_model(cfg.model, data.sam2)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        rng = torch.get_rng_state()
+        start = _mask_loss(model, data.train)
+        curve = warm_up_mask_prompt(model, data.train, cfg, torch.device("cpu"))
+        assert torch.equal(torch.get_rng_state(), rng)  # the main loop's random streams are untouched
+        assert len(curve) == 30 and _mask_loss(model, data.train) < 0.7 * start
+        changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+        odd = sorted(k for k in changed if not k.startswith(("fuser.mask_prompt.", "fuser.audio", "fuser.train_proj")))
+        assert changed and not odd, odd
+        assert not any(k.startswith(("fuser.patch_embeds", "fuser.f_blocks", "audio_encoder.")) for k in changed)
+        states.append(model.state_dict())
+        losses.append(curve)
+    assert losses[0] == losses[1]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_a_resumed_run_skips_the_warm_up_and_ends_bit_identical(tmp_path):
+    cfg = _config("train.mask_prompt_warmup_steps=10", "train.epochs=1")
+    full = train(cfg, training_data(cfg, open_reader(cfg)), tmp_path / "full")
+    cut_cfg = _config("train.mask_prompt_warmup_steps=10", "train.epochs=1", "train.stop_after_steps=2")
+    cut = train(cut_cfg, training_data(cut_cfg, open_reader(cut_cfg)), tmp_path / "cut")
+    assert cut.interrupted
+    resumed = train(cfg, training_data(cfg, open_reader(cfg)), tmp_path / "cut", resume=True)
+    assert resumed.steps == full.steps and not resumed.interrupted
+    a, b = (torch.load(tmp_path / r / "last.ckpt", weights_only=True)["trainable"] for r in ("full", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = (tmp_path / "full" / "history.jsonl").read_text()
+    assert history == (tmp_path / "cut" / "history.jsonl").read_text() and "warmup/mask_prompt_last" in history
+
+
+def test_warm_up_refuses_a_mask_prompt_it_cannot_train():
+    with pytest.raises(ConfigError, match="mask_prompt_text: joint or train.mask_prompt_warmup_steps: 0"):
+        load_config(None, ["model.fuser.mask_prompt=true", "train.mask_prompt_warmup_steps=5"])
+    # nothing to warm up without a mask prompt (the visual-only ablation row of a warmed-up config)
+    load_config(None, ["model.fuser.mask_prompt=false", "train.mask_prompt_warmup_steps=5"])
