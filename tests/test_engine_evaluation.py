@@ -122,7 +122,8 @@ def test_batched_evaluation_equals_one_clip_at_a_time(dataset, split):
                 assert a.keys() == b.keys()
                 for k in a:
                     if isinstance(a[k], int | float) and not isinstance(a[k], bool):
-                        # a pixel whose logit is ~0 may fall on the other side (areas: 1 in ~10^4)
-                        assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-4, nan_ok=True), k
+                        # a few pixels whose logits are ~0 may fall on the other side (the tiny random model)
+                        tol = 4 if k.endswith("_area") else 1e-4
+                        assert a[k] == pytest.approx(b[k], rel=1e-4, abs=tol, nan_ok=True), k
                     else:
                         assert a[k] == b[k], k
