@@ -143,10 +143,9 @@ def clip_loss(
 
 def _decoder_prompts(fused: FuserOutput, detach_mask: bool = False) -> tuple[DecoderPrompts, Tensor | None]:
     """The fuser's prompts in decoder stage order (deepest first, as released) and its per-frame mask
-    prompt as probabilities (None without one). `detach_mask`: the mask prompt learns from its own
-    loss only, never through SAM2 (`mask_prompt_text: joint`: the segmentation loss reaching the maps
-    through SAM2's frozen mask encoder undid in 240 steps what the warm-up had learnt, val J 0.51 ->
-    0.07)."""
+    prompt as probabilities (None without one). `detach_mask` (`mask_prompt_text: joint`): the mask
+    prompt learns from its own loss only; the segmentation loss through SAM2's frozen mask encoder
+    undoes what it learnt (BENCHMARKS.md)."""
     prompts = DecoderPrompts(dense=None if fused.dense is None else fused.dense[::-1],
                              sparse=None if fused.sparse is None else fused.sparse[::-1])
     if fused.mask_prompt is None:

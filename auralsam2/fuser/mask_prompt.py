@@ -83,18 +83,17 @@ class MaskPrompt(nn.Module):
         self.levels = config.mask_prompt_levels
         self.peak_ratio = config.mask_prompt_peak_ratio
         self.temperature = config.mask_prompt_temperature
-        joint = config.mask_prompt_text == "joint"
-        if not joint:  # `joint` learns a bias instead
+        self.joint = config.mask_prompt_text == "joint"
+        if not self.joint:  # `joint` learns a bias instead
             self.threshold = nn.Parameter(torch.tensor(0.5))
         self.gates = nn.Parameter(torch.zeros(2, 3))  # (dense, sparse) x pyramid level
         if config.uses_text:
-            if not joint:
+            if not self.joint:
                 # starts at 0 (about half the cells on): training starts from the audio map alone, and
                 # the text learns to switch off what the expression does not describe
                 self.text_threshold = nn.Parameter(torch.tensor(0.0))
             self.text_visual = PaperHead(config.dim, config.proj_dim)
             self.text_expression = PaperHead(config.dim, config.proj_dim)
-        self.joint = config.mask_prompt_text == "joint"
         self.relative_text = config.uses_text and config.mask_prompt_text == "relative"
         self.text_reads = config.mask_prompt_text_visual
         if config.uses_text and config.mask_prompt_text in ("relative", "joint"):
@@ -150,7 +149,7 @@ class MaskPrompt(nn.Module):
         return self.visual_input(patches)
 
     def text_inputs(self, pyramid: Sequence[Tensor], text_embeddings: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
-        """`relative`: the text branch's own inputs from the raw pyramid levels, the 2-D position
+        """`relative`/`joint`: the text branch's own inputs from the raw pyramid levels, the 2-D position
         encoding `pos` `(N, G*G, C)` of the grid (words may name where: "on the left") and the raw
         expression hidden states `(L, text_dim)` -> (visual input `(N, G*G, C)`, expression tokens `(L, C)`)."""
         if self.text_reads == "position":
