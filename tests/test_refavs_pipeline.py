@@ -157,3 +157,13 @@ def test_a_cache_identity_covers_clips_features_and_text_but_not_where_the_encod
     moved = {**text, "text_encoder": "elsewhere/roberta"}
     assert cache_identity({**info, "text": {"fingerprint": moved}}, "m" * 64) == base
     assert cache_identity({"fingerprint_id": "f" * 16}, "m" * 64) != base  # AVSBench: no text
+
+
+def test_an_ablation_summary_of_ref_avs_defaults_to_its_three_test_splits():
+    """`auralsam2 ablate` / `run --ablate` without --split: Ref-AVS's seen, unseen and null test splits
+    (there is no `test`), AVSBench's `test`."""
+    from flows.ablate import SummarySelection
+
+    ref = SummarySelection.default_for(load_config(CONFIG))
+    assert ref.split_list() == ["test_s", "test_u", "test_n"]
+    assert SummarySelection.default_for(load_config(PROJECT_ROOT / "configs" / "demo.yaml")).split_list() == ["test"]
