@@ -40,9 +40,8 @@ from auralsam2.losses import (
     AudioConConfig,
     SegLossWeights,
     audiocon_loss,
-    mask_prompt_loss,
+    mask_prompt_terms,
     segmentation_loss,
-    text_contrast_loss,
 )
 from auralsam2.text import TextEmbeddings, TextEncoder
 
@@ -130,14 +129,12 @@ def clip_loss(
             out.fuser.proj_visual, out.fuser.proj_audio, targets, out.best_low_res_masks[rows], frames, cfg,
             generator,
         )
-    mask_logits = out.fuser.mask_prompt
-    terms["mask"] = seg["total"].new_zeros(()) if mask_logits is None else mask_prompt_loss(mask_logits[rows], targets)
-    text_weight, text_temperature = text_contrast
-    text_cosine = out.fuser.text_cosine
-    terms["text"] = (seg["total"].new_zeros(()) if text_cosine is None or text_weight == 0
-                     else text_contrast_loss(text_cosine[rows], targets, text_temperature))
+    mask_logits, text_cosine = out.fuser.mask_prompt, out.fuser.text_cosine
+    terms["mask"], terms["text"] = mask_prompt_terms(None if mask_logits is None else mask_logits[rows],
+                                                     None if text_cosine is None else text_cosine[rows],
+                                                     targets, text_contrast)
     terms["total"] = (terms["seg"] + cfg.weight * terms["audiocon"] + mask_weight * terms["mask"]
-                      + text_weight * terms["text"])
+                      + text_contrast[0] * terms["text"])
     return terms
 
 

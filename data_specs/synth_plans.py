@@ -8,13 +8,14 @@ Subset rules:
   two in each half of the frame; in each half one object sounds (on >= 6 of 10 seconds) and one is
   silent. An expression names the half and that the object sounds ("the object on the left that is
   making a sound"), never its category, so neither the text (two objects in that half) nor the
-  audio (two sounders) is enough alone: the task needs hearing AND reading. The referred object's mask is shown on every frame (the
-  Ref-AVS ground truth segments the referred object, not only while it sounds). test_u clips hold
+  audio (two sounders) is enough alone: the task needs hearing AND reading. The referred object's
+  mask is shown on every frame (the Ref-AVS ground truth segments the referred object, not only
+  while it sounds). test_u clips hold
   one unseen category (never in train/val/test_s or AVSBench), the referred sounder.
   Null folders (`null_c-<vid>`: same frames, audio of absent categories only, as if crossed from
   another clip; `null_m-<vid>`: same frames, muted audio) carry expressions naming a half of the
-  frame whose objects are present and silent, with empty masks. The
-  meaning of `c`/`m` is undocumented upstream; this is our reading.
+  frame whose objects are present and silent, with empty masks. The meaning of `c`/`m` is
+  undocumented upstream; this is our reading.
 """
 
 from __future__ import annotations

@@ -77,6 +77,7 @@ CATALOG: dict[str, Category] = {c.name: c for c in (
 SEEN_CATEGORIES = ("guitar", "dog", "piano", "violin", "car", "bird", "tabla", "man")
 UNSEEN_CATEGORIES = ("lion", "emergency-car", "mower")
 
+
 class SynthConfig(BaseModel):
     """Everything that shapes the synthetic world. Same config -> byte-identical files."""
 

@@ -130,8 +130,8 @@ class TrainConfig(_Strict):
                                   "whatever the split")
     mask_prompt_warmup_steps: int = Field(
         0, ge=0, description="ours: before the first step, train the mask prompt's maps alone for this many steps "
-        "on their own losses (loss.mask_prompt, loss.text_contrast), with no SAM2 pass (a few percent of a step "
-        "each; needs model.fuser.mask_prompt_text 'joint'; nothing to do without a mask prompt); 0 = off")
+        "on their own losses (loss.mask_prompt, loss.text_contrast), with no SAM2 pass (a frame costs ~1/15 of a "
+        "training step's; needs model.fuser.mask_prompt_text 'joint'; nothing to do without a mask prompt); 0 = off")
     mask_prompt_warmup_clips: int = Field(4, ge=1, description="clips per mask-prompt warm-up step")
     prefetch: Literal["auto", "on", "off"] = Field(
         "auto", description="read the next step's items in a background thread (on a GPU: pinned, copied on a side "

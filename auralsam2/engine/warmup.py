@@ -6,7 +6,7 @@ text cosines times learnt scales, plus a bias) that the mask loss trains directl
 nothing of it needs SAM2's decoder or memory. So a warm-up step runs only the patch embeddings and
 the audio and text heads (`AuralFuser.mask_prompt_maps`) on a few whole clips, with VGGish frozen:
 its embeddings and the clips' cached features are read once and kept (up to `CACHE_BYTES`), so a
-frame costs about a fifth of a training step's. The main loop then starts from maps that already
+frame costs about a fifteenth of a training step's (demo: 2.2 ms against 32 ms, BENCHMARKS.md). The main loop then starts from maps that already
 point at the referred object and trains everything as before.
 
 The warm-up draws its clips from its own generator and forks the global RNG, so the main loop's
@@ -23,7 +23,7 @@ from torch import Tensor
 
 from auralsam2.config import ExperimentConfig
 from auralsam2.items import ItemSource
-from auralsam2.losses import mask_prompt_loss, text_contrast_loss
+from auralsam2.losses import mask_prompt_terms
 from auralsam2.model import AuralSAM2
 
 __all__ = ["CACHE_BYTES", "warm_up_mask_prompt"]
@@ -50,6 +50,7 @@ def warm_up_mask_prompt(model: AuralSAM2, train: ItemSource, cfg: ExperimentConf
     `mask_prompt_warmup_clips` whole training clips each (AdamW at `optim.lr`, its own state, dropped
     afterwards); returns the loss of each step. A no-op without a mask prompt."""
     tc, loss_cfg = cfg.train, cfg.loss
+    text_contrast = (loss_cfg.text_contrast, loss_cfg.text_contrast_temperature)
     fuser = model.fuser
     if not tc.mask_prompt_warmup_steps or fuser.mask_prompt is None:
         return []
@@ -89,10 +90,10 @@ def warm_up_mask_prompt(model: AuralSAM2, train: ItemSource, cfg: ExperimentConf
                     order = torch.randperm(len(train), generator=generator).tolist()
                 item = read(order.pop())
                 maps = fuser.mask_prompt_maps(item.pyramid, item.audio, item.text)
-                loss = loss_cfg.mask_prompt * mask_prompt_loss(maps.logits[item.rows], item.masks)
-                if maps.text_cosine is not None and loss_cfg.text_contrast > 0:
-                    loss = loss + loss_cfg.text_contrast * text_contrast_loss(
-                        maps.text_cosine[item.rows], item.masks, loss_cfg.text_contrast_temperature)
+                mask, text = mask_prompt_terms(maps.logits[item.rows],
+                                               None if maps.text_cosine is None else maps.text_cosine[item.rows],
+                                               item.masks, text_contrast)
+                loss = loss_cfg.mask_prompt * mask + text_contrast[0] * text
                 total = total + loss / tc.mask_prompt_warmup_clips
             optimizer.zero_grad(set_to_none=True)
             total.backward()

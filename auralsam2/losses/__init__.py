@@ -11,7 +11,7 @@ from auralsam2.losses.contrastive import (
     official_samples,
     supcon,
 )
-from auralsam2.losses.mask_prompt import mask_prompt_loss, text_contrast_loss
+from auralsam2.losses.mask_prompt import mask_prompt_loss, mask_prompt_terms, text_contrast_loss
 from auralsam2.losses.segmentation import (
     SegLossWeights,
     dice_per_mask,
@@ -33,6 +33,7 @@ __all__ = [
     "info_nce_official",
     "iou_l1_per_mask",
     "mask_prompt_loss",
+    "mask_prompt_terms",
     "official_samples",
     "segmentation_loss",
     "supcon",

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from auralsam2.losses.contrastive import grid_foreground
 
-__all__ = ["mask_prompt_loss", "text_contrast_loss"]
+__all__ = ["mask_prompt_loss", "mask_prompt_terms", "text_contrast_loss"]
 
 
 def mask_prompt_loss(logits: Tensor, masks: Tensor) -> Tensor:
@@ -37,3 +37,15 @@ def text_contrast_loss(text_cosine: Tensor, masks: Tensor, temperature: float = 
         return logits.sum() * 0.0
     positive = torch.logsumexp(logits + torch.log(target.clamp_min(1e-12)), dim=1)
     return (torch.logsumexp(logits, dim=1) - positive)[present].mean()
+
+
+def mask_prompt_terms(logits: Tensor | None, text_cosine: Tensor | None, masks: Tensor,
+                      text_contrast: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    """The mask prompt's two loss terms on the same frames, unweighted: (`mask_prompt_loss`, 0
+    without logits; `text_contrast_loss`, 0 without a text map or at weight 0), for `logits`
+    `(F, 1, G, G)`, `text_cosine` `(F, 1, G, G)`, GT `(F, S, S)`, `text_contrast = (weight, temperature)`."""
+    zero = masks.new_zeros((), dtype=torch.float32)
+    mask = zero if logits is None else mask_prompt_loss(logits, masks)
+    weight, temperature = text_contrast
+    text = zero if text_cosine is None or weight == 0 else text_contrast_loss(text_cosine, masks, temperature)
+    return mask, text
