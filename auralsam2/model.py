@@ -94,6 +94,7 @@ def clip_loss(
     generator: torch.Generator | None = None,
     mask_weight: float = 5.0,
     text_contrast: tuple[float, float] = (0.0, 0.1),
+    mask_pos_weight: float = 1.0,
 ) -> dict[str, Tensor]:
     """Named loss terms of one clip; `total` is what to back-propagate.
 
@@ -102,7 +103,8 @@ def clip_loss(
     Returns `focal`, `dice`, `iou`, `object_score` (unweighted, summed over supervised frames),
     `seg` (weighted segmentation total), `audiocon` (unweighted contrastive term, computed on the
     supervised frames), `mask` (BCE of the fuser's mask-prompt logits against the GT on their grid,
-    0 without a mask prompt: it calibrates the mask threshold), `text` (the text map's contrast,
+    0 without a mask prompt: it calibrates the mask threshold; its positive cells weighted
+    `mask_pos_weight`), `text` (the text map's contrast,
     `text_contrast = (weight, temperature)`; 0 without a text map or at weight 0) and
     `total = seg + audiocon.weight * audiocon + mask_weight * mask + weight * text`.
     """
@@ -132,21 +134,25 @@ def clip_loss(
     mask_logits, text_cosine = out.fuser.mask_prompt, out.fuser.text_cosine
     terms["mask"], terms["text"] = mask_prompt_terms(None if mask_logits is None else mask_logits[rows],
                                                      None if text_cosine is None else text_cosine[rows],
-                                                     targets, text_contrast)
+                                                     targets, text_contrast, mask_pos_weight)
     terms["total"] = (terms["seg"] + cfg.weight * terms["audiocon"] + mask_weight * terms["mask"]
                       + text_contrast[0] * terms["text"])
     return terms
 
 
-def _decoder_prompts(fused: FuserOutput, detach_mask: bool = False) -> tuple[DecoderPrompts, Tensor | None]:
+def _decoder_prompts(fused: FuserOutput, detach_mask: bool = False, binary: bool = False
+                     ) -> tuple[DecoderPrompts, Tensor | None]:
     """The fuser's prompts in decoder stage order (deepest first, as released) and its per-frame mask
     prompt as probabilities (None without one). `detach_mask` (`mask_prompt_text: joint`): the mask
     prompt learns from its own loss only; the segmentation loss through SAM2's frozen mask encoder
-    undoes what it learnt (BENCHMARKS.md)."""
+    undoes what it learnt (BENCHMARKS.md). `binary` (`mask_prompt_binary`): 1 where the logit is
+    positive, 0 elsewhere."""
     prompts = DecoderPrompts(dense=None if fused.dense is None else fused.dense[::-1],
                              sparse=None if fused.sparse is None else fused.sparse[::-1])
     if fused.mask_prompt is None:
         return prompts, None
+    if binary:
+        return prompts, (fused.mask_prompt.detach() > 0).to(fused.mask_prompt.dtype)
     return prompts, (fused.mask_prompt.detach() if detach_mask else fused.mask_prompt).sigmoid()
 
 
@@ -190,6 +196,10 @@ class AuralSAM2(nn.Module):
     @property
     def _detach_mask(self) -> bool:
         return self.fuser.config.mask_prompt_text == "joint"
+
+    @property
+    def _binary_mask(self) -> bool:
+        return self.fuser.config.mask_prompt_binary
 
     @property
     def image_size(self) -> int:
@@ -277,7 +287,7 @@ class AuralSAM2(nn.Module):
                                 cond_mask=cond_mask, official_query_pe=self.official_query_pe)
             return ClipOutput(frames, None, cond_frame)
         fused = self._fuse(pyramid, audio, text)
-        prompts, frame_masks = _decoder_prompts(fused, self._detach_mask)
+        prompts, frame_masks = _decoder_prompts(fused, self._detach_mask, self._binary_mask)
         frames = track_clip(
             self.sam2,
             pyramid,
@@ -318,7 +328,8 @@ class AuralSAM2(nn.Module):
             groups.setdefault((pyramid.s16.shape[0], cond), []).append(i)  # length buckets
         outputs: list[ClipOutput | None] = [None] * len(clips)
         for (_, cond), members in groups.items():
-            prompts, masks = zip(*(_decoder_prompts(fused[i], self._detach_mask) for i in members), strict=True)
+            prompts, masks = zip(*(_decoder_prompts(fused[i], self._detach_mask, self._binary_mask)
+                                   for i in members), strict=True)
             tracked = track_clips(self.sam2, [pyramids[i] for i in members], prompts, cond,
                                   frame_mask_inputs=masks, official_query_pe=self.official_query_pe)
             for i, frames in zip(members, tracked, strict=True):

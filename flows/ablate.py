@@ -198,6 +198,10 @@ def selection_metrics(run_id: str, cfg: ExperimentConfig, sel: SummarySelection,
             "S": float("nan"), "clips": int(n), "protocol": protocol, "decoding": decoding}
 
 
+# what an evaluation of one split reports in summaries (the pipeline's evaluate step, a grid row)
+EVALUATION_HEADLINE = ("J", "F", "S", "protocol", "decoding", "n_items")
+
+
 @task(name="ablation-row", cache_policy=NO_CACHE)
 def ablation_row_task(config_yaml: str, row_name: str, parent_run_id: str | None, sel: SummarySelection,
                       tracking: bool = True) -> dict[str, Any]:
@@ -214,9 +218,10 @@ def ablation_row_task(config_yaml: str, row_name: str, parent_run_id: str | None
     if not summary.get("best_checkpoint"):
         raise RuntimeError(f"ablation row {row_name!r}: training produced no best checkpoint ({summary})")
     run_id = summary.get("run_id") or f"local-{cfg.run_name}"
-    numbers = []
+    numbers, headlines = [], {}
     for split in sel.split_list():
         evaluated = evaluate_split(summary["best_checkpoint"], cfg, split, run_id, tracking)
+        headlines[split] = {k: evaluated[k] for k in EVALUATION_HEADLINE}
         for protocol in sel.protocols or [sel.protocol or cfg.eval.headline_protocol]:
             if sel.subsets:
                 numbers.append({"split": split, **selection_metrics(run_id, cfg, sel, split, protocol)})
@@ -235,7 +240,7 @@ def ablation_row_task(config_yaml: str, row_name: str, parent_run_id: str | None
         process_started = None
     return {"row": row_name, "run_name": cfg.run_name, "run_id": run_id, "reused": reused, "pid": os.getpid(),
             "library_spans": spans, "process_started": process_started,
-            "checkpoint": summary["best_checkpoint"], "numbers": numbers, **numbers[0]}
+            "checkpoint": summary["best_checkpoint"], "evaluated": headlines, "numbers": numbers, **numbers[0]}
 
 
 def _paper(row: AblationRow, key: str, split: str) -> dict[str, Any]:

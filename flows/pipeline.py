@@ -32,7 +32,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from auralsam2.config import ExperimentConfig, config_from_mapping, config_to_yaml, load_config, resolve_path
 from auralsam2.paths import data_home
 from auralsam2.utils.hashing import sha256_file
-from flows.ablate import SummarySelection, config_hash, finished_run
+from flows.ablate import EVALUATION_HEADLINE, SummarySelection, config_hash, finished_run
 from flows.runners import retry_on_io
 
 STEP_CACHE = INPUTS + TASK_SOURCE
@@ -121,7 +121,20 @@ def evaluate_step(checkpoint: str, checkpoint_sha256: str, config_yaml: str, run
     run_id = run_id or f"local-{cfg.run_name}"
     results = {split: evaluate_split(checkpoint, cfg, split, run_id, tracking=True) for split in splits}
     return {"run_id": run_id, "checkpoint_sha256": checkpoint_sha256,
-            "splits": {s: {k: r[k] for k in ("J", "F", "S", "protocol", "decoding", "n_items")} for s, r in results.items()}}
+            "splits": {s: {k: r[k] for k in EVALUATION_HEADLINE} for s, r in results.items()}}
+
+
+def _row_evaluation(ablation: dict[str, Any], trained: dict[str, Any], splits: list[str]) -> dict[str, Any] | None:
+    """The grid's evaluation of the pipeline's own run, as the evaluate step reports it: the row that
+    trained it (same MLflow run, same checkpoint) evaluated every split of `splits` with this config
+    (`full` has no overrides), into the same run's Parquet and metrics. None when no row did."""
+    for row in ablation["results"]:
+        done = row.get("evaluated", {})
+        if (row["run_id"] == trained["run_id"] and row["checkpoint"] == trained["best_checkpoint"]
+                and set(splits) <= set(done)):
+            return {"run_id": row["run_id"], "checkpoint_sha256": trained["checkpoint_sha256"],
+                    "splits": {s: done[s] for s in splits}, "reused_from_row": row["row"]}
+    return None
 
 
 def _run(step, outputs_ok: bool, **kwargs):
@@ -188,10 +201,13 @@ def pipeline_flow(config_yaml: str, raw: str | None = None, subset: str = "all",
 
     t = time.perf_counter()
     splits = list(cfg.eval.splits)
-    metrics_dir = home / "metrics" / "clip_metrics" / f"run_id={trained['run_id'] or f'local-{cfg.run_name}'}"
-    evaluated = _run(evaluate_step, metrics_dir.is_dir() and any(metrics_dir.glob("*.parquet")),
-                     checkpoint=trained["best_checkpoint"], checkpoint_sha256=trained["checkpoint_sha256"],
-                     config_yaml=config_to_yaml(cfg), run_id=trained["run_id"], splits=splits)
+    # the grid's `full` row may have evaluated this very checkpoint already: not twice
+    evaluated = _row_evaluation(ablation, trained, splits) if ablation else None
+    if evaluated is None:
+        metrics_dir = home / "metrics" / "clip_metrics" / f"run_id={trained['run_id'] or f'local-{cfg.run_name}'}"
+        evaluated = _run(evaluate_step, metrics_dir.is_dir() and any(metrics_dir.glob("*.parquet")),
+                         checkpoint=trained["best_checkpoint"], checkpoint_sha256=trained["checkpoint_sha256"],
+                         config_yaml=config_to_yaml(cfg), run_id=trained["run_id"], splits=splits)
     timings["evaluate"] = time.perf_counter() - t
 
     if ablate_grid and not ablate_first:

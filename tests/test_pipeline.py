@@ -81,12 +81,22 @@ def test_grid_rows_in_parallel_lanes_match_sequential_rows(world: Path) -> None:
     from flows.ablate import run_ablate
     from flows.pipeline import run_pipeline
 
-    run_pipeline(DEMO_TINY, TINY_RUN, raw=world / "AVSBench")  # the cache the rows train on (skipped when done)
     selection = SummarySelection(split="test", protocol="avsbench_official", decoding="iou_select")
     results = {}
     for workers in (2, 1):
         overrides = [*TINY_RUN, f"experiment=rows_{workers}"]
-        out = run_ablate(DEMO_TINY, overrides, grid="smoke", selection=selection, row_workers=workers)
+        if workers == 2:  # in the pipeline: the grid first, then its train and evaluate steps reuse the `full` row
+            piped = run_pipeline(DEMO_TINY, overrides, raw=world / "AVSBench", ablate_grid="smoke",
+                                 selection=selection, row_workers=2)
+            out = piped["ablation"]
+            full = next(r for r in out["results"] if r["row"] == "full")
+            assert piped["train"]["best_checkpoint"] == full["checkpoint"]
+            assert piped["evaluate"]["reused_from_row"] == "full"
+            assert piped["evaluate"]["run_id"] == piped["train"]["run_id"] == full["run_id"]
+            assert piped["evaluate"]["splits"]["test"] == full["evaluated"]["test"]
+            assert piped["evaluate"]["splits"]["test"]["J"] == full["J"]
+        else:
+            out = run_ablate(DEMO_TINY, overrides, grid="smoke", selection=selection, row_workers=workers)
         results[workers] = {r["row"]: (r["J"], r["F"]) for r in out["rows"]}
         pids = {r["row"]: r["pid"] for r in out["results"]}
         # 2 lanes: this process takes the first row, a worker process the second; 1 lane: all here

@@ -97,6 +97,9 @@ class LossConfig(_Strict):
     audiocon: AudioConConfig = Field(default_factory=AudioConConfig, description="contrastive loss (mode, weight)")
     mask_prompt: float = Field(5.0, ge=0, description="weight of the mask-prompt BCE (only with "
                                "model.fuser.mask_prompt; it calibrates the mask threshold)")
+    mask_prompt_pos_weight: float = Field(1.0, gt=0, description="weight of the mask-prompt BCE's positive cells "
+                                          "(ours; > 1 marks a cell the evidence leaves in doubt, e.g. two sounders "
+                                          "for an audio-only map, as on rather than off)")
     text_contrast: float = Field(0.0, ge=0, description="ours, weight of the text map's contrast (mask prompt with "
                                  "text): which of the frame's cells the expression describes; needed by "
                                  "model.fuser.mask_prompt_text 'relative'")

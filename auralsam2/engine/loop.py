@@ -226,7 +226,8 @@ class TrainingStep(torch.nn.Module):
                 outs = self.model.forward_clips(clips, conds)
         text = (self.loss.text_contrast, self.loss.text_contrast_temperature)
         terms = [clip_loss(out, item.masks.to(device), item.supervised, self.loss.audiocon, self.loss.seg, generator,
-                           self.loss.mask_prompt, text) for out, item in zip(outs, items, strict=True)]
+                           self.loss.mask_prompt, text, self.loss.mask_prompt_pos_weight)
+                 for out, item in zip(outs, items, strict=True)]
         return {name: torch.stack([t[name] for t in terms]) for name in LOSS_TERMS}
 
 

@@ -92,7 +92,7 @@ def warm_up_mask_prompt(model: AuralSAM2, train: ItemSource, cfg: ExperimentConf
                 maps = fuser.mask_prompt_maps(item.pyramid, item.audio, item.text)
                 mask, text = mask_prompt_terms(maps.logits[item.rows],
                                                None if maps.text_cosine is None else maps.text_cosine[item.rows],
-                                               item.masks, text_contrast)
+                                               item.masks, text_contrast, loss_cfg.mask_prompt_pos_weight)
                 loss = loss_cfg.mask_prompt * mask + text_contrast[0] * text
                 total = total + loss / tc.mask_prompt_warmup_clips
             optimizer.zero_grad(set_to_none=True)

@@ -90,6 +90,11 @@ class FuserConfig(BaseModel):
         "embeddings of the pyramid ('appearance': colour, shape), the grid's 2-D position encoding "
         "('position': 'on the left'), or their sum"
     )
+    mask_prompt_binary: bool = Field(
+        False, description="SAM2 reads the mask prompt decided, 1 where its logit > 0 and 0 elsewhere, instead "
+        "of as probabilities (then no segmentation gradient reaches the map; `joint` detaches it anyway). "
+        "A cell near 0.5 is a half-hearted prompt that SAM2 answers with a faint mask (BENCHMARKS.md)"
+    )
     mask_prompt_text_gate: float = Field(
         30.0, ge=0, description="'relative': the learnt gate's starting value (how far a cell that fits the "
         "words 1.0 worse in cosine than the frame's best is pushed below the audio margin)"

@@ -13,11 +13,12 @@ from auralsam2.losses.contrastive import grid_foreground
 __all__ = ["mask_prompt_loss", "mask_prompt_terms", "text_contrast_loss"]
 
 
-def mask_prompt_loss(logits: Tensor, masks: Tensor) -> Tensor:
+def mask_prompt_loss(logits: Tensor, masks: Tensor, pos_weight: float = 1.0) -> Tensor:
     """BCE of mask-prompt logits `(F, 1, G, G)` against the GT `(F, S, S)` on the grid
-    (`grid_foreground`); mean over cells and frames."""
+    (`grid_foreground`), its positive cells weighted `pos_weight`; mean over cells and frames."""
     target = grid_foreground(masks, tuple(logits.shape[-2:]))[:, None]
-    return F.binary_cross_entropy_with_logits(logits.float(), target)
+    weight = None if pos_weight == 1.0 else torch.tensor(float(pos_weight), device=logits.device)
+    return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=weight)
 
 
 def text_contrast_loss(text_cosine: Tensor, masks: Tensor, temperature: float = 0.1) -> Tensor:
@@ -40,12 +41,13 @@ def text_contrast_loss(text_cosine: Tensor, masks: Tensor, temperature: float = 
 
 
 def mask_prompt_terms(logits: Tensor | None, text_cosine: Tensor | None, masks: Tensor,
-                      text_contrast: tuple[float, float]) -> tuple[Tensor, Tensor]:
-    """The mask prompt's two loss terms on the same frames, unweighted: (`mask_prompt_loss`, 0
-    without logits; `text_contrast_loss`, 0 without a text map or at weight 0), for `logits`
-    `(F, 1, G, G)`, `text_cosine` `(F, 1, G, G)`, GT `(F, S, S)`, `text_contrast = (weight, temperature)`."""
+                      text_contrast: tuple[float, float], pos_weight: float = 1.0) -> tuple[Tensor, Tensor]:
+    """The mask prompt's two loss terms on the same frames, unweighted: (`mask_prompt_loss` with
+    `pos_weight`, 0 without logits; `text_contrast_loss`, 0 without a text map or at weight 0), for
+    `logits` `(F, 1, G, G)`, `text_cosine` `(F, 1, G, G)`, GT `(F, S, S)`,
+    `text_contrast = (weight, temperature)`."""
     zero = masks.new_zeros((), dtype=torch.float32)
-    mask = zero if logits is None else mask_prompt_loss(logits, masks)
+    mask = zero if logits is None else mask_prompt_loss(logits, masks, pos_weight)
     weight, temperature = text_contrast
     text = zero if text_cosine is None or weight == 0 else text_contrast_loss(text_cosine, masks, temperature)
     return mask, text
