@@ -420,3 +420,7 @@ def main() -> None:  # pragma: no cover
     from flows.console import run_cli
 
     run_cli(app)
+
+
+if __name__ == "__main__":  # `python -m flows.cli ...` too (`python -m flows` is the documented spelling)
+    main()

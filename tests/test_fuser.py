@@ -430,6 +430,35 @@ def test_joint_mask_prompt_adds_the_evidence_of_audio_and_text():
         FuserConfig.tiny(mask_prompt=True, variant="refavs", mask_prompt_text_visual="position")
 
 
+def test_the_joint_clip_term_is_each_cells_best_audio_match_over_the_whole_clip():
+    """`mask_prompt_audio_clip`: the joint logits gain `c x max over the clip's frames m of cos(cell, audio m)`,
+    so a frame's map hears the other seconds of its clip (without the term it does not); it needs the
+    joint map, and without audio it adds nothing (no parameter)."""
+    base = FuserConfig.tiny(mask_prompt=True, variant="refavs", audiocon="paper", mask_prompt_text="joint",
+                            mask_prompt_text_visual="position")
+    cfg = base.model_copy(update={"mask_prompt_audio_clip": True})
+    fuser, out = run(cfg)
+    mp, k = fuser.mask_prompt, cfg.used_levels[0]
+    v, a = out.proj_visual[k], out.proj_audio[k]
+    best = torch.einsum("nphw,mp->nhwm", v, a).amax(-1)
+    expect = (mp.joint_bias + mp.joint_scales[0] * torch.einsum("nphw,np->nhw", v, a)
+              + mp.joint_scales[1] * out.text_cosine[:, 0] + mp.joint_clip_scale * best) / cfg.mask_prompt_temperature
+    assert torch.allclose(out.mask_prompt[:, 0], expect, atol=1e-4)
+    torch.manual_seed(0)
+    audio, text = torch.randn(N, cfg.audio_dim), torch.randn(25, cfg.text_dim)
+    other = audio.clone()
+    other[N - 1] = torch.randn(cfg.audio_dim) * 3  # only the clip's last second sounds different
+    for config, hears_the_clip in ((cfg, True), (base, False)):
+        torch.manual_seed(0)
+        f = AuralFuser(config).eval()
+        with torch.no_grad():
+            one, two = (f.mask_prompt_maps(tiny_pyramid(c=32), x, text).logits for x in (audio, other))
+        assert torch.equal(one[: N - 1], two[: N - 1]) != hears_the_clip
+    assert not hasattr(AuralFuser(cfg.model_copy(update={"modalities": "text"})).mask_prompt, "joint_clip_scale")
+    with pytest.raises(ValueError, match="mask_prompt_audio_clip=true is a term of the joint mask prompt"):
+        FuserConfig.tiny(mask_prompt=True, variant="refavs", mask_prompt_text="relative", mask_prompt_audio_clip=True)
+
+
 def test_derived_defaults_are_resolved_and_contradictions_are_errors():
     """None fields are derived from the fields they depend on and recorded resolved; a setting that
     contradicts another is an error naming both, never a silent change."""

@@ -331,6 +331,10 @@ def test_mask_prompt_loss_is_bce_against_the_area_resized_gt():
     target = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
     expect = F.binary_cross_entropy_with_logits(logits, target)
     assert mask_prompt_loss(logits, masks).item() == pytest.approx(expect.item())
+    # pos_weight scales the positive cells' term only: by hand, -(w log s(x)) for the one positive cell
+    # and -log(1 - s(x)) for the three negatives, averaged over the four cells
+    by_hand = (3.0 * -F.logsigmoid(torch.tensor(2.0)) - sum(F.logsigmoid(-torch.tensor(x)) for x in (-1.0, 0.5, -3.0))) / 4
+    assert mask_prompt_loss(logits, masks, pos_weight=3.0).item() == pytest.approx(by_hand.item())
 
 
 def test_text_contrast_hand_computed():

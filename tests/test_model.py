@@ -175,6 +175,25 @@ def test_ref_avs_text_path():
         model.forward_clip(images, audio, ["a", "b"])
 
 
+def test_a_binary_mask_prompt_reaches_sam2_as_the_sign_of_its_logits_only():
+    """`mask_prompt_binary`: SAM2 reads 1 where the map's logit is positive and 0 elsewhere, so a softer
+    map with the same signs (a higher temperature) gives the same masks; read as probabilities it does not."""
+    images, audio, _ = clip()
+    for binary in (False, True):
+        model = make_model(mask_prompt=True, mask_prompt_binary=binary).eval()
+        pyramid = encode_frames(model.sam2, images)
+        with torch.no_grad():
+            model.fuser.mask_prompt.threshold.fill_(0.0)  # about half of the cells on
+            sharp = model.forward_clip(pyramid, audio)
+            model.fuser.mask_prompt.temperature *= 4
+            soft = model.forward_clip(pyramid, audio)
+        logits = sharp.fuser.mask_prompt
+        assert bool((logits > 0).any()) and bool((logits < 0).any())
+        assert torch.equal(logits > 0, soft.fuser.mask_prompt > 0)
+        same = all(torch.equal(x, y) for x, y in zip(sharp.high_res_masks, soft.high_res_masks, strict=True))
+        assert same == binary
+
+
 def test_mask_prompt_reaches_sam2_and_its_loss_calibrates_the_threshold():
     model = make_model(mask_prompt=True)
     images, audio, masks = clip()

@@ -90,6 +90,11 @@ class FuserConfig(BaseModel):
         "embeddings of the pyramid ('appearance': colour, shape), the grid's 2-D position encoding "
         "('position': 'on the left'), or their sum"
     )
+    mask_prompt_audio_clip: bool = Field(
+        False, description="'joint': a third term, each cell's best audio cosine over ALL of the clip's frames "
+        "(its own learnt scale): the referred object is on where it sounds in any second of the clip, also the "
+        "seconds it is silent (the Ref-AVS GT masks it on every frame); nothing without audio"
+    )
     mask_prompt_binary: bool = Field(
         False, description="SAM2 reads the mask prompt decided, 1 where its logit > 0 and 0 elsewhere, instead "
         "of as probabilities (then no segmentation gradient reaches the map; `joint` detaches it anyway). "
@@ -140,6 +145,9 @@ class FuserConfig(BaseModel):
         if self.mask_prompt_text_visual != "appearance" and self.mask_prompt_text == "min":
             raise ValueError(f"mask_prompt_text_visual={self.mask_prompt_text_visual!r} needs the text branch of "
                              "mask_prompt_text 'relative' or 'joint' ('min' reads the fuser's own embeddings)")
+        if self.mask_prompt and self.mask_prompt_audio_clip and self.mask_prompt_text != "joint":
+            raise ValueError("mask_prompt_audio_clip=true is a term of the joint mask prompt: it needs "
+                             f"mask_prompt_text 'joint', not {self.mask_prompt_text!r}")
         if not (self.sparse_prompts or self.dense_prompts or self.mask_prompt):
             raise ValueError("at least one of sparse_prompts / dense_prompts / mask_prompt must be on")
         return self

@@ -31,7 +31,10 @@ map joins the audio map is `mask_prompt_text`:
   scales and the bias learnt, trained by the mask loss together with the heads (not detached); the
   audio heads read patch embeddings of their own and the text branch reads the cells' appearance,
   their position (`mask_prompt_text_visual`: "on the left") or both. No threshold, no peak rule: the
-  bias is the threshold, and a silent frame can be empty. Its maps need no SAM2 pass, so
+  bias is the threshold, and a silent frame can be empty. `mask_prompt_audio_clip` adds a third
+  term, each cell's best audio cosine over all of the clip's frames: Ref-AVS masks the referred
+  object on every frame, also the seconds it is silent, which the frame's own sound cannot tell
+  from a silent object of the named half. Its maps need no SAM2 pass, so
   `train.mask_prompt_warmup_steps` trains them first, cheaply (`auralsam2.engine.warmup`), and SAM2
   reads the mask detached (the segmentation loss through SAM2's frozen mask encoder undid them).
 
@@ -121,6 +124,8 @@ class MaskPrompt(nn.Module):
             t = config.mask_prompt_temperature
             self.joint_scales = nn.Parameter(torch.full((2,), 10.0 * t))
             self.joint_bias = nn.Parameter(torch.tensor(-5.0 * t))
+            if config.mask_prompt_audio_clip and config.uses_audio:  # starts as strong as the frame's own term
+                self.joint_clip_scale = nn.Parameter(torch.tensor(10.0 * t))
 
     def visual_input(self, patches: Sequence[Tensor]) -> Tensor:
         """Patch embeddings `(N, C, G, G)` of the used levels (fine to coarse) -> `(N, G*G, C)`: the
@@ -186,6 +191,9 @@ class MaskPrompt(nn.Module):
             margin = self.joint_bias.expand(v.shape[0], *grid)
             if a is not None:
                 margin = margin + self.joint_scales[0] * torch.einsum("nphw,np->nhw", v, a)
+                if hasattr(self, "joint_clip_scale"):  # the cell's best match to any frame's sound
+                    best = torch.einsum("nphw,mp->nhwm", v, a).amax(-1)
+                    margin = margin + self.joint_clip_scale * best
             if text_cosine is not None:
                 margin = margin + self.joint_scales[1] * text_cosine
         elif text_cosine is None:
