@@ -247,11 +247,13 @@ class AuralFuser(nn.Module):
         if self.mask_prompt is None:
             raise ValueError("mask_prompt_maps needs a fuser with mask_prompt: true")
         n, grid = pyramid[0].shape[0], tuple(int(g) for g in pyramid[2].shape[-2:])
-        patches = [self.patch_embeds[k](pyramid[k]) for k in self.config.used_levels]
+        # the trunk's patch embeddings only where the maps read them (a joint audio map has its own)
+        patches = None if self.mask_prompt.reads_own_patches else \
+            [self.patch_embeds[k](pyramid[k]) for k in self.config.used_levels]
         tokens = self._tokens(n, audio_embeddings, text_embeddings)
         return self._mask_prompt_maps(pyramid, patches, tokens, n, grid, text_embeddings)
 
-    def _mask_prompt_maps(self, pyramid: Sequence[Tensor], patches: list[Tensor], tokens: Tensor | None, n: int,
+    def _mask_prompt_maps(self, pyramid: Sequence[Tensor], patches: list[Tensor] | None, tokens: Tensor | None, n: int,
                           grid: tuple[int, int], text_embeddings: Tensor | None) -> MaskPromptMaps:
         """The AudioCon heads on the mask prompt's position-free inputs, and the maps from the audio
         and/or the text (`auralsam2.fuser.mask_prompt`). A text map with a branch of its own reads the
@@ -262,7 +264,7 @@ class AuralFuser(nn.Module):
         audio = self._project_audio(tokens[:n]) if cfg.uses_audio else None  # token t = frame t's audio
         text_visual, text = embedded, None
         if hasattr(self.mask_prompt, "text_tokens"):
-            pos = self.pos2d(patches[0]).to(embedded.dtype).flatten(2).transpose(1, 2)  # (N, G*G, C)
+            pos = self.pos2d(pyramid[2]).to(embedded.dtype).flatten(2).transpose(1, 2)  # (N, G*G, C): the s16 grid
             raw_text = text_embeddings[0] if text_embeddings.ndim == 3 else text_embeddings
             text_visual, text = self.mask_prompt.text_inputs(pyramid, raw_text, pos)
         elif cfg.uses_text:  # the projected expression tokens (all L, padding included, as released)

@@ -146,10 +146,15 @@ class MaskPrompt(nn.Module):
             margin = torch.minimum(margin, cosine - self.peak_ratio * peak)
         return margin
 
-    def audio_visual_input(self, pyramid: Sequence[Tensor], patches: Sequence[Tensor]) -> Tensor:
+    @property
+    def reads_own_patches(self) -> bool:
+        """The AudioCon heads read the map's own patch embeddings (`joint` with audio), not the fuser's."""
+        return hasattr(self, "audio_patch_embeds")
+
+    def audio_visual_input(self, pyramid: Sequence[Tensor], patches: Sequence[Tensor] | None) -> Tensor:
         """The AudioCon heads' visual input `(N, G*G, C)`: with `joint`, the map's own patch embeddings
         of the raw pyramid levels; otherwise the fuser's `patches` (used levels, fine to coarse)."""
-        if hasattr(self, "audio_patch_embeds"):
+        if self.reads_own_patches:
             patches = [self.audio_patch_embeds[k](pyramid[k]) for k in self.used_levels]
         return self.visual_input(patches)
 
