@@ -40,9 +40,10 @@ map joins the audio map is `mask_prompt_text`:
 
 The logits `(N, 1, G, G)` go, as sigmoid (or decided, 1 where positive: `mask_prompt_binary`), to
 SAM2's own (frozen) mask-prompt encoder. The released dense and sparse prompts are multiplied by
-zero-initialised gates (dense/sparse x level), so training starts from "frozen SAM2 + the mask prompt" (as ControlNet's zero convolutions): in a
-short CPU budget the released prompts do not learn to hear and, added at full strength, they
-override SAM2's response to a mask prompt (BENCHMARKS.md, "How the synthetic demo learnt to hear").
+zero-initialised gates (dense/sparse x level), so training starts from "frozen SAM2 + the mask
+prompt" (as ControlNet's zero convolutions): in a short CPU budget the released prompts do not learn
+to hear and, added at full strength, they override SAM2's response to a mask prompt (BENCHMARKS.md,
+"How the synthetic demo learnt to hear").
 """
 
 from __future__ import annotations
