@@ -84,11 +84,12 @@ class SummarySelection:
         return list(self.splits) or [self.split]
 
     @classmethod
-    def default_for(cls, cfg: ExperimentConfig) -> SummarySelection:
-        """The test split of AVSBench; Ref-AVS's seen, unseen and null test splits (J, F and S)."""
+    def default_for(cls, cfg: ExperimentConfig, subsets: Sequence[str] = ()) -> SummarySelection:
+        """The test split of AVSBench; Ref-AVS's seen, unseen and null test splits (J, F and S); of
+        `subsets` (default: all)."""
         if cfg.task == "ref":
-            return cls(split="test_s", splits=["test_s", "test_u", "test_n"])
-        return cls()
+            return cls(split="test_s", splits=["test_s", "test_u", "test_n"], subsets=list(subsets))
+        return cls(subsets=list(subsets))
 
 
 def load_grid(grid: str = "paper", rows: Sequence[str] | None = None, path: str | os.PathLike = GRID_FILE

@@ -329,13 +329,13 @@ def ablate(
     row_workers: int = typer.Option(1, help="Rows trained at once: this process and N-1 worker processes (one torch thread each)."),
 ) -> None:
     """Train and evaluate an ablation grid as nested MLflow runs; write the summary table."""
-    from auralsam2.config import ConfigError
+    from auralsam2.config import ConfigError, load_config
     from flows.ablate import SummarySelection, run_ablate
 
     picked = [s for s in subsets.split(",") if s]
-    selection = SummarySelection(split=split, subsets=picked) if split else \
-        (SummarySelection(subsets=picked) if picked else None)
-    try:
+    try:  # without --split, the config's dataset decides (Ref-AVS has no `test`)
+        selection = SummarySelection(split=split, subsets=picked) if split else \
+            SummarySelection.default_for(load_config(config, set_), picked)
         result = run_ablate(config, set_, grid=grid, rows=rows.split(",") if rows else None, selection=selection,
                             row_workers=row_workers)
     except (ConfigError, FileNotFoundError, ValueError) as exc:

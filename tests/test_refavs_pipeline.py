@@ -165,5 +165,6 @@ def test_an_ablation_summary_of_ref_avs_defaults_to_its_three_test_splits():
     from flows.ablate import SummarySelection
 
     ref = SummarySelection.default_for(load_config(CONFIG))
-    assert ref.split_list() == ["test_s", "test_u", "test_n"]
+    assert ref.split_list() == ["test_s", "test_u", "test_n"] and ref.subsets == []
+    assert SummarySelection.default_for(load_config(CONFIG), ["refavs"]).split_list() == ["test_s", "test_u", "test_n"]
     assert SummarySelection.default_for(load_config(PROJECT_ROOT / "configs" / "demo.yaml")).split_list() == ["test"]
