@@ -16,6 +16,7 @@ from auralsam2.evaluation import (
     AVSBENCH_OFFICIAL,
     PROTOCOLS,
     REFAVS_OFFICIAL,
+    at_model_resolution,
     fmeasure,
     fmeasure_curve,
     fmeasure_thresholds,
@@ -239,7 +240,11 @@ def test_protocol_objects_bundle_the_official_settings():
         get_protocol("nope")
     with pytest.raises(ValueError, match="no grouping for task 'ref'"):
         AVSBENCH_OFFICIAL.calls_of("ref")
-    assert replace(AURALSAM2_RELEASED, resolution=224).resolution == 224  # the hiera_t variant
+    # the released trainer scores at its model's image_size (224 for hiera_t); the official protocols never move
+    assert at_model_resolution("auralsam2_released", 224) == replace(AURALSAM2_RELEASED, resolution=224)
+    assert at_model_resolution(AURALSAM2_RELEASED, 1024) is AURALSAM2_RELEASED
+    assert at_model_resolution("refavs_official", 1024) is REFAVS_OFFICIAL
+    assert at_model_resolution(AVSBENCH_OFFICIAL, 128) is AVSBENCH_OFFICIAL
 
 
 def test_resize_logits_bilinear_and_gt_nearest_like_pil():

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from auralsam2.decoding import DECODINGS, decode_masks
 from auralsam2.evaluation.prompts import METHODS, PROMPT_MODES, GTPrompts, gt_prompts
-from auralsam2.evaluation.protocols import get_protocol
+from auralsam2.evaluation.protocols import at_model_resolution, get_protocol
 from auralsam2.evaluation.semantic import AVSSAccumulator
 from auralsam2.evaluation.streaming import Rows, StreamingEvaluator
 from auralsam2.items import ClipItem, ItemSource
@@ -330,7 +330,8 @@ def evaluate_source(
     prompt_seed: int = 0,
     clips_per_batch: int = 1,
 ) -> EvalResult:
-    """Score `source` (one split) under `protocols` x `decodings`; returns the aggregates.
+    """Score `source` (one split) under `protocols` x `decodings`; returns the aggregates. The
+    released protocol scores at the model's own image_size (`at_model_resolution`), as its trainer.
 
     `rows_sink(decoding, frame_rows, clip_rows)` receives schema rows every `flush_every` items and
     at the end (on every rank under DDP; write them with a rank-specific part name). With
@@ -350,7 +351,8 @@ def evaluate_source(
         flags = source.null_flags()[:n_total]
         indices = shard_indices(flags, task, protocols, rank, world)
     indices = list(indices)
-    evaluators = {mode: StreamingEvaluator(protocols, task=task) for mode in decodings}
+    scored_as = [at_model_resolution(p, model.image_size) for p in protocols]
+    evaluators = {mode: StreamingEvaluator(scored_as, task=task) for mode in decodings}
     semantic = AVSSAccumulator() if avss_semantic else None
     labelled: dict[str, set[int]] = {}
     forward_seconds, forward_frames, unprompted = 0.0, 0, 0

@@ -5,7 +5,7 @@ brings logits and ground truth to a protocol's resolution."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -20,6 +20,7 @@ __all__ = [
     "PROTOCOLS",
     "REFAVS_OFFICIAL",
     "Protocol",
+    "at_model_resolution",
     "get_protocol",
     "resize_for_protocol",
     "resize_logits_and_gt",
@@ -31,8 +32,8 @@ class Protocol:
     """A named evaluation recipe: at which resolution, with which J threshold, how frames are
     grouped into calls, and how calls are reduced. Every protocol reduces J and F the official way:
     per call (J = mean over the call's frames, F = max of the call's mean curve), then the mean over
-    calls. Derive variants with `dataclasses.replace` (e.g. `replace(AURALSAM2_RELEASED, resolution=224)`
-    for the hiera_t configs)."""
+    calls. Derive variants with `dataclasses.replace`; `at_model_resolution` gives the released
+    protocol at a model's own image_size (e.g. 224 for the hiera_t configs)."""
 
     name: str
     resolution: int | None  # square side (pixels) every metric is computed at; None = as given
@@ -44,6 +45,10 @@ class Protocol:
     n_thresholds: int = N_THRESHOLDS
     beta2: float = F_BETA2
     description: str = ""
+    # True: a model is scored at its own `image_size` (`at_model_resolution`); `resolution` is the
+    # default when no model is known (the released trainer compares its image_size logits with the
+    # labels resized to image_size: 1024, or 224 for its hiera_t configs)
+    follows_model: bool = False
 
     def calls_of(self, task: Literal["avs", "ref"]) -> int:
         """Clips (AVS) or expressions (Ref-AVS) per call under this protocol."""
@@ -91,7 +96,8 @@ AURALSAM2_RELEASED = Protocol(
     avs_clips_per_call=1,
     ref_expressions_per_call=4,
     null_metric="foreground_ratio",
-    description="released AuralSAM2 trainer: 1024x1024, logits > 0, one clip per call (AVS), 4 expressions "
+    follows_model=True,
+    description="released AuralSAM2 trainer: the model's image_size (1024x1024; 224 for hiera_t), logits > 0, one clip per call (AVS), 4 expressions "
     "per call (Ref-AVS), null S = global foreground ratio without sqrt; its V2 numbers are class-agnostic "
     "(binarise AVSS labels > 0 before scoring)",
 )
@@ -106,6 +112,15 @@ def get_protocol(name: str | Protocol) -> Protocol:
         return PROTOCOLS[name]
     except KeyError:
         raise ValueError(f"unknown evaluation protocol {name!r}; known: {sorted(PROTOCOLS)}") from None
+
+
+def at_model_resolution(protocol: Protocol | str, image_size: int) -> Protocol:
+    """The protocol as it scores a model of this `image_size`: a protocol that `follows_model` (the
+    released trainer's) is scored at image_size x image_size, the others keep their own resolution."""
+    protocol = get_protocol(protocol)
+    if protocol.follows_model and protocol.resolution != image_size:
+        return replace(protocol, resolution=image_size)
+    return protocol
 
 
 def resize_logits_and_gt(logits: Tensor, gt: Tensor | None, size: int | None) -> tuple[Tensor, Tensor | None]:
