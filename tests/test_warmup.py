@@ -76,3 +76,24 @@ def test_warm_up_refuses_a_mask_prompt_it_cannot_train():
         load_config(None, ["model.fuser.mask_prompt=true", "train.mask_prompt_warmup_steps=5"])
     # nothing to warm up without a mask prompt (the visual-only ablation row of a warmed-up config)
     load_config(None, ["model.fuser.mask_prompt=false", "train.mask_prompt_warmup_steps=5"])
+
+
+def test_a_warm_up_in_epochs_is_that_many_passes_over_the_training_items():
+    steps_cfg = _config("train.mask_prompt_warmup_steps=3", "train.mask_prompt_warmup_clips=2")
+    data = training_data(steps_cfg, open_reader(steps_cfg))
+    n_items = len(data.train.whole_clips())  # Ref-AVS: expressions
+    assert n_items >= 2
+    epochs = 3 * 2 / n_items  # exactly 3 steps of 2 clips
+    runs = {}
+    for name, cfg in (("steps", steps_cfg),
+                      ("epochs", _config(f"train.mask_prompt_warmup_epochs={epochs}", "train.mask_prompt_warmup_clips=2"))):
+        torch.manual_seed(0)
+        model = build_model(cfg.model, data.sam2)
+        runs[name] = (warm_up_mask_prompt(model, data.train, cfg, torch.device("cpu")), model.state_dict())
+    assert len(runs["epochs"][0]) == 3 and runs["epochs"][0] == runs["steps"][0]
+    assert all(torch.equal(runs["epochs"][1][k], v) for k, v in runs["steps"][1].items())
+    # the step count grows with the training set, and a part pass rounds up
+    tc = _config("train.mask_prompt_warmup_epochs=50").train
+    assert [tc.mask_prompt_warmup_steps_for(n) for n in (24, 72, 25)] == [300, 900, 313]  # 50 x 25 / 4 = 312.5
+    with pytest.raises(ConfigError, match="are both set"):
+        load_config(None, ["train.mask_prompt_warmup_steps=5", "train.mask_prompt_warmup_epochs=2"])

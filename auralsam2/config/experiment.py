@@ -56,11 +56,11 @@ class ExperimentConfig(_Strict):
                              "model.text_encoder (released: distilbert/distilroberta-base, a local folder or a model "
                              "id in the local Hugging Face cache)")
         fuser = self.model.fuser
-        if self.train.mask_prompt_warmup_steps and fuser.mask_prompt and fuser.mask_prompt_text != "joint":
-            raise ValueError("train.mask_prompt_warmup_steps trains the maps of model.fuser.mask_prompt_text 'joint' "
-                             f"on the mask loss alone; with mask_prompt_text={fuser.mask_prompt_text!r} (the audio map "
-                             "learns from AudioCon, which needs SAM2's masks) it would train nothing useful: set "
-                             "mask_prompt_text: joint or train.mask_prompt_warmup_steps: 0")
+        if self.train.warms_up_mask_prompt and fuser.mask_prompt and fuser.mask_prompt_text != "joint":
+            raise ValueError("train.mask_prompt_warmup_steps/_epochs trains the maps of model.fuser.mask_prompt_text "
+                             f"'joint' on the mask loss alone; with mask_prompt_text={fuser.mask_prompt_text!r} (the "
+                             "audio map learns from AudioCon, which needs SAM2's masks) it would train nothing useful: "
+                             "set mask_prompt_text: joint or train.mask_prompt_warmup_steps: 0 (and _epochs: 0)")
         if (fuser.mask_prompt and fuser.mask_prompt_text == "relative" and fuser.uses_audio and fuser.uses_text
                 and self.loss.text_contrast == 0):
             raise ValueError("model.fuser.mask_prompt_text='relative' trains the text map by the text contrast "

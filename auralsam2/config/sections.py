@@ -3,6 +3,7 @@ documented, defaulted pydantic models that forbid unknown keys."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -135,6 +136,11 @@ class TrainConfig(_Strict):
         0, ge=0, description="ours: before the first step, train the mask prompt's maps alone for this many steps "
         "on their own losses (loss.mask_prompt, loss.text_contrast), with no SAM2 pass (a frame costs ~1/15 of a "
         "training step's; needs model.fuser.mask_prompt_text 'joint'; nothing to do without a mask prompt); 0 = off")
+    mask_prompt_warmup_epochs: float = Field(
+        0, ge=0, description="ours: the warm-up's length in passes over the training items (clips; Ref-AVS: expressions) "
+        "instead of steps, so that it scales with the training set (steps = ceil(epochs x items / "
+        "mask_prompt_warmup_clips)); "
+        "set this or mask_prompt_warmup_steps, not both; 0 = off")
     mask_prompt_warmup_clips: int = Field(4, ge=1, description="clips per mask-prompt warm-up step")
     prefetch: Literal["auto", "on", "off"] = Field(
         "auto", description="read the next step's items in a background thread (on a GPU: pinned, copied on a side "
@@ -178,6 +184,25 @@ class TrainConfig(_Strict):
         if value not in PROTOCOLS:
             raise ValueError(f"unknown protocol {value!r}; known: {sorted(PROTOCOLS)}")
         return value
+
+    @model_validator(mode="after")
+    def _one_warmup_length(self) -> TrainConfig:
+        if self.mask_prompt_warmup_steps and self.mask_prompt_warmup_epochs:
+            raise ValueError("train.mask_prompt_warmup_steps and train.mask_prompt_warmup_epochs are both set; the "
+                             "warm-up's length is one of them: set the other to 0")
+        return self
+
+    @property
+    def warms_up_mask_prompt(self) -> bool:
+        return bool(self.mask_prompt_warmup_steps or self.mask_prompt_warmup_epochs)
+
+    def mask_prompt_warmup_steps_for(self, n_clips: int) -> int:
+        """Warm-up steps for a training set of `n_clips` clips (`mask_prompt_warmup_epochs` passes, or
+        `mask_prompt_warmup_steps` as given)."""
+        if self.mask_prompt_warmup_epochs:
+            steps = self.mask_prompt_warmup_epochs * n_clips / self.mask_prompt_warmup_clips
+            return max(1, math.ceil(steps - 1e-9))  # 50 passes x 24 clips / 4 = 300 steps, not 301
+        return self.mask_prompt_warmup_steps
 
 
 class EvalConfig(_Strict):

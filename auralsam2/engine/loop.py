@@ -124,7 +124,7 @@ def train(
     if resume:
         progress = load_training_state(run.last, rt, model, optimizer, scheduler, loss_generator)
     run.truncate_history(progress.step)  # lines of a killed process after its checkpoint (or all: a fresh start)
-    if progress.step == 0 and tc.mask_prompt_warmup_steps:  # a resumed run has its warmed-up weights
+    if progress.step == 0 and tc.warms_up_mask_prompt:  # a resumed run has its warmed-up weights
         warmup = warm_up_mask_prompt(model, data.train, cfg, rt.device)
         if warmup:
             run.log({"warmup/mask_prompt_first": warmup[0], "warmup/mask_prompt_last": warmup[-1]}, 0)

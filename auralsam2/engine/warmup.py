@@ -1,4 +1,4 @@
-"""The mask-prompt warm-up (ours, `train.mask_prompt_warmup_steps`): before the first training step,
+"""The mask-prompt warm-up (ours, `train.mask_prompt_warmup_steps` or `_epochs`): before the first training step,
 train the mask prompt's maps alone on their own losses.
 
 With `model.fuser.mask_prompt_text: joint` the mask prompt is a per-cell logistic model (audio and
@@ -46,16 +46,18 @@ class _WarmupItem(NamedTuple):
 
 def warm_up_mask_prompt(model: AuralSAM2, train: ItemSource, cfg: ExperimentConfig, device: torch.device
                         ) -> list[float]:
-    """Train the fuser's mask-prompt maps for `train.mask_prompt_warmup_steps` steps of
-    `mask_prompt_warmup_clips` whole training clips each (AdamW at `optim.lr`, its own state, dropped
-    afterwards); returns the loss of each step. A no-op without a mask prompt."""
+    """Train the fuser's mask-prompt maps for `train.mask_prompt_warmup_steps` steps (or
+    `mask_prompt_warmup_epochs` passes over the training clips) of `mask_prompt_warmup_clips` whole
+    training clips each (AdamW at `optim.lr`, its own state, dropped afterwards); returns the loss of
+    each step. A no-op without a mask prompt."""
     tc, loss_cfg = cfg.train, cfg.loss
     text_contrast = (loss_cfg.text_contrast, loss_cfg.text_contrast_temperature)
     fuser = model.fuser
-    if not tc.mask_prompt_warmup_steps or fuser.mask_prompt is None:
+    if not tc.warms_up_mask_prompt or fuser.mask_prompt is None:
         return []
     if hasattr(train, "whole_clips"):  # every frame of a clip, not the training window
         train = train.whole_clips()
+    n_steps = tc.mask_prompt_warmup_steps_for(len(train))
     params = [p for p in fuser.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                                   weight_decay=0.0)
@@ -83,7 +85,7 @@ def warm_up_mask_prompt(model: AuralSAM2, train: ItemSource, cfg: ExperimentConf
     was_training = fuser.training
     fuser.train()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for _ in range(tc.mask_prompt_warmup_steps):
+        for _ in range(n_steps):
             total = torch.zeros((), device=device)
             for _ in range(tc.mask_prompt_warmup_clips):
                 if not order:  # epochs of a seeded permutation of the training items
