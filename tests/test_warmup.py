@@ -10,6 +10,7 @@ import torch
 
 from auralsam2.config import ConfigError, load_config
 from auralsam2.engine import build_model, train
+from auralsam2.engine.optim import param_groups
 from auralsam2.engine.warmup import warm_up_mask_prompt
 from auralsam2.losses import mask_prompt_loss
 from feature_cache.dataset import open_reader, training_data
@@ -97,3 +98,41 @@ def test_a_warm_up_in_epochs_is_that_many_passes_over_the_training_items():
     assert [tc.mask_prompt_warmup_steps_for(n) for n in (24, 72, 25)] == [300, 900, 313]  # 50 x 25 / 4 = 312.5
     with pytest.raises(ConfigError, match="are both set"):
         load_config(None, ["train.mask_prompt_warmup_steps=5", "train.mask_prompt_warmup_epochs=2"])
+
+
+@pytest.mark.parametrize("modalities", ["audio+text", "audio", "text"])
+def test_the_mask_prompt_parameters_are_exactly_what_its_maps_are_computed_from(modalities):
+    cfg = _config(f"model.fuser.modalities={modalities}", "train.mask_prompt_warmup_steps=0")
+    data = training_data(cfg, open_reader(cfg))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.sam2)
+    item = data.train.whole_clips().item(0)
+    audio = model.audio_embeddings(item.log_mel)  # VGGish is not the map's (None without audio)
+    audio = None if audio is None else audio.detach()
+    maps = model.fuser.mask_prompt_maps(list(item.pyramid), audio, model.text_hidden(item.text))
+    maps.logits.square().sum().backward()
+    reached = {id(p) for p in model.parameters() if p.grad is not None and bool(p.grad.abs().sum() > 0)}
+    named = {id(p) for p in model.fuser.mask_prompt_parameters()}
+    assert named == reached
+    assert id(model.fuser.mask_prompt.gates) not in named  # the prompt gates are the segmentation loss's
+
+
+def test_a_zero_mask_prompt_lr_scale_leaves_the_map_as_the_warm_up_left_it(tmp_path):
+    def run(name: str, *overrides: str) -> dict[str, torch.Tensor]:
+        cfg = _config("train.mask_prompt_warmup_steps=3", "train.epochs=1", *overrides)
+        train(cfg, training_data(cfg, open_reader(cfg)), tmp_path / name)
+        return torch.load(tmp_path / name / "last.ckpt", weights_only=True)["trainable"]
+
+    cfg = _config("optim.mask_prompt_lr_scale=0")
+    model = build_model(cfg.model, training_data(cfg, open_reader(cfg)).sam2)
+    groups = {g["name"]: g for g in param_groups(model, cfg.optim)}
+    assert {"mask_prompt_decay", "fuser_decay"} <= set(groups)
+    assert groups["mask_prompt_decay"]["lr"] == 0 and groups["fuser_decay"]["lr"] == cfg.optim.lr
+    names = {id(p): n for n, p in model.named_parameters()}
+    map_names = {names[id(p)] for p in model.fuser.mask_prompt_parameters()}
+    # the same warm-up, then 1 or 3 main-loop steps: the map stays where the warm-up left it, the rest trains on
+    one, three = (run(f"frozen{n}", "optim.mask_prompt_lr_scale=0", f"train.max_steps={n}") for n in (1, 3))
+    assert map_names and all(torch.equal(one[n], three[n]) for n in map_names)
+    assert any(not torch.equal(one[n], three[n]) for n in one if n not in map_names)
+    free = run("free", "train.max_steps=3")  # at the default scale the main loop moves the map too
+    assert any(not torch.equal(free[n], three[n]) for n in map_names)

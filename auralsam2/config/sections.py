@@ -119,6 +119,10 @@ class OptimConfig(_Strict):
     poly_power: float = Field(0.9, ge=0, description="lr = base (1 - step / total_steps) ** power, per iteration")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps (released: none)")
     grad_clip: float | None = Field(None, gt=0, description="max grad norm; None = no clipping (released)")
+    mask_prompt_lr_scale: float = Field(
+        1.0, ge=0, description="ours: the main loop's lr for the parameters the mask prompt's maps are computed from "
+        "(`AuralFuser.mask_prompt_parameters`) = lr x this; 0 keeps a warmed-up map as the warm-up left it (the main "
+        "loop's steps on 5-frame windows moved it away from the referred object: BENCHMARKS.md)")
 
 
 class TrainConfig(_Strict):

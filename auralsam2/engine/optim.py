@@ -16,9 +16,12 @@ __all__ = ["make_optimizer", "param_groups", "poly_factor"]
 def param_groups(model: AuralSAM2, cfg: OptimConfig) -> list[dict[str, Any]]:
     """AdamW groups: weight decay 0 for LayerNorm/BatchNorm/GroupNorm/Embedding weights and biases
     and for `pos_embed` names, `cfg.weight_decay` otherwise (released `manipulate_params`); VGGish
-    at `vggish_lr_scale` x lr. Only parameters with `requires_grad` (SAM2 is frozen)."""
+    at `vggish_lr_scale` x lr. Only parameters with `requires_grad` (SAM2 is frozen). With
+    `mask_prompt_lr_scale` != 1, the mask prompt's map parameters get groups of their own
+    (`mask_prompt_decay` / `_no_decay`) at that scale x lr."""
     norms = (nn.LayerNorm, nn.GroupNorm, nn.Embedding, nn.modules.batchnorm._BatchNorm)
-    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    map_params = {id(p) for p in model.fuser.mask_prompt_parameters()} if cfg.mask_prompt_lr_scale != 1.0 else set()
+    buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
@@ -27,12 +30,13 @@ def param_groups(model: AuralSAM2, cfg: OptimConfig) -> list[dict[str, Any]]:
             seen.add(id(param))
             full = f"{module_name}.{name}" if module_name else name
             no_decay = isinstance(module, norms) or "pos_embed" in full
-            buckets.setdefault((full.startswith("audio_encoder."), no_decay), []).append(param)
+            part = "vggish" if full.startswith("audio_encoder.") else "mask_prompt" if id(param) in map_params else "fuser"
+            buckets.setdefault((part, no_decay), []).append(param)
+    scale = {"vggish": cfg.vggish_lr_scale, "mask_prompt": cfg.mask_prompt_lr_scale, "fuser": 1.0}
     groups = []
-    for (is_vgg, no_decay), params in sorted(buckets.items()):
-        groups.append({"params": params, "name": f"{'vggish' if is_vgg else 'fuser'}_{'no_decay' if no_decay else 'decay'}",
-                       "lr": cfg.lr * (cfg.vggish_lr_scale if is_vgg else 1.0),
-                       "weight_decay": 0.0 if no_decay else cfg.weight_decay})
+    for (part, no_decay), params in sorted(buckets.items()):
+        groups.append({"params": params, "name": f"{part}_{'no_decay' if no_decay else 'decay'}",
+                       "lr": cfg.lr * scale[part], "weight_decay": 0.0 if no_decay else cfg.weight_decay})
     if not groups:
         raise ValueError("the model has no trainable parameter")
     return groups

@@ -229,6 +229,28 @@ class AuralFuser(nn.Module):
                     sparse.append(tokens[k].mean(0, keepdim=True).expand(n, -1))
         return dense, sparse
 
+    def mask_prompt_parameters(self) -> list[nn.Parameter]:
+        """The parameters the mask prompt's maps are computed from (`mask_prompt_maps`), for
+        `optim.mask_prompt_lr_scale`: the map's own (not its prompt gates: the segmentation loss
+        trains those), the AudioCon heads it projects with, the token projections it reads, and the
+        fuser's patch embeddings when the map has none of its own. Empty without a mask prompt."""
+        mp, cfg = self.mask_prompt, self.config
+        if mp is None:
+            return []
+        params = [p for name, p in mp.named_parameters() if name != "gates"]
+        official = cfg.audiocon == "official"
+        text_from_tokens = cfg.uses_text and not hasattr(mp, "text_tokens")  # no text branch of its own
+        if cfg.uses_audio:  # the visual AudioCon projection feeds the audio term only
+            params += list((self.train_proj_v1 if official else self.audiocon_proj_v).parameters())
+            params += list((self.train_proj_a1 if official else self.audiocon_proj_a).parameters())
+            if hasattr(self, "audio_proj"):
+                params += list(self.audio_proj.parameters())
+        if text_from_tokens:
+            params += list(self.text_proj.parameters())
+        if not mp.reads_own_patches and (cfg.uses_audio or text_from_tokens):
+            params += [p for k in cfg.used_levels for p in self.patch_embeds[k].parameters()]
+        return params
+
     def _project_visual(self, x: Tensor, frame_attn: Tensor | None, h: int, w: int) -> Tensor:
         """AudioCon visual projection of a map `(N, H*W, C)` -> `(N, P, H, W)`."""
         if self.config.audiocon == "official":
