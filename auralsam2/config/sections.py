@@ -200,12 +200,12 @@ class TrainConfig(_Strict):
     def warms_up_mask_prompt(self) -> bool:
         return bool(self.mask_prompt_warmup_steps or self.mask_prompt_warmup_epochs)
 
-    def mask_prompt_warmup_steps_for(self, n_clips: int) -> int:
-        """Warm-up steps for a training set of `n_clips` clips (`mask_prompt_warmup_epochs` passes, or
+    def mask_prompt_warmup_steps_for(self, n_items: int) -> int:
+        """Warm-up steps for a training set of `n_items` items (`mask_prompt_warmup_epochs` passes, or
         `mask_prompt_warmup_steps` as given)."""
         if self.mask_prompt_warmup_epochs:
-            steps = self.mask_prompt_warmup_epochs * n_clips / self.mask_prompt_warmup_clips
-            return max(1, math.ceil(steps - 1e-9))  # 50 passes x 24 clips / 4 = 300 steps, not 301
+            steps = self.mask_prompt_warmup_epochs * n_items / self.mask_prompt_warmup_clips
+            return max(1, math.ceil(steps - 1e-9))  # 50 passes x 24 items / 4 = 300 steps, not 301
         return self.mask_prompt_warmup_steps
 
 

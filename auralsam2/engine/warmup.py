@@ -1,13 +1,14 @@
-"""The mask-prompt warm-up (ours, `train.mask_prompt_warmup_steps` or `_epochs`): before the first training step,
-train the mask prompt's maps alone on their own losses.
+"""The mask-prompt warm-up (ours, `train.mask_prompt_warmup_epochs` or `_steps`): before the first
+training step, train the mask prompt's maps alone on their own losses. `optim.mask_prompt_lr_scale: 0`
+then keeps them as the warm-up left them while the main loop trains the rest.
 
 With `model.fuser.mask_prompt_text: joint` the mask prompt is a per-cell logistic model (audio and
 text cosines times learnt scales, plus a bias) that the mask loss trains directly on the GT grid;
 nothing of it needs SAM2's decoder or memory. So a warm-up step runs only the patch embeddings and
 the audio and text heads (`AuralFuser.mask_prompt_maps`) on a few whole clips, with VGGish frozen:
 its embeddings and the clips' cached features are read once and kept (up to `CACHE_BYTES`), so a
-frame costs about a fifteenth of a training step's (demo: 2.2 ms against 32 ms, BENCHMARKS.md). The main loop then starts from maps that already
-point at the referred object and trains everything as before.
+frame costs about a fifteenth of a training step's (demo: 2.2 ms against 32 ms, BENCHMARKS.md). The
+main loop then starts from maps that already point at the referred object.
 
 The warm-up draws its clips from its own generator and forks the global RNG, so the main loop's
 data order and random streams are the same with and without it; every rank runs the same warm-up
@@ -47,7 +48,7 @@ class _WarmupItem(NamedTuple):
 def warm_up_mask_prompt(model: AuralSAM2, train: ItemSource, cfg: ExperimentConfig, device: torch.device
                         ) -> list[float]:
     """Train the fuser's mask-prompt maps for `train.mask_prompt_warmup_steps` steps (or
-    `mask_prompt_warmup_epochs` passes over the training clips) of `mask_prompt_warmup_clips` whole
+    `mask_prompt_warmup_epochs` passes over the training items) of `mask_prompt_warmup_clips` whole
     training clips each (AdamW at `optim.lr`, its own state, dropped afterwards); returns the loss of
     each step. A no-op without a mask prompt."""
     tc, loss_cfg = cfg.train, cfg.loss
