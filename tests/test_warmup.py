@@ -98,6 +98,10 @@ def test_a_warm_up_in_epochs_is_that_many_passes_over_the_training_items():
     assert [tc.mask_prompt_warmup_steps_for(n) for n in (24, 72, 25)] == [300, 900, 313]  # 50 x 25 / 4 = 312.5
     with pytest.raises(ConfigError, match="are both set"):
         load_config(None, ["train.mask_prompt_warmup_steps=5", "train.mask_prompt_warmup_epochs=2"])
+    # a frozen map needs a warm-up to have trained it; without a mask prompt there is nothing to freeze
+    with pytest.raises(ConfigError, match="nothing trains them before it"):
+        load_config(None, ["model.fuser.mask_prompt=true", "optim.mask_prompt_lr_scale=0"])
+    load_config(None, ["model.fuser.mask_prompt=false", "optim.mask_prompt_lr_scale=0"])
 
 
 @pytest.mark.parametrize("modalities", ["audio+text", "audio", "text"])
@@ -123,7 +127,7 @@ def test_a_zero_mask_prompt_lr_scale_leaves_the_map_as_the_warm_up_left_it(tmp_p
         train(cfg, training_data(cfg, open_reader(cfg)), tmp_path / name)
         return torch.load(tmp_path / name / "last.ckpt", weights_only=True)["trainable"]
 
-    cfg = _config("optim.mask_prompt_lr_scale=0")
+    cfg = _config("optim.mask_prompt_lr_scale=0", "train.mask_prompt_warmup_steps=3")
     model = build_model(cfg.model, training_data(cfg, open_reader(cfg)).sam2)
     groups = {g["name"]: g for g in param_groups(model, cfg.optim)}
     assert {"mask_prompt_decay", "fuser_decay"} <= set(groups)

@@ -61,6 +61,10 @@ class ExperimentConfig(_Strict):
                              f"'joint' on the mask loss alone; with mask_prompt_text={fuser.mask_prompt_text!r} (the "
                              "audio map learns from AudioCon, which needs SAM2's masks) it would train nothing useful: "
                              "set mask_prompt_text: joint or train.mask_prompt_warmup_steps: 0 (and _epochs: 0)")
+        if self.optim.mask_prompt_lr_scale == 0 and fuser.mask_prompt and not self.train.warms_up_mask_prompt:
+            raise ValueError("optim.mask_prompt_lr_scale: 0 freezes the mask prompt's maps in the main loop, and "
+                             "nothing trains them before it: set train.mask_prompt_warmup_epochs (or _steps) or "
+                             "mask_prompt_lr_scale > 0")
         if (fuser.mask_prompt and fuser.mask_prompt_text == "relative" and fuser.uses_audio and fuser.uses_text
                 and self.loss.text_contrast == 0):
             raise ValueError("model.fuser.mask_prompt_text='relative' trains the text map by the text contrast "
