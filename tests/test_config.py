@@ -113,8 +113,8 @@ def test_cross_field_checks_say_what_to_set():
     ref = load_config(None, ["data.dataset=refavs", "model.fuser.variant=refavs", "model.fuser.modalities=audio"])
     assert ref.model.text_encoder is None  # audio + visual only: no text encoder needed
     relative = ["model.fuser.mask_prompt_text=relative", "model.fuser.mask_prompt_text_visual=appearance",
-                "model.fuser.mask_prompt_audio_clip=false", "train.mask_prompt_warmup_epochs=0", "optim.mask_prompt_lr_scale=1",
-                "loss.text_contrast=0"]
+                "model.fuser.mask_prompt_audio_clip=false", "train.mask_prompt_warmup_epochs=0",
+                "optim.mask_prompt_lr_scale=1", "loss.text_contrast=0"]
     with pytest.raises(ConfigError, match="set loss.text_contrast > 0"):  # the relative text map learns from it alone
         load_config(PROJECT_ROOT / "configs" / "demo_refavs.yaml", relative)
     # ... which an audio + visual row does not have

@@ -86,8 +86,8 @@ def test_a_warm_up_in_epochs_is_that_many_passes_over_the_training_items():
     assert n_items >= 2
     epochs = 3 * 2 / n_items  # exactly 3 steps of 2 clips
     runs = {}
-    for name, cfg in (("steps", steps_cfg),
-                      ("epochs", _config(f"train.mask_prompt_warmup_epochs={epochs}", "train.mask_prompt_warmup_clips=2"))):
+    epochs_cfg = _config(f"train.mask_prompt_warmup_epochs={epochs}", "train.mask_prompt_warmup_clips=2")
+    for name, cfg in (("steps", steps_cfg), ("epochs", epochs_cfg)):
         torch.manual_seed(0)
         model = build_model(cfg.model, data.sam2)
         runs[name] = (warm_up_mask_prompt(model, data.train, cfg, torch.device("cpu")), model.state_dict())

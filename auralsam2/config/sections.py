@@ -141,10 +141,9 @@ class TrainConfig(_Strict):
         "on their own losses (loss.mask_prompt, loss.text_contrast), with no SAM2 pass (a frame costs ~1/15 of a "
         "training step's; needs model.fuser.mask_prompt_text 'joint'; nothing to do without a mask prompt); 0 = off")
     mask_prompt_warmup_epochs: float = Field(
-        0, ge=0, description="ours: the warm-up's length in passes over the training items (clips; Ref-AVS: expressions) "
-        "instead of steps, so that it scales with the training set (steps = ceil(epochs x items / "
-        "mask_prompt_warmup_clips)); "
-        "set this or mask_prompt_warmup_steps, not both; 0 = off")
+        0, ge=0, description="ours: the warm-up's length in passes over the training items (clips; Ref-AVS: "
+        "expressions) instead of steps, so that it scales with the training set (steps = ceil(epochs x items / "
+        "mask_prompt_warmup_clips)); set this or mask_prompt_warmup_steps, not both; 0 = off")
     mask_prompt_warmup_clips: int = Field(4, ge=1, description="clips per mask-prompt warm-up step")
     prefetch: Literal["auto", "on", "off"] = Field(
         "auto", description="read the next step's items in a background thread (on a GPU: pinned, copied on a side "

@@ -30,7 +30,8 @@ def param_groups(model: AuralSAM2, cfg: OptimConfig) -> list[dict[str, Any]]:
             seen.add(id(param))
             full = f"{module_name}.{name}" if module_name else name
             no_decay = isinstance(module, norms) or "pos_embed" in full
-            part = "vggish" if full.startswith("audio_encoder.") else "mask_prompt" if id(param) in map_params else "fuser"
+            part = ("vggish" if full.startswith("audio_encoder.")
+                    else "mask_prompt" if id(param) in map_params else "fuser")
             buckets.setdefault((part, no_decay), []).append(param)
     scale = {"vggish": cfg.vggish_lr_scale, "mask_prompt": cfg.mask_prompt_lr_scale, "fuser": 1.0}
     groups = []

@@ -35,8 +35,9 @@ map joins the audio map is `mask_prompt_text`:
   term, each cell's best audio cosine over all of the clip's frames: Ref-AVS masks the referred
   object on every frame, also the seconds it is silent, which the frame's own sound cannot tell
   from a silent object of the named half. Its maps need no SAM2 pass, so
-  `train.mask_prompt_warmup_epochs` (or `_steps`) trains them first, cheaply (`auralsam2.engine.warmup`), and SAM2
-  reads the mask detached (the segmentation loss through SAM2's frozen mask encoder undid them).
+  `train.mask_prompt_warmup_epochs` (or `_steps`) trains them first, cheaply
+  (`auralsam2.engine.warmup`), `optim.mask_prompt_lr_scale: 0` keeps them so in the main loop, and
+  SAM2 reads the mask detached (the segmentation loss through SAM2's frozen mask encoder undid them).
 
 The logits `(N, 1, G, G)` go, as sigmoid (or decided, 1 where positive: `mask_prompt_binary`), to
 SAM2's own (frozen) mask-prompt encoder. The released dense and sparse prompts are multiplied by
