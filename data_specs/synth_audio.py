@@ -3,8 +3,9 @@
 Signatures. The HTK-mel range 150-7000 Hz is cut into 11 equal slots (about 5.8 of the 64 VGGish
 mel bands each); a category puts its energy in the central 60% of its slot only, so one source
 lights one narrow stripe of the 96x64 log-mel example and a mixture lights one stripe per source.
-Within its stripe each category has its own temporal texture (steady hum, syllables, plucks,
-barks, a siren sweep, chirps, drum hits ...), so the signature is also recognisable by its rhythm.
+Within its stripe each seen category has its own temporal texture (steady hum, syllables, plucks,
+barks, chirps, drum hits ...), so the signature is also recognisable by its rhythm; an unseen
+category shares the texture of the seen relative one slot above it (`synth_world.RELATIVES`).
 
 Timing. Frame t's sounding state covers the segment of VGGish example t, [0.96t, 0.96(t+1)) s (the
 last segment runs to the end of the clip), so the example paired with frame t hears exactly the
@@ -29,7 +30,7 @@ N_SLOTS = 11
 MEL_LO_HZ, MEL_HI_HZ = 150.0, 7000.0
 GUARD = 240  # samples: 400-sample STFT window minus the 160-sample hop
 RAMP = 160  # samples (10 ms) raised-cosine fade in / out
-TEXTURES = ("hum", "syllables", "roar", "pluck", "bark", "siren", "strike", "vibrato", "buzz", "chirp", "hits")
+TEXTURES = ("hum", "syllables", "pluck", "bark", "strike", "vibrato", "chirp", "hits")
 
 
 def hz_to_mel(f: float) -> float:
@@ -89,20 +90,14 @@ def source_waveform(texture: str, slot: int, n: int, rng: np.random.Generator) -
         x = (0.6 * noise() + 0.8 * tone(fc)) * (1 + 0.3 * np.sin(2 * math.pi * 1.5 * t))
     elif texture == "syllables":
         x = (tone(lo + 0.25 * bw) + tone(lo + 0.5 * bw) + tone(lo + 0.75 * bw)) * events(4.0, burst(0.18))
-    elif texture == "roar":
-        x = noise() * (0.6 + 0.4 * np.sin(2 * math.pi * 2.0 * t + rng.uniform(0, 6.28)))
     elif texture == "pluck":
         x = (tone(fc) + 0.5 * tone(fc * 1.004)) * events(3.0, decay(0.12, 0.4))
     elif texture == "bark":
         x = (0.5 * noise() + tone(fc)) * events(3.0, burst(0.16))
-    elif texture == "siren":
-        x = tone(fc + 0.4 * bw * np.sin(2 * math.pi * 0.8 * t))
     elif texture == "strike":
         x = (tone(lo + 0.35 * bw) + tone(lo + 0.65 * bw)) * events(2.0, decay(0.3, 0.6))
     elif texture == "vibrato":
         x = tone(fc * (1 + 0.015 * np.sin(2 * math.pi * 6.0 * t))) * (0.8 + 0.2 * np.sin(2 * math.pi * 0.5 * t))
-    elif texture == "buzz":
-        x = (tone(fc) + 0.7 * tone(fc * 1.02)) * (0.5 + 0.5 * np.sin(2 * math.pi * 35.0 * t))
     elif texture == "chirp":
         length = int(0.06 * SAMPLE_RATE)  # 60-ms upward sweeps across the band, about 6 per second
         sweep = lo + bw * np.linspace(0.05, 0.95, length)

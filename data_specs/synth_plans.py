@@ -11,7 +11,9 @@ Subset rules:
   audio (two sounders) is enough alone: the task needs hearing AND reading. The referred object's
   mask is shown on every frame (the Ref-AVS ground truth segments the referred object, not only
   while it sounds). test_u clips hold
-  one unseen category (never in train/val/test_s or AVSBench), the referred sounder.
+  one unseen category (never in train/val/test_s or AVSBench), the referred sounder: a relative of
+  a seen category (`synth_world.RELATIVES`: its shape and sound texture, its own colour and
+  spectral slot), which may itself be on screen.
   Null folders (`null_c-<vid>`: same frames, audio of absent categories only, as if crossed from
   another clip; `null_m-<vid>`: same frames, muted audio) carry expressions naming a half of the
   frame whose objects are present and silent, with empty masks. The meaning of `c`/`m` is
@@ -154,7 +156,9 @@ def oracle_candidates(plan: ClipPlan, expression: ExpressionPlan) -> dict[str, l
     who sounds, `audio+text` both. Objects never overlap and the referred object is masked on every
     frame, so an oracle that picks uniformly among its candidates has expected J = 1 / candidates:
     by construction 4, 2, 2 and 1 candidates, i.e. chance-level J of 0.25 (visual-only), 0.50
-    (text-only), 0.50 (audio-only) and 1.0 (audio + text)."""
+    (text-only), 0.50 (audio-only) and 1.0 (audio + text). On test_u the same holds for an oracle
+    that recognises the unseen category's sound and look; a model learns them only through their
+    seen relatives."""
     side = named_side(expression.text)
     visual = [i for i, o in enumerate(plan.objects) if o.on_screen]
     text = [i for i in visual if object_side(plan, i) == side]

@@ -14,8 +14,7 @@ from PIL import Image, ImageDraw
 
 from data_specs.synth_world import ClipPlan
 
-SHAPES = ("circle", "ring", "square", "triangle", "diamond", "star", "cross", "hexagon", "pentagon",
-          "crescent", "arrow")
+SHAPES = ("circle", "ring", "square", "triangle", "diamond", "star", "cross", "hexagon")
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -24,8 +23,8 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         pts = [(math.cos(a), math.sin(a)) for a in np.deg2rad([45, 135, 225, 315])]
     elif shape == "diamond":
         pts = [(0.75, 0), (0, 1), (-0.75, 0), (0, -1)]
-    elif shape in ("triangle", "pentagon", "hexagon"):
-        n = {"triangle": 3, "pentagon": 5, "hexagon": 6}[shape]
+    elif shape in ("triangle", "hexagon"):
+        n = {"triangle": 3, "hexagon": 6}[shape]
         pts = [(math.cos(a), math.sin(a)) for a in np.linspace(-math.pi / 2, 1.5 * math.pi, n, endpoint=False)]
     elif shape == "star":
         pts = [((1.0 if j % 2 == 0 else 0.45) * math.cos(a), (1.0 if j % 2 == 0 else 0.45) * math.sin(a))
@@ -35,8 +34,6 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         pts = [(w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w),
                (-w, -w), (-w, -1)]
         pts = [(x * 0.8, y * 0.8) for x, y in pts]
-    elif shape == "arrow":
-        pts = [(1, 0), (0.1, 0.75), (0.1, 0.3), (-1, 0.3), (-1, -0.3), (0.1, -0.3), (0.1, -0.75)]
     else:
         raise ValueError(f"unknown synthetic shape {shape!r}; known: {SHAPES}")
     c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
@@ -47,18 +44,13 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: f
                inset: float = 0.0) -> None:
     """Draw one shape as 255 on an "L" image; `inset` px shrinks it (the fill inside the outline)."""
     ro = r - inset
-    if shape in ("circle", "ring", "crescent"):
+    if shape in ("circle", "ring"):
         draw.ellipse([cx - ro, cy - ro, cx + ro, cy + ro], fill=255)
     else:
         draw.polygon(_polygon(shape, cx, cy, ro, angle), fill=255)
     if shape == "ring":  # the hole is background: not part of the object or its mask
         ri = 0.5 * r + inset
         draw.ellipse([cx - ri, cy - ri, cx + ri, cy + ri], fill=0)
-    elif shape == "crescent":  # a disc with an offset disc cut away, opening towards `angle`
-        ox = cx + 0.45 * r * math.cos(math.radians(angle))
-        oy = cy + 0.45 * r * math.sin(math.radians(angle))
-        rc = 0.8 * r + inset
-        draw.ellipse([ox - rc, oy - rc, ox + rc, oy + rc], fill=0)
 
 
 def object_mask(shape: str, cx: float, cy: float, r: float, angle: float, width: int, height: int,

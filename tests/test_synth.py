@@ -17,7 +17,7 @@ from data_specs import palette
 from data_specs.synth import PKL_PLACEHOLDER, SynthConfig, generate_avsbench_v1, generate_world
 from data_specs.synth_audio import GUARD, N_SLOTS, RAMP, gate, segment_bounds, slot_band
 from data_specs.synth_plans import plan_avss, plan_refavs
-from data_specs.synth_world import CATALOG, EXAMPLE_SAMPLES, SAMPLE_RATE
+from data_specs.synth_world import CATALOG, EXAMPLE_SAMPLES, RELATIVES, SAMPLE_RATE, SEEN_CATEGORIES, UNSEEN_CATEGORIES
 
 SMALL = SynthConfig(seed=7, clips=5, size=96, aspect_ratios=(0.75, 0.5625), refavs_null_fraction=1.0,
                     refavs_todo_rows=2)
@@ -406,6 +406,55 @@ def test_config_validation_names_the_field():
         SynthConfig(unseen_categories=("guitar",))
     with pytest.raises(ValueError, match="categories"):
         SynthConfig(categories=("guitar", "dog", "piano", "violin"))
+
+
+def test_unseen_categories_are_relatives_of_seen_ones():
+    """Each unseen category (test_u) is its seen relative's shape and sound texture, a darker shade of
+    its colour (every channel lower, the same hue: the direction in RGB nearest to the relative's) and
+    the slot below: related, yet its own (its colour more than 60 RGB units from every other one)."""
+    assert sorted(RELATIVES) == sorted(UNSEEN_CATEGORIES) and set(RELATIVES.values()) <= set(SEEN_CATEGORIES)
+    looks = [(c.shape, c.colour) for c in CATALOG.values()]
+    assert len(set(looks)) == len(looks) and len({c.slot for c in CATALOG.values()}) == len(CATALOG)
+    for name, relative in RELATIVES.items():
+        unseen, seen = CATALOG[name], CATALOG[relative]
+        assert (unseen.shape, unseen.texture, unseen.slot) == (seen.shape, seen.texture, seen.slot - 1), name
+        assert all(u < s for u, s in zip(unseen.colour, seen.colour)), name  # darker
+
+        def hue_cosine(other: str, colour=np.asarray(unseen.colour, float)) -> float:
+            paint = np.asarray(CATALOG[other].colour, float)
+            return float(colour @ paint / np.linalg.norm(colour) / np.linalg.norm(paint))
+
+        assert max(SEEN_CATEGORIES, key=hue_cosine) == relative and hue_cosine(relative) > 0.99, name
+        assert min(np.linalg.norm(np.subtract(unseen.colour, c.colour)) for c in CATALOG.values() if c.name != name) > 60
+
+
+def test_unseen_targets_look_and_sound_as_their_category(world, truth):
+    """In test_u the referred (unseen) object's masked pixels are nearest to its own paint, and its
+    slot carries energy exactly on the frames it sounds."""
+    root = world / "REFAVS"
+    _, rows = read_csv(root / "metadata.csv")
+    checked = 0
+    for r in (r for r in rows if r["split"] == "test_u"):
+        clip = truth[("refavs", r["vid"])]
+        target = clip["objects"][int(r["fid"])]
+        category = CATALOG[target["category"]]
+        audio = read_wav(root / "media" / r["vid"] / "audio.wav")
+        for t in range(clip["n_frames"]):
+            mask = np.asarray(Image.open(root / "gt_mask" / r["vid"] / f"fid_{r['fid']}" / f"0000{t}.png")) > 0
+            core = mask.copy()  # drop the darker outline and JPEG edge ringing
+            for axis in (0, 1):
+                for shift in (1, -1, 2, -2):
+                    core &= np.roll(mask, shift, axis=axis)
+            frame = np.asarray(Image.open(root / "media" / r["vid"] / "frames" / f"{t}.jpg")).astype(float)
+            colour = np.median(frame[core if core.any() else mask], axis=0)
+            nearest = min(CATALOG, key=lambda c: np.linalg.norm(np.asarray(CATALOG[c].colour, float) - colour))
+            assert nearest == category.name, (r["uid"], t, nearest)
+            energies = slot_energies(audio[t * EXAMPLE_SAMPLES: t * EXAMPLE_SAMPLES + NOISE_WINDOW])
+            others = [CATALOG[o["category"]].slot for o in clip["objects"] if o["sounding"][t]]
+            loud = energies[category.slot] > 1e-3 * energies[others].max() if others else False
+            assert loud == bool(target["sounding"][t]), (r["uid"], t)
+        checked += 1
+    assert checked >= 1
 
 
 def test_refavs_needs_hearing_and_reading(world, truth):
