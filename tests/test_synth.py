@@ -17,7 +17,14 @@ from data_specs import palette
 from data_specs.synth import PKL_PLACEHOLDER, SynthConfig, generate_avsbench_v1, generate_world
 from data_specs.synth_audio import GUARD, N_SLOTS, RAMP, gate, segment_bounds, slot_band
 from data_specs.synth_plans import plan_avss, plan_refavs
-from data_specs.synth_world import CATALOG, EXAMPLE_SAMPLES, RELATIVES, SAMPLE_RATE, SEEN_CATEGORIES, UNSEEN_CATEGORIES
+from data_specs.synth_world import (
+    CATALOG,
+    EXAMPLE_SAMPLES,
+    RELATIVES,
+    SAMPLE_RATE,
+    SEEN_CATEGORIES,
+    UNSEEN_CATEGORIES,
+)
 
 SMALL = SynthConfig(seed=7, clips=5, size=96, aspect_ratios=(0.75, 0.5625), refavs_null_fraction=1.0,
                     refavs_todo_rows=2)
@@ -418,7 +425,7 @@ def test_unseen_categories_are_relatives_of_seen_ones():
     for name, relative in RELATIVES.items():
         unseen, seen = CATALOG[name], CATALOG[relative]
         assert (unseen.shape, unseen.texture, unseen.slot) == (seen.shape, seen.texture, seen.slot - 1), name
-        assert all(u < s for u, s in zip(unseen.colour, seen.colour)), name  # darker
+        assert all(u < s for u, s in zip(unseen.colour, seen.colour, strict=True)), name  # darker
 
         def hue_cosine(other: str, colour=np.asarray(unseen.colour, float)) -> float:
             paint = np.asarray(CATALOG[other].colour, float)
