@@ -126,8 +126,12 @@ def _validation_message(err: ValidationError, source: str) -> str:
         loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {loc}: unknown field (check the spelling; see auralsam2/config/sections.py)")
-        else:
-            lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})" if "input" in e else f"  {loc}: {e['msg']}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")  # our validators' own words, without pydantic's label
+        if "input" in e and not isinstance(e["input"], Mapping):
+            lines.append(f"  {loc}: {msg} (got {e['input']!r})")
+        else:  # a cross-field check: its message names the fields; echoing the whole section would bury it
+            lines.append(f"  {loc}: {msg}")
     return f"{source}: invalid experiment config:\n" + "\n".join(lines)
 
 
