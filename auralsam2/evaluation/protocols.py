@@ -98,8 +98,8 @@ AURALSAM2_RELEASED = Protocol(
     null_metric="foreground_ratio",
     follows_model=True,
     description="released AuralSAM2 trainer: the model's image_size (1024x1024; 224 for hiera_t), logits > 0, "
-    "one clip per call (AVS), 4 expressions per call (Ref-AVS), null S = global foreground ratio without sqrt; its V2 numbers are class-agnostic "
-    "(binarise AVSS labels > 0 before scoring)",
+    "one clip per call (AVS), 4 expressions per call (Ref-AVS), null S = global foreground ratio without "
+    "sqrt; its V2 numbers are class-agnostic (binarise AVSS labels > 0 before scoring)",
 )
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (AVSBENCH_OFFICIAL, REFAVS_OFFICIAL, AURALSAM2_RELEASED)}
 
