@@ -130,9 +130,9 @@ def run_backbone(config: str, *, frames: int, clips: int, steps: int, warmup: in
 
     from auralsam2.audio import AudioEncoder, VGGish, VGGishConfig
     from auralsam2.backbone import build_sam2_model, encode_frames, encode_frames_compact
-    from auralsam2.config import OptimConfig, load_config
-    from auralsam2.engine import DataOrder, StepReader, TrainingStep, compile_model, make_optimizer
-    from auralsam2.engine.runtime import Runtime, use_cudnn_attention
+    from auralsam2.config import OptimConfig
+    from auralsam2.engine import make_optimizer
+    from auralsam2.engine.runtime import use_cudnn_attention
     from auralsam2.evaluation.evaluate import predict_item, predict_items
     from auralsam2.fuser import AuralFuser, FuserConfig
     from auralsam2.losses import AudioConConfig
@@ -165,7 +165,8 @@ def run_backbone(config: str, *, frames: int, clips: int, steps: int, warmup: in
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else (
         lambda: torch.autocast("cpu", enabled=False))
     loss_cfg = AudioConConfig(mode="official")
-    result: dict = {"config": config, "image_size": size, "frames_per_clip": frames, "clips_per_step": clips}
+    result: dict = {"config": config, "image_size": size, "frames_per_clip": frames, "clips_per_step": clips,
+                    "compile": compile_mode}
 
     # ---- (a) released-style: JPEG decode + resize in a DataLoader, the encoder every step, 1 clip, eager
     model = fresh_model().train()
@@ -198,7 +199,9 @@ def run_backbone(config: str, *, frames: int, clips: int, steps: int, warmup: in
     peak_a = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     model = opt = loader = None  # free (a)'s model, optimizer state and loader workers before (b)
 
-    # ---- (b) ours: cached compact levels, prefetched; N clips per step, compiled, fused AdamW
+    # ---- (b) ours: cached compact levels, prefetched; N clips per step, compiled, fused AdamW.
+    # N halves on a CUDA out-of-memory (one clip's 5 frames at 1024^2 keep ~11 GiB of activations
+    # for backward in bf16), so one run still measures what fits; the N measured is reported.
     compact = []
     for clip in jpegs:
         images, _, _ = JpegClips([clip], size, log_mel, masks)[0]
@@ -206,14 +209,64 @@ def run_backbone(config: str, *, frames: int, clips: int, steps: int, warmup: in
             levels = encode_frames_compact(sam2, images.to(device))
         stored = tuple(x.to(torch.bfloat16).cpu() for x in levels.levels)
         compact.append(type(levels)(tuple(x.pin_memory() for x in stored) if bf16 else stored, levels.forms))
+    source = CachedClips(sam2, compact, log_mel, masks, frames)
+    too_many: list[int] = []
+    n = clips
+    while True:
+        try:
+            ours = _our_loop(fresh_model, source, n, loss_cfg.mode, compile_mode, bf16, steps, warmup, device)
+            break
+        except torch.OutOfMemoryError:
+            if n == 1:
+                raise
+        too_many.append(n)  # here, outside the handler, the failed attempt's tensors can be freed
+        n //= 2
+        _free(device)
+    model = ours.pop("model")
+    result.update(ours)
+    result["clips_per_step"], result["clips_out_of_memory"] = n, too_many
+
+    # ---- inference with the fuser, from cached levels: one clip at a time, and N clips per forward
+    items = [source.item(i) for i in range(len(source))][:clips]
+    single = _timed(lambda: [predict_item(model, item, 0, ["iou_select"]) for item in items], steps, 1, device)
+    batched = _timed(lambda: predict_items(model, items, [0] * len(items), ["iou_select"]), steps, 1, device)
+
+    med = statistics.median
+    frames_a = frames / med(times_a)
+    result.update({
+        "released_train_step_s": med(times_a), "released_train_frames_per_s": frames_a,
+        "released_flops_per_step": released_flops, "released_data_wait_s_per_step": wait_a,
+        "released_peak_memory_gib": peak_a, "speedup": result["ours_train_frames_per_s"] / frames_a,
+        "inference_clips": len(items),
+        "inference_single_frames_per_s": frames * len(items) / med(single),
+        "inference_batched_frames_per_s": frames * len(items) / med(batched),
+    })
+    return result
+
+
+def _free(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _our_loop(fresh_model, source: CachedClips, clips: int, audiocon_mode: str, compile_mode: str, bf16: bool,
+              steps: int, warmup: int, device: torch.device) -> dict:
+    """(b): `clips` clips per step from `source`; its timings, FLOPs, data wait, peak memory and
+    the graphs compiled while timed (0: no step recompiles), and the trained `model`."""
+    from torch._dynamo.utils import counters
+
+    from auralsam2.config import OptimConfig, load_config
+    from auralsam2.engine import DataOrder, StepReader, TrainingStep, compile_model, make_optimizer
+    from auralsam2.engine.runtime import Runtime
+
     model = fresh_model().train()
     opt = make_optimizer(model, OptimConfig(), 10**6)[0]  # fused on a GPU
-    cfg = load_config(None, [f"loss.audiocon.mode={loss_cfg.mode}", f"train.clips_per_step={clips}"])
-    rt = Runtime(0, 1, device, bf16, False)
-    step_module = TrainingStep(model, cfg, rt)
-    source = CachedClips(sam2, compact, log_mel, masks, frames)
-    order = DataOrder(len(source), seed=0, items_per_step=clips)
-    reader = StepReader(source, order, device, prefetch=True)
+    cfg = load_config(None, [f"loss.audiocon.mode={audiocon_mode}", f"train.clips_per_step={clips}"])
+    step_module = TrainingStep(model, cfg, Runtime(0, 1, device, bf16, False))
+    reader = StepReader(source, DataOrder(len(source), seed=0, items_per_step=clips), device, prefetch=True)
     generator = torch.Generator().manual_seed(0)
     counter = [0]
 
@@ -226,77 +279,104 @@ def run_backbone(config: str, *, frames: int, clips: int, steps: int, warmup: in
         (terms["total"].sum() / len(items)).backward()
         opt.step()
 
-    our_flops = _flops(our_step)  # eager: the counter sees every op (compiled graphs hide theirs)
-    compiled = compile_model(model, compile_mode, "inductor" if bf16 else "aot_eager")
-    for _ in range(max(warmup, 2)):  # compile (each shape bucket once) before timing
-        our_step()
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    reader.wait_s = 0.0
-    times_b = _timed(our_step, steps, 0, device)
-    wait_b = reader.wait_s / steps
-    peak_b = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    reader.close()
-
-    # ---- inference with the fuser, from cached levels: one clip at a time, and N clips per forward
-    items = [source.item(i) for i in range(len(source))][:clips]
-    single = _timed(lambda: [predict_item(model, item, 0, ["iou_select"]) for item in items], steps, 1, device)
-    batched = _timed(lambda: predict_items(model, items, [0] * len(items), ["iou_select"]), steps, 1, device)
-
-    med = statistics.median
-    frames_a, frames_b = frames / med(times_a), frames * clips / med(times_b)
-    result.update({
-        "released_train_step_s": med(times_a), "released_train_frames_per_s": frames_a,
-        "released_flops_per_step": released_flops, "released_data_wait_s_per_step": wait_a,
-        "released_peak_memory_gib": peak_a,
-        "ours_train_step_s": med(times_b), "ours_train_frames_per_s": frames_b,
-        "ours_flops_per_step": our_flops, "ours_data_wait_s_per_step": wait_b, "ours_peak_memory_gib": peak_b,
-        "ours_compiled": ",".join(compiled) or "off", "speedup": frames_b / frames_a,
-        "inference_single_frames_per_s": frames * len(items) / med(single),
-        "inference_batched_frames_per_s": frames * len(items) / med(batched),
-    })
-    return result
+    # two backbones and a retry after running out of memory compile the same code again: past the
+    # default limit (8 graphs per function) dynamo would silently run the rest eagerly
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    try:
+        flops = _flops(our_step)  # eager: the counter sees every op (compiled graphs hide theirs)
+        compiled = compile_model(model, compile_mode, "inductor" if bf16 else "aot_eager")
+        for _ in range(max(warmup, 2)):  # compile (each shape bucket once) before timing
+            our_step()
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        reader.wait_s = 0.0
+        graphs = counters["stats"]["unique_graphs"]
+        times = _timed(our_step, steps, 0, device)
+        graphs = counters["stats"]["unique_graphs"] - graphs
+    finally:
+        reader.close()
+    frames = source.frames * clips
+    return {"ours_train_step_s": statistics.median(times), "ours_train_frames_per_s": frames / statistics.median(times),
+            "ours_flops_per_step": flops, "ours_data_wait_s_per_step": reader.wait_s / steps,
+            "ours_peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else
+            float("nan"), "ours_compiled": ",".join(compiled) or "off", "ours_graphs_compiled_while_timed": graphs,
+            "model": model}
 
 
 def run(configs: list[str], *, frames: int = 5, clips: int = 8, steps: int = 8, warmup: int = 3,
         image_size: int | None = None, compile_mode: str = "all", workers: int = 4, peak: float | None = None,
-        smoke: bool = False) -> dict:
+        smoke: bool = False, report=None) -> dict:
+    """Each backbone in turn; `report(result)` after each one (so a run cut short keeps what it
+    measured). A backbone that fails is recorded with its error and the next one still runs."""
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     peak_value, peak_text = peak_tflops(device, peak)
-    rows = []
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+              "peak": peak_text, "steps_timed": steps, "warmup": warmup, "rows": []}
     for config in configs:
-        row = run_backbone(config, frames=frames, clips=clips, steps=steps, warmup=warmup, image_size=image_size,
-                           compile_mode=compile_mode, workers=workers, device=device, smoke=smoke)
-        for loop in ("released", "ours"):
-            flops_per_s = row[f"{loop}_flops_per_step"] / row[f"{loop}_train_step_s"]
-            row[f"{loop}_tflops_per_s"] = flops_per_s / 1e12
-            row[f"{loop}_mfu"] = flops_per_s / (peak_value * 1e12) if peak_value else float("nan")
-        rows.append(row)
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
-            "peak": peak_text, "steps_timed": steps, "warmup": warmup, "rows": rows}
+        try:
+            row = run_backbone(config, frames=frames, clips=clips, steps=steps, warmup=warmup, image_size=image_size,
+                               compile_mode=compile_mode, workers=workers, device=device, smoke=smoke)
+        except Exception as exc:  # noqa: BLE001 - one backbone's failure must not lose the others' numbers
+            import traceback
+
+            traceback.print_exc()
+            row = {"config": config, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+        else:
+            for loop in ("released", "ours"):
+                flops_per_s = row[f"{loop}_flops_per_step"] / row[f"{loop}_train_step_s"]
+                row[f"{loop}_tflops_per_s"] = flops_per_s / 1e12
+                row[f"{loop}_mfu"] = flops_per_s / (peak_value * 1e12) if peak_value else float("nan")
+        _free(device)
+        result["rows"].append(row)
+        if report is not None:
+            report(result)
+    return result
 
 
 def to_markdown(r: dict) -> str:
     lines = [f"Training and inference, {r['device']}, torch {r['torch']}, {r['precision']}, random weights; "
              f"median of {r['steps_timed']} steps after {r['warmup']} warm-up; MFU against {r['peak']}.", "",
              "| backbone | loop | clips/step | train frames/s | step s | GFLOP/step | TFLOP/s | MFU | data wait s/step "
-             "| peak GiB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in r["rows"]:
+             "| peak GiB | graphs compiled while timed |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [row for row in r["rows"] if "error" not in row]
+    for row in rows:
         name = f"{row['config']} {row['image_size']}^2, {row['frames_per_clip']} frames"
-        for loop, label, n in (("released", "(a) released-style", 1),
-                               ("ours", f"(b) ours, compile {row['ours_compiled']}", row["clips_per_step"])):
+        for loop, label, n, graphs in (
+                ("released", "(a) released-style", 1, "eager"),
+                ("ours", f"(b) ours, compile {row['compile']}", row["clips_per_step"],
+                 row["ours_graphs_compiled_while_timed"])):
             lines.append(f"| {name} | {label} | {n} | {row[f'{loop}_train_frames_per_s']:.1f} | "
                          f"{row[f'{loop}_train_step_s']:.3f} | {row[f'{loop}_flops_per_step'] / 1e9:.1f} | "
                          f"{row[f'{loop}_tflops_per_s']:.2f} | {row[f'{loop}_mfu']:.1%} | "
-                         f"{row[f'{loop}_data_wait_s_per_step']:.3f} | {row[f'{loop}_peak_memory_gib']:.1f} |")
+                         f"{row[f'{loop}_data_wait_s_per_step']:.3f} | {row[f'{loop}_peak_memory_gib']:.1f} | {graphs} |")
     lines += ["", "| backbone | training speed-up (b)/(a) | inference frames/s, single-stream | batched |",
               "|---|---:|---:|---:|"]
-    for row in r["rows"]:
+    for row in rows:
         lines.append(f"| {row['config']} | x{row['speedup']:.2f} | {row['inference_single_frames_per_s']:.1f} | "
-                     f"{row['inference_batched_frames_per_s']:.1f} ({row['clips_per_step']} clips) |")
+                     f"{row['inference_batched_frames_per_s']:.1f} ({row['inference_clips']} clips) |")
+    for row in rows:
+        if row["clips_out_of_memory"]:
+            lines.append(f"\n{row['config']}: (b) ran out of device memory at "
+                         f"{', '.join(map(str, row['clips_out_of_memory']))} clips per step; measured at "
+                         f"{row['clips_per_step']}.")
+    for row in r["rows"]:
+        if "error" in row:
+            lines.append(f"\n{row['config']}: FAILED, {row['error']}")
     return "\n".join(lines)
+
+
+def _write(result: dict) -> None:
+    """The table and the JSON to $OUT (when set), replaced whole each time."""
+    out = os.environ.get("OUT")
+    if not out:
+        return
+    from auralsam2.utils.files import atomic_write_text
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(out) / "gpu_train_bench.md", to_markdown(result) + "\n")
+    atomic_write_text(Path(out) / "gpu_train_bench.json", json.dumps(result, indent=1, default=str))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -315,21 +395,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.smoke:
         result = run(["tiny"], frames=2, clips=2, steps=1, warmup=0, image_size=128, compile_mode="fuser",
-                     workers=0, smoke=True)
+                     workers=0, smoke=True, report=_write)
     else:
         result = run(args.configs.split(","), frames=args.frames, clips=args.clips, steps=args.steps,
                      warmup=args.warmup, image_size=args.image_size, compile_mode=args.compile_mode,
-                     workers=args.workers, peak=args.peak_tflops)
-    text = to_markdown(result)
-    print(text)
+                     workers=args.workers, peak=args.peak_tflops, report=_write)
+    print(to_markdown(result))
     print(json.dumps(result, default=str))
-    out = os.environ.get("OUT")
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "gpu_train_bench.md").write_text(text + "\n")
-        (Path(out) / "gpu_train_bench.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(1 if any("error" in row for row in main(sys.argv[1:])["rows"]) else 0)

@@ -74,6 +74,9 @@ def is_user_error(exc: BaseException) -> bool:
     from auralsam2.utils.locks import FolderBusyError
 
     known: list[type[BaseException]] = [ValueError, OSError, ValidationError, FolderBusyError]
+    engine = sys.modules.get("auralsam2.engine.loop")  # loaded wherever a step ran out of memory (not importing torch)
+    if engine is not None:
+        known.append(engine.DeviceMemoryError)
     try:
         from data_specs.common import StrictModeError
         from data_specs.shards import ShardIntegrityError

@@ -248,17 +248,25 @@ def run_params(cfg: ExperimentConfig, cache_info: Mapping[str, Any] | None = Non
     return {k: ("None" if v is None else str(v))[:6000] for k, v in params.items()}
 
 
-# Params a resumed run may change (MLflow params are immutable: the first value stays logged).
-RESUME_MUTABLE = ("train.stop_after_steps", "train.progress", "eval.progress", "git.commit")
+# Params a resumed run may change (MLflow params are immutable: the first value stays logged, and
+# a changed one is also tagged `resumed.<param>` with its latest value). The split of a step into
+# micro-steps may change only with the same clips per step (`flows.train` checks it).
+RESUME_MUTABLE = ("train.stop_after_steps", "train.progress", "eval.progress", "git.commit", "train.prefetch",
+                  "train.clips_per_step", "train.accumulate_steps")
 
 
 def log_params(run_id: str, params: Mapping[str, str], mlflow_client=None) -> None:
     """Log params in batches; a param already logged with the same value (a resumed run) is skipped,
-    one in `RESUME_MUTABLE` keeps its first value, any other change is an error."""
-    from mlflow.entities import Param
+    one in `RESUME_MUTABLE` keeps its first value (its latest is tagged `resumed.<param>`), any
+    other change is an error."""
+    from mlflow.entities import Param, RunTag
 
     c = mlflow_client or client()
     existing = c.get_run(run_id).data.params
+    changed = [RunTag(f"resumed.{k}", v) for k, v in params.items()
+               if k in existing and k in RESUME_MUTABLE and existing[k] != v]
+    if changed:
+        c.log_batch(run_id, tags=changed)
     fresh = [Param(k, v) for k, v in params.items()
              if existing.get(k) != v and not (k in existing and k in RESUME_MUTABLE)]
     clash = [p.key for p in fresh if p.key in existing]

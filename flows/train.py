@@ -26,7 +26,14 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from auralsam2.config import ExperimentConfig, config_from_mapping, config_to_yaml, load_config, resolve_path
+from auralsam2.config import (
+    ExperimentConfig,
+    config_from_mapping,
+    config_to_yaml,
+    flatten_config,
+    load_config,
+    resolve_path,
+)
 from auralsam2.paths import data_home
 from auralsam2.utils.devices import resolve_device
 from auralsam2.utils.files import atomic_write_json, atomic_write_text, read_json
@@ -80,8 +87,10 @@ def _resolve_run(cfg: ExperimentConfig, resume: bool) -> tuple[ExperimentConfig,
         return cfg, run_dir
     if resume:
         saved = run_dir / "config.yaml"
-        if saved.is_file() and _comparable(load_config(saved)) != _comparable(cfg):
-            raise ValueError(f"--resume: the config differs from the run's {saved}; resume with that file "
+        differ = _resume_differences(load_config(saved), cfg) if saved.is_file() else []
+        if differ:
+            raise ValueError(f"--resume: the config differs from the run's {saved} in {', '.join(differ[:8])}"
+                             f"{' ...' if len(differ) > 8 else ''}; resume with that file "
                              "(`auralsam2 train <run folder>/config.yaml --resume`)")
     elif (run_dir / "last.ckpt").is_file():
         raise FileExistsError(f"run folder {run_dir} already holds a run; pass --resume to continue it or choose "
@@ -89,10 +98,19 @@ def _resolve_run(cfg: ExperimentConfig, resume: bool) -> tuple[ExperimentConfig,
     return cfg, run_dir
 
 
-def _comparable(cfg: ExperimentConfig) -> str:
-    """The config without the fields a resume may change (the interruption hook, the progress bar)."""
-    return config_to_yaml(cfg.model_copy(update={"train": cfg.train.model_copy(
-        update={"stop_after_steps": None, "progress": True})}))
+def _resume_differences(saved: ExperimentConfig, cfg: ExperimentConfig) -> list[str]:
+    """The dotted fields where `cfg` differs from a run's saved config in what a resume must keep.
+    It may change the interruption hook, the progress bar, prefetching, and how a step's clips split
+    into micro-steps (`clips_per_step` x `accumulate_steps` with the same product gives the same
+    weights: a run out of GPU memory resumes in smaller micro-steps)."""
+    def comparable(c: ExperimentConfig) -> dict[str, Any]:
+        tc = c.train
+        return flatten_config(c.model_copy(update={"train": tc.model_copy(update={
+            "stop_after_steps": None, "progress": True, "prefetch": "auto",
+            "clips_per_step": tc.clips_per_step * tc.accumulate_steps, "accumulate_steps": 1})}))
+
+    a, b = comparable(saved), comparable(cfg)
+    return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
 
 
 def _train_process(cfg: ExperimentConfig, run_dir: Path, resume: bool, run_id: str | None) -> dict[str, Any]:

@@ -165,3 +165,72 @@ def test_train_and_evaluate_ran_as_prefect_flows(trained):
             assert any(r.state is not None and r.state.is_completed() for r in runs), name
             tasks = client.read_task_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[name])))
             assert any(t.name.startswith(task_name) for t in tasks), task_name
+
+
+# runs the `auralsam2` entry point with a fault injected: from the third forward on, a micro-step of more
+# than one clip runs out of device memory
+OUT_OF_MEMORY_FROM_THE_THIRD_FORWARD = """
+import sys, torch
+from auralsam2.engine import TrainingStep
+forward, calls = TrainingStep.forward, []
+def out_of_memory(self, items, generator):
+    calls.append(len(items))
+    if len(items) > 1 and len(calls) >= 3:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+    return forward(self, items, generator)
+TrainingStep.forward = out_of_memory
+from flows.cli import main
+sys.argv[0] = "auralsam2"
+main()
+"""
+
+
+def test_a_step_out_of_memory_names_the_resume_in_smaller_micro_steps(tmp_path):
+    """Injected fault: a micro-step of 2 clips runs out of device memory in step 3. `auralsam2 train`
+    prints one error line, no traceback, naming the resume command that splits the step's clips into
+    smaller micro-steps; that command finishes the run in the same MLflow run (the new split
+    tagged), with the weights of a run that never failed. A resume that changes how many clips a
+    step sees is refused, naming the field."""
+    import re
+    import subprocess
+    import sys
+
+    from flows.tracking import client
+
+    cache = tiny_cache("avss")
+    sets = [f"data.cache={cache}", "experiment=flow_tests", *TINY_MODEL, "train.progress=false", "eval.progress=false",
+            "train.threads=1", "train.epochs=2", "train.deterministic=true", "model.fuser.dropout=0",
+            "train.clips_per_step=2", "train.checkpoint_every_steps=1", "optim.lr=1e-2", "optim.eps=1e-4"]
+    args = [a for s in sets for a in ("--set", s)]
+    _invoke(["train", *args, "--set", "run_name=whole", "--no-tracking"])
+
+    injector = tmp_path / "out_of_memory.py"
+    injector.write_text(OUT_OF_MEMORY_FROM_THE_THIRD_FORWARD)
+    failed = subprocess.run([sys.executable, str(injector), "train", *args, "--set", "run_name=oom"],
+                            capture_output=True, text=True, timeout=600)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    (error,) = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    run_dir = data_home() / "runs" / "flow_tests" / "oom"
+    assert "error: out of memory on cpu in training step 3: a micro-step of 2 clips" in error
+    assert error.endswith("(torch: CUDA out of memory. Tried to allocate 2.00 GiB (injected))")
+    command = re.search(r"`auralsam2 (train \S+ --resume --set \S+ --set \S+)`", error)
+    assert command.group(1) == (f"train {run_dir / 'config.yaml'} --resume --set train.clips_per_step=1 "
+                                "--set train.accumulate_steps=2")
+
+    assert "training finished after 6/6 steps" in _invoke(command.group(1).split())
+    whole, resumed = (torch.load(data_home() / "runs" / "flow_tests" / name / "last.ckpt", weights_only=True)
+                      for name in ("whole", "oom"))
+    assert resumed["progress"]["step"] == 6
+    # the same weights up to float summation order (one clip per forward instead of two), which 4
+    # Adam steps at lr 1e-2 carry on: |a - b| / |b| over all trainable weights (measured 3.1e-5)
+    keys = sorted(k for k, v in whole["trainable"].items() if v.is_floating_point())
+    a, b = (torch.cat([w["trainable"][k].flatten() for k in keys]) for w in (resumed, whole))
+    assert float((a - b).norm() / b.norm()) < 1e-4
+    info = json.loads((run_dir / "run.json").read_text())
+    run = client().get_run(info["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["train.clips_per_step"] == "2"
+    assert run.data.tags["resumed.train.clips_per_step"] == "1" and run.data.tags["resumed.train.accumulate_steps"] == "2"
+
+    refused = runner.invoke(app, ["train", str(run_dir / "config.yaml"), "--resume", "--set", "train.clips_per_step=3"])
+    assert refused.exit_code == 1 and "differs from the run's" in refused.output
+    assert "in train.clips_per_step;" in " ".join(refused.output.split())

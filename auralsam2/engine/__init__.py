@@ -10,7 +10,7 @@
 
 from auralsam2.engine.build import build_model, compile_model, load_fuser_weights
 from auralsam2.engine.data import DataOrder, StepReader, TrainingData, item_to_device
-from auralsam2.engine.loop import TrainingStep, TrainResult, train, validate
+from auralsam2.engine.loop import DeviceMemoryError, TrainingStep, TrainResult, train, validate
 from auralsam2.engine.optim import make_optimizer, param_groups, poly_factor
 from auralsam2.engine.runtime import Runtime, needs_find_unused, setup_runtime
 from auralsam2.engine.state import LOSS_TERMS, STATE_FORMAT, RunLogger
@@ -19,6 +19,7 @@ __all__ = [
     "LOSS_TERMS",
     "STATE_FORMAT",
     "DataOrder",
+    "DeviceMemoryError",
     "RunLogger",
     "Runtime",
     "StepReader",

@@ -60,7 +60,7 @@ from auralsam2.evaluation import EvalResult, evaluate_source
 from auralsam2.items import ClipItem
 from auralsam2.model import AuralSAM2, clip_loss
 
-__all__ = ["TrainResult", "train", "validate"]
+__all__ = ["DeviceMemoryError", "TrainResult", "train", "validate"]
 
 
 @dataclass
@@ -169,7 +169,10 @@ def _loop(cfg: ExperimentConfig, data: TrainingData, model: AuralSAM2, forward: 
     while progress.step < total_steps:
         items = reader.take(progress.step, progress.step + 1 if progress.step + 1 < total_steps else None)
         optimizer.zero_grad(set_to_none=True)
-        values = _step_gradients(cfg, forward, rt, loss_generator, items)
+        try:
+            values = _step_gradients(cfg, forward, rt, loss_generator, items)
+        except torch.OutOfMemoryError as exc:
+            raise out_of_memory(cfg, rt, items, progress.step + 1, run.dir, exc) from exc
         if cfg.optim.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
@@ -250,6 +253,33 @@ def _step_gradients(cfg: ExperimentConfig, forward: torch.nn.Module, rt: Runtime
         for name in LOSS_TERMS:
             sums[name] += float(terms[name].detach().sum())
     return {name: total / len(items) for name, total in sums.items()}
+
+
+class DeviceMemoryError(RuntimeError):
+    """A training step ran out of device memory; the message says how to resume the run."""
+
+
+def out_of_memory(cfg: ExperimentConfig, rt: Runtime, items: list[ClipItem], step: int, run_dir: Path,
+                  exc: BaseException) -> DeviceMemoryError:
+    """The error for a step that ran out of memory: with N > 1 clips per micro-step, the resume
+    command that splits the step's clips into smaller micro-steps (the same weights, since neither
+    the gradient nor the random streams depend on the split)."""
+    n, k = cfg.train.clips_per_step, cfg.train.accumulate_steps
+    frames = max(item.n_frames for item in items)
+    what = (f"out of memory on {rt.device} in training step {step}: a micro-step of {n} clip{'s' * (n > 1)} of up "
+            f"to {frames} frames (train.clips_per_step={n})")
+    if n > 1:
+        per_step = n * k
+        smaller = max(d for d in range(1, n) if per_step % d == 0)
+        fix = (f"the step's {per_step} clips give the same weights in smaller micro-steps; resume with `auralsam2 "
+               f"train {run_dir / 'config.yaml'} --resume --set train.clips_per_step={smaller} --set "
+               f"train.accumulate_steps={per_step // smaller}`")
+    else:
+        fix = "one clip is the smallest micro-step: " + (
+            "bf16 autocast (train.precision: bf16) keeps about half the activations, or " if not rt.bf16 else "") + \
+            "use a device with more memory"
+    detail = str(exc).strip().splitlines()
+    return DeviceMemoryError(f"{what}; {fix}" + (f" (torch: {detail[0]})" if detail else ""))
 
 
 def _progress_bar(show: bool, total: int, initial: int, name: str):
