@@ -19,6 +19,9 @@ import typer
 
 __all__ = ["describe", "fail", "is_user_error", "run_cli", "set_debug"]
 
+# user errors of modules that import torch: (module, class)
+LAZY_USER_ERRORS = (("auralsam2.engine.loop", "DeviceMemoryError"), ("flows.train", "TrainProcessError"))
+
 _STATE = {"debug": os.environ.get("AURALSAM2_DEBUG", "") not in ("", "0")}
 
 
@@ -29,6 +32,8 @@ def fail(message: str) -> None:
 
 def set_debug(debug: bool) -> None:
     _STATE["debug"] = _STATE["debug"] or debug
+    if _STATE["debug"]:
+        os.environ["AURALSAM2_DEBUG"] = "1"  # and in the processes a command starts (torchrun's ranks)
     if not _STATE["debug"]:
         for name in ("prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -74,9 +79,9 @@ def is_user_error(exc: BaseException) -> bool:
     from auralsam2.utils.locks import FolderBusyError
 
     known: list[type[BaseException]] = [ValueError, OSError, ValidationError, FolderBusyError]
-    engine = sys.modules.get("auralsam2.engine.loop")  # loaded wherever a step ran out of memory (not importing torch)
-    if engine is not None:
-        known.append(engine.DeviceMemoryError)
+    for module, name in LAZY_USER_ERRORS:  # loaded wherever they were raised (not importing torch here)
+        if module in sys.modules:
+            known.append(getattr(sys.modules[module], name))
     try:
         from data_specs.common import StrictModeError
         from data_specs.shards import ShardIntegrityError

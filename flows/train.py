@@ -10,7 +10,9 @@ experiment) from its `last.ckpt`, in the same MLflow run.
 
 Multi-process: `nproc > 1` launches `torchrun --standalone --nproc-per-node N -m flows.train
 --run-dir DIR` from the task (gloo on CPU, NCCL on GPU); rank 0 logs to the MLflow run the flow
-created. The same entry point serves a hand-started `torchrun` on a cluster.
+created. The same entry point serves a hand-started `torchrun` on a cluster. A rank that stops on a
+user error writes it to `error.rank<r>.txt` in the run folder, and the command prints that one line
+(`TrainProcessError`) instead of every rank's and the launcher's tracebacks.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from auralsam2.paths import data_home
 from auralsam2.utils.devices import resolve_device
 from auralsam2.utils.files import atomic_write_json, atomic_write_text, read_json
 
-__all__ = ["latest_run_dir", "run_dir_for", "run_train", "train_flow", "train_run"]
+__all__ = ["TrainProcessError", "latest_run_dir", "run_dir_for", "run_train", "train_flow", "train_run"]
 
 RUN_JSON = "run.json"
 RUN_DIR_TAG = "auralsam2.run_dir"  # MLflow tag: the run folder a training run writes
@@ -214,14 +216,28 @@ def _train_run_locked(cfg: ExperimentConfig, run_dir: Path, resume: bool, parent
     return summary
 
 
+class TrainProcessError(RuntimeError):
+    """A process of a torchrun-launched run stopped on a user error; the message is its own."""
+
+
 def _launch_torchrun(run_dir: Path, nproc: int, resume: bool, run_id: str | None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "flows.train", "--run-dir", str(run_dir)]
+    for stale in run_dir.glob("error.rank*.txt"):
+        stale.unlink()
+    cmd = [sys.executable, "-m", "flows._torchrun", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "flows.train", "--run-dir", str(run_dir), "--errors-to-files"]
     if resume:
         cmd.append("--resume")
     if run_id:
         cmd += ["--run-id", run_id]
-    subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
+    # torchrun sets 1 thread per process anyway when this is unset, and prints a banner saying so
+    env = {"OMP_NUM_THREADS": "1", **os.environ}
+    done = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env)
+    if done.returncode != 0:
+        errors = sorted(run_dir.glob("error.rank*.txt"), key=lambda p: int(p.stem.removeprefix("error.rank")))
+        if errors:  # the first rank that said why (the others were stopped by the launcher)
+            rank = errors[0].stem.removeprefix("error.rank")
+            raise TrainProcessError(f"rank {rank} of {nproc}: {errors[0].read_text().strip()}")
+        raise subprocess.CalledProcessError(done.returncode, cmd)
     return read_json(run_dir / "result.json", "the run result", f"delete {run_dir} and train again")
 
 
@@ -265,9 +281,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--run-id", default=None)
+    parser.add_argument("--errors-to-files", action="store_true",
+                        help="write a user error to RUN_DIR/error.rank<r>.txt for the launching command to print")
     args = parser.parse_args(argv)
-    cfg = load_config(args.run_dir / "config.yaml")
-    _train_process(cfg, args.run_dir, args.resume, args.run_id)
+    try:
+        _train_process(load_config(args.run_dir / "config.yaml"), args.run_dir, args.resume, args.run_id)
+    except Exception as exc:
+        from flows.console import describe, is_user_error
+
+        if not args.errors_to_files or os.environ.get("AURALSAM2_DEBUG", "") not in ("", "0"):
+            raise
+        if is_user_error(exc):
+            atomic_write_text(args.run_dir / f"error.rank{os.environ.get('RANK', '0')}.txt", describe(exc))
+            sys.exit(1)
+        if any(args.run_dir.glob("error.rank*.txt")):  # a peer stopped on a user error: this is its echo
+            sys.exit(1)                                 # (its collective lost the connection)
+        raise
 
 
 if __name__ == "__main__":

@@ -142,3 +142,59 @@ def test_two_gloo_processes_accumulating_take_the_step_of_one_process_over_the_s
 
     assert _relative_difference(w0, single) < 1e-5
     assert _relative_difference(one_clip, single) > 1e-3
+
+
+# in every process of the run (PYTHONPATH): rank 1's second micro-step runs out of device memory
+RANK_1_OUT_OF_MEMORY = """
+import os
+if os.environ.get("RANK") == "1":
+    import torch
+    from auralsam2.engine import TrainingStep
+    forward, calls = TrainingStep.forward, []
+    def out_of_memory(self, items, generator):
+        calls.append(len(items))
+        if len(calls) >= 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return forward(self, items, generator)
+    TrainingStep.forward = out_of_memory
+"""
+
+
+def test_a_torchrun_run_out_of_memory_says_so_in_one_line_and_its_resume_finishes(tmp_path):
+    """`auralsam2 train --nproc-per-node 2` (torchrun, gloo) with a fault injected into rank 1: the
+    command prints one `error:` line naming the rank and the resume command (with its process
+    count), not the ranks' and the launcher's tracebacks; that command finishes the run. (That the
+    split leaves the weights alone under DDP is the accumulation test's above.)"""
+    import re
+    import subprocess
+    import sys
+
+    from auralsam2.config import TINY_MODEL_OVERRIDES
+    from auralsam2.paths import data_home
+
+    sets = [f"data.cache={tiny_cache('avss')}", "experiment=ddp_cli", *TINY_MODEL_OVERRIDES, "train.epochs=2",
+            "train.progress=false", "eval.progress=false", "train.threads=1", "train.clips_per_step=2",
+            "train.checkpoint_every_steps=1", "train.deterministic=true"]
+    args = [a for s in sets for a in ("--set", s)]
+
+    def auralsam2(*extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flows", "train", *args, *extra, "--nproc-per-node", "2"],
+                              capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+
+    (tmp_path / "sitecustomize.py").write_text(RANK_1_OUT_OF_MEMORY)
+    failed = auralsam2("--set", "run_name=oom", env={"PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), os.environ.get("PYTHONPATH", "")])})
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    (error,) = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    run_dir = data_home() / "runs" / "ddp_cli" / "oom"
+    assert error.startswith("error: rank 1 of 2: out of memory on cpu in training step 2: a micro-step of 2 clips")
+    command = re.search(r"`auralsam2 (train \S+ --resume --nproc-per-node 2 --set \S+ --set \S+)`", error)
+    assert command.group(1) == (f"train {run_dir / 'config.yaml'} --resume --nproc-per-node 2 --set "
+                                "train.clips_per_step=1 --set train.accumulate_steps=2")
+    assert (run_dir / "last.ckpt").is_file() and json.loads((run_dir / "run.json").read_text())["status"] == "FAILED"
+
+    resumed = subprocess.run([sys.executable, "-m", "flows", *command.group(1).split()], capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0 and "training finished after 4/4 steps" in resumed.stdout, resumed.stderr[-3000:]
+    assert not list(run_dir.glob("error.rank*.txt"))  # a new launch clears the last one's
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "FINISHED"

@@ -271,8 +271,9 @@ def out_of_memory(cfg: ExperimentConfig, rt: Runtime, items: list[ClipItem], ste
     if n > 1:
         per_step = n * k
         smaller = max(d for d in range(1, n) if per_step % d == 0)
+        processes = f" --nproc-per-node {rt.world}" if rt.world > 1 else ""
         fix = (f"the step's {per_step} clips give the same weights in smaller micro-steps; resume with `auralsam2 "
-               f"train {run_dir / 'config.yaml'} --resume --set train.clips_per_step={smaller} --set "
+               f"train {run_dir / 'config.yaml'} --resume{processes} --set train.clips_per_step={smaller} --set "
                f"train.accumulate_steps={per_step // smaller}`")
     else:
         fix = "one clip is the smallest micro-step: " + (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -152,6 +153,10 @@ def wrap_ddp(model: nn.Module, cfg: ExperimentConfig, rt: Runtime) -> tuple[nn.M
     from torch.nn.parallel import DistributedDataParallel
 
     find_unused, why = needs_find_unused(cfg)
+    # the fuser's depthwise convolutions' weights are (C, 1, k, k): their gradients' stride along
+    # the size-1 dimension differs from DDP's bucket view, which it warns about on every rank,
+    # though a stride over one element changes nothing
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     ddp = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
                                   find_unused_parameters=find_unused)
     return ddp, {"ddp_find_unused_parameters": str(find_unused), "ddp_find_unused_reason": why}
