@@ -200,8 +200,8 @@ def run_backbone(config: str, *, frames: int, clips: int, steps: int, warmup: in
     model = opt = loader = None  # free (a)'s model, optimizer state and loader workers before (b)
 
     # ---- (b) ours: cached compact levels, prefetched; N clips per step, compiled, fused AdamW.
-    # N halves on a CUDA out-of-memory (one clip's 5 frames at 1024^2 keep ~11 GiB of activations
-    # for backward in bf16), so one run still measures what fits; the N measured is reported.
+    # N halves on a CUDA out-of-memory (one 5-frame clip at 1024^2 peaked at 12.9 GiB in bf16 on
+    # an H100: BENCHMARKS.md), so one run still measures what fits; the N measured is reported.
     compact = []
     for clip in jpegs:
         images, _, _ = JpegClips([clip], size, log_mel, masks)[0]
