@@ -19,8 +19,11 @@ from collections import Counter
 import torch
 
 
-def saved_for_backward(config: str, frames: int, image_size: int | None = None, smoke: bool = False) -> dict:
-    """`{"total_bytes": int, "by_module": Counter}` for one clip of `frames` frames."""
+def saved_for_backward(config: str, frames: int, image_size: int | None = None, smoke: bool = False,
+                       checkpoint_fuser_blocks: bool = False) -> dict:
+    """`{"total_bytes": int, "by_module": Counter}` for one clip of `frames` frames (with
+    `checkpoint_fuser_blocks`, as `train.checkpoint_fuser_blocks` trains: a checkpointed block
+    keeps only its input, counted where the block was called)."""
     from auralsam2.audio import AudioEncoder, VGGish, VGGishConfig
     from auralsam2.backbone import build_sam2_model, encode_frames
     from auralsam2.fuser import AuralFuser, FuserConfig
@@ -36,6 +39,7 @@ def saved_for_backward(config: str, frames: int, image_size: int | None = None, 
         vggish = VGGish(VGGishConfig(conv_widths=(4, 8, 16, 16), fc_width=32, embedding_dim=16))
     else:
         fuser, vggish = AuralFuser(FuserConfig()), VGGish()
+    fuser.checkpoint_blocks = checkpoint_fuser_blocks
     model = AuralSAM2(sam2, fuser, AudioEncoder(vggish, 2, trainable=True)).train()
     with torch.no_grad():
         pyramid = tuple(encode_frames(sam2, torch.randn(frames, 3, size, size)))
@@ -82,10 +86,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--frames", type=int, default=2, help="frames of the clip")
     parser.add_argument("--image-size", type=int, default=None, help="input size (default: the config's, 1024)")
     parser.add_argument("--smoke", action="store_true", help="a fuser and VGGish sized for the tiny SAM2")
+    parser.add_argument("--checkpoint-fuser-blocks", action="store_true",
+                        help="recompute the fuser's visual blocks in backward (train.checkpoint_fuser_blocks)")
     args = parser.parse_args(argv)
-    result = saved_for_backward(args.config, args.frames, args.image_size, args.smoke)
+    result = saved_for_backward(args.config, args.frames, args.image_size, args.smoke, args.checkpoint_fuser_blocks)
     total = result["total_bytes"]
-    print(f"{args.config} at {result['image_size']}^2, {args.frames} frames, fp32: {total / 2**30:.2f} GiB saved for "
+    print(f"{args.config} at {result['image_size']}^2, {args.frames} frames, fp32"
+          f"{', fuser blocks checkpointed' if args.checkpoint_fuser_blocks else ''}: {total / 2**30:.2f} GiB saved for "
           f"backward ({total / args.frames / 2**30:.2f} GiB per frame)")
     for name, size in by_part(result["by_module"]).most_common(8):
         print(f"  {size / 2**20:10.0f} MiB  {size / total:6.1%}  {name}")

@@ -125,7 +125,8 @@ class CachedClips:
 
 
 def run_backbone(config: str, *, frames: int, clips: int, steps: int, warmup: int, image_size: int | None,
-                 compile_mode: str, workers: int, device: torch.device, smoke: bool) -> dict:
+                 compile_mode: str, workers: int, device: torch.device, smoke: bool,
+                 checkpoint_fuser_blocks: bool = False) -> dict:
     from torchvision.io import encode_jpeg
 
     from auralsam2.audio import AudioEncoder, VGGish, VGGishConfig
@@ -166,7 +167,7 @@ def run_backbone(config: str, *, frames: int, clips: int, steps: int, warmup: in
         lambda: torch.autocast("cpu", enabled=False))
     loss_cfg = AudioConConfig(mode="official")
     result: dict = {"config": config, "image_size": size, "frames_per_clip": frames, "clips_per_step": clips,
-                    "compile": compile_mode}
+                    "compile": compile_mode, "checkpoint_fuser_blocks": checkpoint_fuser_blocks}
 
     # ---- (a) released-style: JPEG decode + resize in a DataLoader, the encoder every step, 1 clip, eager
     model = fresh_model().train()
@@ -214,7 +215,8 @@ def run_backbone(config: str, *, frames: int, clips: int, steps: int, warmup: in
     n = clips
     while True:
         try:
-            ours = _our_loop(fresh_model, source, n, loss_cfg.mode, compile_mode, bf16, steps, warmup, device)
+            ours = _our_loop(fresh_model, source, n, loss_cfg.mode, compile_mode, bf16, steps, warmup, device,
+                             checkpoint_fuser_blocks)
             break
         except torch.OutOfMemoryError:
             if n == 1:
@@ -253,7 +255,7 @@ def _free(device: torch.device) -> None:
 
 
 def _our_loop(fresh_model, source: CachedClips, clips: int, audiocon_mode: str, compile_mode: str, bf16: bool,
-              steps: int, warmup: int, device: torch.device) -> dict:
+              steps: int, warmup: int, device: torch.device, checkpoint_fuser_blocks: bool) -> dict:
     """(b): `clips` clips per step from `source`; its timings, FLOPs, data wait, peak memory and
     the graphs compiled while timed (0: no step recompiles), and the trained `model`."""
     from torch._dynamo.utils import counters
@@ -263,6 +265,7 @@ def _our_loop(fresh_model, source: CachedClips, clips: int, audiocon_mode: str, 
     from auralsam2.engine.runtime import Runtime
 
     model = fresh_model().train()
+    model.fuser.checkpoint_blocks = checkpoint_fuser_blocks  # as train.checkpoint_fuser_blocks does
     opt = make_optimizer(model, OptimConfig(), 10**6)[0]  # fused on a GPU
     cfg = load_config(None, [f"loss.audiocon.mode={audiocon_mode}", f"train.clips_per_step={clips}"])
     step_module = TrainingStep(model, cfg, Runtime(0, 1, device, bf16, False))
@@ -306,7 +309,7 @@ def _our_loop(fresh_model, source: CachedClips, clips: int, audiocon_mode: str, 
 
 def run(configs: list[str], *, frames: int = 5, clips: int = 8, steps: int = 8, warmup: int = 3,
         image_size: int | None = None, compile_mode: str = "all", workers: int = 4, peak: float | None = None,
-        smoke: bool = False, report=None) -> dict:
+        smoke: bool = False, checkpoint_fuser_blocks: bool = False, report=None) -> dict:
     """Each backbone in turn; `report(result)` after each one (so a run cut short keeps what it
     measured). A backbone that fails is recorded with its error and the next one still runs."""
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
@@ -317,7 +320,8 @@ def run(configs: list[str], *, frames: int = 5, clips: int = 8, steps: int = 8, 
     for config in configs:
         try:
             row = run_backbone(config, frames=frames, clips=clips, steps=steps, warmup=warmup, image_size=image_size,
-                               compile_mode=compile_mode, workers=workers, device=device, smoke=smoke)
+                               compile_mode=compile_mode, workers=workers, device=device, smoke=smoke,
+                               checkpoint_fuser_blocks=checkpoint_fuser_blocks)
         except Exception as exc:  # noqa: BLE001 - one backbone's failure must not lose the others' numbers
             import traceback
 
@@ -345,7 +349,8 @@ def to_markdown(r: dict) -> str:
         name = f"{row['config']} {row['image_size']}^2, {row['frames_per_clip']} frames"
         for loop, label, n, graphs in (
                 ("released", "(a) released-style", 1, "eager"),
-                ("ours", f"(b) ours, compile {row['compile']}", row["clips_per_step"],
+                ("ours", f"(b) ours, compile {row['compile']}"
+                         f"{', blocks checkpointed' if row['checkpoint_fuser_blocks'] else ''}", row["clips_per_step"],
                  row["ours_graphs_compiled_while_timed"])):
             lines.append(f"| {name} | {label} | {n} | {row[f'{loop}_train_frames_per_s']:.1f} | "
                          f"{row[f'{loop}_train_step_s']:.3f} | {row[f'{loop}_flops_per_step'] / 1e9:.1f} | "
@@ -390,6 +395,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", dest="compile_mode", default="all", choices=["off", "fuser", "all"])
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of (a)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's bf16 dense peak")
+    parser.add_argument("--checkpoint-fuser-blocks", action="store_true",
+                        help="(b) recomputes the fuser's visual blocks in backward (train.checkpoint_fuser_blocks)")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU smoke run: tiny SAM2 at 128 px, 2 frames, 2 clips, 1 step, no workers")
     args = parser.parse_args(argv)
@@ -399,7 +406,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         result = run(args.configs.split(","), frames=args.frames, clips=args.clips, steps=args.steps,
                      warmup=args.warmup, image_size=args.image_size, compile_mode=args.compile_mode,
-                     workers=args.workers, peak=args.peak_tflops, report=_write)
+                     workers=args.workers, peak=args.peak_tflops, checkpoint_fuser_blocks=args.checkpoint_fuser_blocks,
+                     report=_write)
     print(to_markdown(result))
     print(json.dumps(result, default=str))
     return result

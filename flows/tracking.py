@@ -252,7 +252,7 @@ def run_params(cfg: ExperimentConfig, cache_info: Mapping[str, Any] | None = Non
 # a changed one is also tagged `resumed.<param>` with its latest value). The split of a step into
 # micro-steps may change only with the same clips per step (`flows.train` checks it).
 RESUME_MUTABLE = ("train.stop_after_steps", "train.progress", "eval.progress", "git.commit", "train.prefetch",
-                  "train.clips_per_step", "train.accumulate_steps")
+                  "train.clips_per_step", "train.accumulate_steps", "train.checkpoint_fuser_blocks")
 
 
 def log_params(run_id: str, params: Mapping[str, str], mlflow_client=None) -> None:

@@ -102,13 +102,14 @@ def _resolve_run(cfg: ExperimentConfig, resume: bool) -> tuple[ExperimentConfig,
 
 def _resume_differences(saved: ExperimentConfig, cfg: ExperimentConfig) -> list[str]:
     """The dotted fields where `cfg` differs from a run's saved config in what a resume must keep.
-    It may change the interruption hook, the progress bar, prefetching, and how a step's clips split
-    into micro-steps (`clips_per_step` x `accumulate_steps` with the same product gives the same
-    weights: a run out of GPU memory resumes in smaller micro-steps)."""
+    It may change the interruption hook, the progress bar, prefetching, and how a step's memory is
+    spent: how its clips split into micro-steps (`clips_per_step` x `accumulate_steps` with the same
+    product gives the same weights) and checkpointing the fuser's blocks (the same gradients), so a
+    run out of GPU memory resumes in smaller micro-steps or with checkpoints."""
     def comparable(c: ExperimentConfig) -> dict[str, Any]:
         tc = c.train
         return flatten_config(c.model_copy(update={"train": tc.model_copy(update={
-            "stop_after_steps": None, "progress": True, "prefetch": "auto",
+            "stop_after_steps": None, "progress": True, "prefetch": "auto", "checkpoint_fuser_blocks": False,
             "clips_per_step": tc.clips_per_step * tc.accumulate_steps, "accumulate_steps": 1})}))
 
     a, b = comparable(saved), comparable(cfg)

@@ -107,6 +107,36 @@ def test_prefetching_the_next_step_changes_nothing(tmp_path):
     assert runs["on"].data_wait_s >= 0 and runs["off"].data_wait_s > 0
 
 
+def test_checkpointing_the_fuser_blocks_changes_no_weight(tmp_path):
+    """`train.checkpoint_fuser_blocks` recomputes each visual block in backward (its forward runs
+    again there), replaying its dropout's random draws: two clips per micro-step, dropout on,
+    bit-identical weights and history. (What it saves: `python -m bench.activation_memory
+    --checkpoint-fuser-blocks`.)"""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    from auralsam2.fuser.blocks import Block
+
+    block_forwards = {}
+    for on in ("false", "true"):
+        cfg = tiny_config("train.deterministic=true", "data.views=random", "train.max_steps=3", "train.clips_per_step=2",
+                          "model.fuser.dropout=0.1", "loss.audiocon.mode=paper", f"train.checkpoint_fuser_blocks={on}")
+        block_forwards[on] = 0
+
+        def count(module, inputs, on=on):
+            block_forwards[on] += isinstance(module, Block)
+
+        hook = register_module_forward_pre_hook(count)
+        try:
+            train(cfg, training_data(cfg, open_reader(cfg)), tmp_path / on)
+        finally:
+            hook.remove()
+    # 3 steps x 2 clips x 3 levels' blocks more: the recomputation (validation runs without grad either way)
+    assert block_forwards["true"] == block_forwards["false"] + 3 * 2 * 3
+    a, b = (torch.load(tmp_path / on / "last.ckpt", weights_only=True) for on in ("false", "true"))
+    assert all(torch.equal(a["trainable"][k], b["trainable"][k]) for k in a["trainable"])
+    assert (tmp_path / "false" / "history.jsonl").read_text() == (tmp_path / "true" / "history.jsonl").read_text()
+
+
 class _GraphCounter:
     """A RunLogger that notes how many graphs torch.compile has made by each logged step."""
 

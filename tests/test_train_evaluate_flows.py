@@ -216,6 +216,8 @@ def test_a_step_out_of_memory_names_the_resume_in_smaller_micro_steps(tmp_path):
     command = re.search(r"`auralsam2 (train \S+ --resume --set \S+ --set \S+)`", error)
     assert command.group(1) == (f"train {run_dir / 'config.yaml'} --resume --set train.clips_per_step=1 "
                                 "--set train.accumulate_steps=2")
+    assert f"or keep a fifth of the activations, for about a third more fuser compute and the same gradients: " \
+           f"`auralsam2 train {run_dir / 'config.yaml'} --resume --set train.checkpoint_fuser_blocks=true`" in error
 
     assert "training finished after 6/6 steps" in _invoke(command.group(1).split())
     whole, resumed = (torch.load(data_home() / "runs" / "flow_tests" / name / "last.ckpt", weights_only=True)
@@ -231,6 +233,9 @@ def test_a_step_out_of_memory_names_the_resume_in_smaller_micro_steps(tmp_path):
     assert run.info.status == "FINISHED" and run.data.params["train.clips_per_step"] == "2"
     assert run.data.tags["resumed.train.clips_per_step"] == "1" and run.data.tags["resumed.train.accumulate_steps"] == "2"
 
+    # checkpointing may change on a resume too (the same gradients); how many clips a step sees may not
+    assert "training finished after 6/6 steps" in _invoke(["train", str(run_dir / "config.yaml"), "--resume", "--set",
+                                                           "train.checkpoint_fuser_blocks=true"])
     refused = runner.invoke(app, ["train", str(run_dir / "config.yaml"), "--resume", "--set", "train.clips_per_step=3"])
     assert refused.exit_code == 1 and "differs from the run's" in refused.output
     assert "in train.clips_per_step;" in " ".join(refused.output.split())

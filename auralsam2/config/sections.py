@@ -145,6 +145,11 @@ class TrainConfig(_Strict):
         "expressions) instead of steps, so that it scales with the training set (steps = ceil(epochs x items / "
         "mask_prompt_warmup_clips)); set this or mask_prompt_warmup_steps, not both; 0 = off")
     mask_prompt_warmup_clips: int = Field(4, ge=1, description="clips per mask-prompt warm-up step")
+    checkpoint_fuser_blocks: bool = Field(
+        False, description="recompute each of the fuser's visual blocks in backward instead of keeping its "
+        "activations: at 1024^2 they are ~83 % of what a clip keeps for backward (python -m "
+        "bench.activation_memory), so several times more clips per micro-step fit, for about a third more fuser "
+        "compute; the same gradients")
     prefetch: Literal["auto", "on", "off"] = Field(
         "auto", description="read the next step's items in a background thread (on a GPU: pinned, copied on a side "
                             "stream) while this step computes; auto = on a GPU only")

@@ -110,6 +110,7 @@ def train(
     # ---- model (same init on every rank; DDP would broadcast rank 0's anyway) -------------------
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model, data.sam2).to(rt.device)
+    model.fuser.checkpoint_blocks = tc.checkpoint_fuser_blocks
     compiled = compile_model(model, tc.compile, tc.compile_backend)
     if compiled:
         run.tag({"compiled": ",".join(compiled), "compile_backend": tc.compile_backend})
@@ -261,26 +262,30 @@ class DeviceMemoryError(RuntimeError):
 
 def out_of_memory(cfg: ExperimentConfig, rt: Runtime, items: list[ClipItem], step: int, run_dir: Path,
                   exc: BaseException) -> DeviceMemoryError:
-    """The error for a step that ran out of memory: with N > 1 clips per micro-step, the resume
-    command that splits the step's clips into smaller micro-steps (the same weights, since neither
-    the gradient nor the random streams depend on the split)."""
-    n, k = cfg.train.clips_per_step, cfg.train.accumulate_steps
+    """The error for a step that ran out of memory, with the resume commands that spend less: the
+    step's clips in smaller micro-steps (N > 1; the same weights, since neither the gradient nor the
+    random streams depend on the split), and checkpointing the fuser's blocks (the same gradients)."""
+    tc = cfg.train
+    n, k = tc.clips_per_step, tc.accumulate_steps
     frames = max(item.n_frames for item in items)
     what = (f"out of memory on {rt.device} in training step {step}: a micro-step of {n} clip{'s' * (n > 1)} of up "
             f"to {frames} frames (train.clips_per_step={n})")
+    resume = f"auralsam2 train {run_dir / 'config.yaml'} --resume" + (f" --nproc-per-node {rt.world}" if rt.world > 1 else "")
+    fixes = []
     if n > 1:
         per_step = n * k
         smaller = max(d for d in range(1, n) if per_step % d == 0)
-        processes = f" --nproc-per-node {rt.world}" if rt.world > 1 else ""
-        fix = (f"the step's {per_step} clips give the same weights in smaller micro-steps; resume with `auralsam2 "
-               f"train {run_dir / 'config.yaml'} --resume{processes} --set train.clips_per_step={smaller} --set "
-               f"train.accumulate_steps={per_step // smaller}`")
-    else:
-        fix = "one clip is the smallest micro-step: " + (
-            "bf16 autocast (train.precision: bf16) keeps about half the activations, or " if not rt.bf16 else "") + \
-            "use a device with more memory"
+        fixes.append(f"the step's {per_step} clips give the same weights in smaller micro-steps; resume with "
+                     f"`{resume} --set train.clips_per_step={smaller} --set train.accumulate_steps={per_step // smaller}`")
+    if not tc.checkpoint_fuser_blocks:
+        fixes.append(f"{'or ' if fixes else ''}keep a fifth of the activations, for about a third more fuser compute "
+                     f"and the same gradients: `{resume} --set train.checkpoint_fuser_blocks=true`")
+    if n == 1 and tc.checkpoint_fuser_blocks:
+        fixes.append("one clip with checkpointed blocks is the least this run can keep: " + (
+            "bf16 autocast (train.precision: bf16) keeps about half the activations, or " if not rt.bf16 else "") +
+            "use a device with more memory")
     detail = str(exc).strip().splitlines()
-    return DeviceMemoryError(f"{what}; {fix}" + (f" (torch: {detail[0]})" if detail else ""))
+    return DeviceMemoryError(f"{what}; {'; '.join(fixes)}" + (f" (torch: {detail[0]})" if detail else ""))
 
 
 def _progress_bar(show: bool, total: int, initial: int, name: str):

@@ -42,6 +42,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from auralsam2.fuser.blocks import Block, FusionModule, OneDBlock
 from auralsam2.fuser.config import FuserConfig
@@ -88,6 +89,9 @@ class AuralFuser(nn.Module):
         cfg = self.config = config or FuserConfig()
         c = cfg.dim
         used = set(cfg.used_levels)
+        # training memory, not the model: recompute each visual block in backward instead of keeping
+        # its activations (`train.checkpoint_fuser_blocks`); the same values and gradients
+        self.checkpoint_blocks = False
 
         def per_level(make) -> nn.ModuleList:
             # unused levels keep their index (parameter-free placeholder) so key names stay stable
@@ -187,7 +191,10 @@ class AuralFuser(nn.Module):
                 x = x.flatten(2).transpose(1, 2)
             x = x + pos
             for block in self.f_blocks[k]:
-                x = block(x, h, w)
+                if self.checkpoint_blocks and torch.is_grad_enabled():
+                    x = checkpoint(block, x, h, w, use_reentrant=False)  # dropout's RNG is replayed
+                else:
+                    x = block(x, h, w)
             x = x + pos
             if tokens is not None:
                 tokens = tokens + self.pe1d
