@@ -16,8 +16,10 @@ fuser and VGGish, bf16 autocast on a GPU), two training loops over the same synt
 Reported per backbone: training frames/s of each and their ratio, FLOPs per step (counted once with
 `torch.utils.flop_counter.FlopCounterMode`) and model FLOPs utilisation = FLOPs / step time / the
 device's bf16 dense peak (the peak used is printed; `--peak-tflops` overrides the table), the time
-the loop waited for data, peak memory, and inference frames/s with the fuser, single-stream (one
-clip at a time) and batched (`predict_items`, `--clips` at once), from cached levels.
+the loop waited for data, the share of the time the GPU ran kernels (its idle time per step is
+the rest: launch gaps, host work, waiting for data; profiled over 2 more steps), peak memory, the
+graphs compiled while timed, and inference frames/s with the fuser, single-stream (one clip at a
+time) and batched (`predict_items`, `--clips` at once), from cached levels.
 
     python -m bench.gpu_train_bench                       # a GPU: Hiera-B+ and Hiera-L, ~3-6 min on an H100
     python -m bench.gpu_train_bench --configs sam2_hiera_b+ --clips 8 --compile all
@@ -72,6 +74,40 @@ def _timed(fn, steps: int, warmup: int, device: torch.device) -> list[float]:
         _sync(device)
         times.append(time.perf_counter() - started)
     return times
+
+
+def merged_length(intervals: list[tuple[float, float]]) -> float:
+    """The length of the union of `(start, end)` intervals (concurrent kernels count once)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def _device_busy(fn, device: torch.device, steps: int = 2) -> float:
+    """The share of `steps` calls' wall time the GPU ran kernels (1 - its idle time), from the
+    profiler's kernel intervals; NaN off CUDA or when the profiler fails (CUPTI missing): a
+    measurement of its own that must not cost the others. CUPTI's overhead makes it a lower bound."""
+    if device.type != "cuda":
+        return float("nan")
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        _sync(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            started = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            _sync(device)
+            wall_us = (time.perf_counter() - started) * 1e6
+        kernels = [(e.time_range.start, e.time_range.end) for e in prof.events()
+                   if e.device_type == torch.autograd.DeviceType.CUDA]
+        return merged_length(kernels) / wall_us
+    except Exception as exc:  # noqa: BLE001
+        print(f"device busy time not measured: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return float("nan")
 
 
 def _flops(fn) -> float:
@@ -198,6 +234,7 @@ def run_backbone(config: str, *, frames: int, clips: int, steps: int, warmup: in
     times_a = _timed(released_step, steps, warmup, device)
     wait_a = waited[0] / (steps + warmup)
     peak_a = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    busy_a = _device_busy(released_step, device)
     model = opt = loader = None  # free (a)'s model, optimizer state and loader workers before (b)
 
     # ---- (b) ours: cached compact levels, prefetched; N clips per step, compiled, fused AdamW.
@@ -238,7 +275,7 @@ def run_backbone(config: str, *, frames: int, clips: int, steps: int, warmup: in
     result.update({
         "released_train_step_s": med(times_a), "released_train_frames_per_s": frames_a,
         "released_flops_per_step": released_flops, "released_data_wait_s_per_step": wait_a,
-        "released_peak_memory_gib": peak_a, "speedup": result["ours_train_frames_per_s"] / frames_a,
+        "released_peak_memory_gib": peak_a, "released_device_busy": busy_a, "speedup": result["ours_train_frames_per_s"] / frames_a,
         "inference_clips": len(items),
         "inference_single_frames_per_s": frames * len(items) / med(single),
         "inference_batched_frames_per_s": frames * len(items) / med(batched),
@@ -297,6 +334,7 @@ def _our_loop(fresh_model, source: CachedClips, clips: int, audiocon_mode: str, 
         graphs = counters["stats"]["unique_graphs"]
         times = _timed(our_step, steps, 0, device)
         graphs = counters["stats"]["unique_graphs"] - graphs
+        busy = _device_busy(our_step, device)
     finally:
         reader.close()
     frames = source.frames * clips
@@ -304,6 +342,7 @@ def _our_loop(fresh_model, source: CachedClips, clips: int, audiocon_mode: str, 
             "ours_flops_per_step": flops, "ours_data_wait_s_per_step": reader.wait_s / steps,
             "ours_peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else
             float("nan"), "ours_compiled": ",".join(compiled) or "off", "ours_graphs_compiled_while_timed": graphs,
+            "ours_device_busy": busy,
             "model": model}
 
 
@@ -343,7 +382,8 @@ def to_markdown(r: dict) -> str:
     lines = [f"Training and inference, {r['device']}, torch {r['torch']}, {r['precision']}, random weights; "
              f"median of {r['steps_timed']} steps after {r['warmup']} warm-up; MFU against {r['peak']}.", "",
              "| backbone | loop | clips/step | train frames/s | step s | GFLOP/step | TFLOP/s | MFU | data wait s/step "
-             "| peak GiB | graphs compiled while timed |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| GPU busy | peak GiB | graphs compiled while timed |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rows = [row for row in r["rows"] if "error" not in row]
     for row in rows:
         name = f"{row['config']} {row['image_size']}^2, {row['frames_per_clip']} frames"
@@ -355,7 +395,8 @@ def to_markdown(r: dict) -> str:
             lines.append(f"| {name} | {label} | {n} | {row[f'{loop}_train_frames_per_s']:.1f} | "
                          f"{row[f'{loop}_train_step_s']:.3f} | {row[f'{loop}_flops_per_step'] / 1e9:.1f} | "
                          f"{row[f'{loop}_tflops_per_s']:.2f} | {row[f'{loop}_mfu']:.1%} | "
-                         f"{row[f'{loop}_data_wait_s_per_step']:.3f} | {row[f'{loop}_peak_memory_gib']:.1f} | {graphs} |")
+                         f"{row[f'{loop}_data_wait_s_per_step']:.3f} | {row[f'{loop}_device_busy']:.0%} | "
+                         f"{row[f'{loop}_peak_memory_gib']:.1f} | {graphs} |")
     lines += ["", "| backbone | training speed-up (b)/(a) | inference frames/s, single-stream | batched |",
               "|---|---:|---:|---:|"]
     for row in rows:

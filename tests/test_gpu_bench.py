@@ -73,3 +73,12 @@ def test_activation_memory_counts_what_backward_keeps_by_module():
     assert 1.5 * two["total_bytes"] < four["total_bytes"] == sum(four["by_module"].values())
     parts = by_part(four["by_module"])
     assert parts["fuser.f_blocks"] > 0 and parts["sam2.sam_mask_decoder"] > 0 and parts["audio_encoder.vggish"] > 0
+
+
+def test_busy_time_counts_concurrent_kernels_once():
+    """The GPU's busy time per step is the union of its kernels' intervals (streams overlap)."""
+    from bench.gpu_train_bench import merged_length
+
+    assert merged_length([]) == 0
+    assert merged_length([(0, 2), (1, 3), (5, 6), (5.5, 5.7), (10, 10)]) == 4
+    assert merged_length([(5, 6), (0, 10)]) == 10
