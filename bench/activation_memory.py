@@ -24,23 +24,16 @@ def saved_for_backward(config: str, frames: int, image_size: int | None = None, 
     """`{"total_bytes": int, "by_module": Counter}` for one clip of `frames` frames (with
     `checkpoint_fuser_blocks`, as `train.checkpoint_fuser_blocks` trains: a checkpointed block
     keeps only its input, counted where the block was called)."""
-    from auralsam2.audio import AudioEncoder, VGGish, VGGishConfig
     from auralsam2.backbone import build_sam2_model, encode_frames
-    from auralsam2.fuser import AuralFuser, FuserConfig
     from auralsam2.losses import AudioConConfig
-    from auralsam2.model import AuralSAM2, clip_loss
+    from auralsam2.model import clip_loss
+    from bench.gpu_train_bench import trainable_model
 
     torch.manual_seed(0)
     sam2 = build_sam2_model(config, device=torch.device("cpu"), image_size=image_size)
     size = int(sam2.image_size)
-    if smoke:  # a fuser and VGGish the tiny SAM2 can carry
-        fuser = AuralFuser(FuserConfig(dim=int(sam2.hidden_dim), audio_dim=32, f_depths=(1, 1, 1), a_depth=1,
-                                       heads=2, mlp_hidden=64, fusion_dim=16))
-        vggish = VGGish(VGGishConfig(conv_widths=(4, 8, 16, 16), fc_width=32, embedding_dim=16))
-    else:
-        fuser, vggish = AuralFuser(FuserConfig()), VGGish()
-    fuser.checkpoint_blocks = checkpoint_fuser_blocks
-    model = AuralSAM2(sam2, fuser, AudioEncoder(vggish, 2, trainable=True)).train()
+    model = trainable_model(sam2, smoke).train()
+    model.fuser.checkpoint_blocks = checkpoint_fuser_blocks
     with torch.no_grad():
         pyramid = tuple(encode_frames(sam2, torch.randn(frames, 3, size, size)))
 

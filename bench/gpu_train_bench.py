@@ -76,16 +76,6 @@ def _timed(fn, steps: int, warmup: int, device: torch.device) -> list[float]:
     return times
 
 
-def merged_length(intervals: list[tuple[float, float]]) -> float:
-    """The length of the union of `(start, end)` intervals (concurrent kernels count once)."""
-    total, reach = 0.0, float("-inf")
-    for start, end in sorted(intervals):
-        if end > reach:
-            total += end - max(start, reach)
-            reach = end
-    return total
-
-
 def _device_busy(fn, device: torch.device, steps: int = 2) -> float:
     """The share of `steps` calls' wall time the GPU ran kernels (1 - its idle time), from the
     profiler's kernel intervals; NaN off CUDA or when the profiler fails (CUPTI missing): a
@@ -94,6 +84,8 @@ def _device_busy(fn, device: torch.device, steps: int = 2) -> float:
         return float("nan")
     try:
         from torch.profiler import ProfilerActivity, profile
+
+        from bench.bench_pipeline import covered
 
         _sync(device)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -104,7 +96,7 @@ def _device_busy(fn, device: torch.device, steps: int = 2) -> float:
             wall_us = (time.perf_counter() - started) * 1e6
         kernels = [(e.time_range.start, e.time_range.end) for e in prof.events()
                    if e.device_type == torch.autograd.DeviceType.CUDA]
-        return merged_length(kernels) / wall_us
+        return covered(kernels) / wall_us  # concurrent kernels (streams) count once
     except Exception as exc:  # noqa: BLE001
         print(f"device busy time not measured: {type(exc).__name__}: {exc}", file=sys.stderr)
         return float("nan")
@@ -160,36 +152,40 @@ class CachedClips:
                         labelled=torch.ones(self.frames, dtype=torch.bool), supervised=list(range(self.frames)))
 
 
+def trainable_model(sam2, smoke: bool):
+    """A fresh `AuralSAM2` over `sam2` (seeded): the released-size fuser and VGGish, or with `smoke`
+    the tiny ones the tiny SAM2 carries."""
+    from auralsam2.audio import AudioEncoder, VGGish, VGGishConfig
+    from auralsam2.fuser import AuralFuser, FuserConfig
+    from auralsam2.model import AuralSAM2
+
+    torch.manual_seed(0)
+    fuser = AuralFuser(FuserConfig.tiny(dim=int(sam2.hidden_dim)) if smoke else FuserConfig())
+    vggish = VGGish(VGGishConfig.tiny() if smoke else None)
+    return AuralSAM2(sam2, fuser, AudioEncoder(vggish, 2, trainable=True)).to(sam2.device)
+
+
 def run_backbone(config: str, *, frames: int, clips: int, steps: int, warmup: int, image_size: int | None,
                  compile_mode: str, workers: int, device: torch.device, smoke: bool,
                  checkpoint_fuser_blocks: bool = False) -> dict:
     from torchvision.io import encode_jpeg
 
-    from auralsam2.audio import AudioEncoder, VGGish, VGGishConfig
     from auralsam2.backbone import build_sam2_model, encode_frames, encode_frames_compact
     from auralsam2.config import OptimConfig
     from auralsam2.engine import make_optimizer
     from auralsam2.engine.runtime import use_cudnn_attention
     from auralsam2.evaluation.evaluate import predict_item, predict_items
-    from auralsam2.fuser import AuralFuser, FuserConfig
     from auralsam2.losses import AudioConConfig
-    from auralsam2.model import AuralSAM2, clip_loss
+    from auralsam2.model import clip_loss
 
     bf16 = device.type == "cuda"
     use_cudnn_attention(False)  # as training does (train.cudnn_attention: false)
     torch.manual_seed(0)
     sam2 = build_sam2_model(config, device=device, image_size=image_size)
-    size, dim = int(sam2.image_size), int(sam2.hidden_dim)
-    if smoke:  # a fuser and VGGish the tiny SAM2 can carry
-        fuser_cfg = FuserConfig(dim=dim, audio_dim=32, f_depths=(1, 1, 1), a_depth=1, heads=2, mlp_hidden=64,
-                                fusion_dim=16)
-        vggish = VGGish(VGGishConfig(conv_widths=(4, 8, 16, 16), fc_width=32, embedding_dim=16))
-    else:
-        fuser_cfg, vggish = FuserConfig(), VGGish()
+    size = int(sam2.image_size)
 
-    def fresh_model() -> AuralSAM2:
-        torch.manual_seed(0)
-        return AuralSAM2(sam2, AuralFuser(fuser_cfg).to(device), AudioEncoder(vggish, 2, trainable=True).to(device))
+    def fresh_model():  # (a) and (b) each start from the same fresh weights
+        return trainable_model(sam2, smoke)
 
     g = torch.Generator().manual_seed(0)
     pool = max(clips, 2)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.train_fixtures import tiny_cache, tiny_config
+from tests.train_fixtures import out_of_memory_injected, tiny_cache, tiny_config
 
 OVERRIDES = ("train.max_steps=2", "train.epochs=1", "loss.audiocon.mode=official")
 
@@ -144,22 +144,6 @@ def test_two_gloo_processes_accumulating_take_the_step_of_one_process_over_the_s
     assert _relative_difference(one_clip, single) > 1e-3
 
 
-# in every process of the run (PYTHONPATH): rank 1's second micro-step runs out of device memory
-RANK_1_OUT_OF_MEMORY = """
-import os
-if os.environ.get("RANK") == "1":
-    import torch
-    from auralsam2.engine import TrainingStep
-    forward, calls = TrainingStep.forward, []
-    def out_of_memory(self, items, generator):
-        calls.append(len(items))
-        if len(calls) >= 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-        return forward(self, items, generator)
-    TrainingStep.forward = out_of_memory
-"""
-
-
 def test_a_torchrun_run_out_of_memory_says_so_in_one_line_and_its_resume_finishes(tmp_path):
     """`auralsam2 train --nproc-per-node 2` (torchrun, gloo) with a fault injected into rank 1: the
     command prints one `error:` line naming the rank and the resume command (with its process
@@ -177,13 +161,10 @@ def test_a_torchrun_run_out_of_memory_says_so_in_one_line_and_its_resume_finishe
             "train.checkpoint_every_steps=1", "train.deterministic=true"]
     args = [a for s in sets for a in ("--set", s)]
 
-    def auralsam2(*extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "flows", "train", *args, *extra, "--nproc-per-node", "2"],
-                              capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
-
-    (tmp_path / "sitecustomize.py").write_text(RANK_1_OUT_OF_MEMORY)
-    failed = auralsam2("--set", "run_name=oom", env={"PYTHONPATH": os.pathsep.join(
-        [str(tmp_path), os.environ.get("PYTHONPATH", "")])})
+    # rank 1's second micro-step runs out of device memory
+    env = out_of_memory_injected(tmp_path, "len(calls) >= 2", only_here='os.environ.get("RANK") == "1"')
+    failed = subprocess.run([sys.executable, "-m", "flows", "train", *args, "--set", "run_name=oom",
+                             "--nproc-per-node", "2"], capture_output=True, text=True, timeout=600, env=env)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
     (error,) = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
     run_dir = data_home() / "runs" / "ddp_cli" / "oom"

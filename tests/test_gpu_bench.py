@@ -76,9 +76,10 @@ def test_activation_memory_counts_what_backward_keeps_by_module():
 
 
 def test_busy_time_counts_concurrent_kernels_once():
-    """The GPU's busy time per step is the union of its kernels' intervals (streams overlap)."""
-    from bench.gpu_train_bench import merged_length
+    """The GPU's busy time per step (and the pipeline bench's library time) is the union of the
+    intervals: kernels on several streams, calls in parallel threads, count once."""
+    from bench.bench_pipeline import covered
 
-    assert merged_length([]) == 0
-    assert merged_length([(0, 2), (1, 3), (5, 6), (5.5, 5.7), (10, 10)]) == 4
-    assert merged_length([(5, 6), (0, 10)]) == 10
+    assert covered([]) == 0
+    assert covered([(0, 2), (1, 3), (5, 6), (5.5, 5.7), (10, 10)]) == 4
+    assert covered([(5, 6), (0, 10)]) == 10

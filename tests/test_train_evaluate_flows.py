@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from auralsam2.paths import data_home
 from dashboards.schema import CLIP_METRICS, FRAME_METRICS
 from flows.cli import app
-from tests.train_fixtures import TINY_MODEL, tiny_cache
+from tests.train_fixtures import TINY_MODEL, out_of_memory_injected, tiny_cache
 
 runner = CliRunner()
 
@@ -167,24 +167,6 @@ def test_train_and_evaluate_ran_as_prefect_flows(trained):
             assert any(t.name.startswith(task_name) for t in tasks), task_name
 
 
-# runs the `auralsam2` entry point with a fault injected: from the third forward on, a micro-step of more
-# than one clip runs out of device memory
-OUT_OF_MEMORY_FROM_THE_THIRD_FORWARD = """
-import sys, torch
-from auralsam2.engine import TrainingStep
-forward, calls = TrainingStep.forward, []
-def out_of_memory(self, items, generator):
-    calls.append(len(items))
-    if len(items) > 1 and len(calls) >= 3:
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-    return forward(self, items, generator)
-TrainingStep.forward = out_of_memory
-from flows.cli import main
-sys.argv[0] = "auralsam2"
-main()
-"""
-
-
 def test_a_step_out_of_memory_names_the_resume_in_smaller_micro_steps(tmp_path):
     """Injected fault: a micro-step of 2 clips runs out of device memory in step 3. `auralsam2 train`
     prints one error line, no traceback, naming the resume command that splits the step's clips into
@@ -204,10 +186,9 @@ def test_a_step_out_of_memory_names_the_resume_in_smaller_micro_steps(tmp_path):
     args = [a for s in sets for a in ("--set", s)]
     _invoke(["train", *args, "--set", "run_name=whole", "--no-tracking"])
 
-    injector = tmp_path / "out_of_memory.py"
-    injector.write_text(OUT_OF_MEMORY_FROM_THE_THIRD_FORWARD)
-    failed = subprocess.run([sys.executable, str(injector), "train", *args, "--set", "run_name=oom"],
-                            capture_output=True, text=True, timeout=600)
+    failed = subprocess.run([sys.executable, "-m", "flows", "train", *args, "--set", "run_name=oom"],
+                            capture_output=True, text=True, timeout=600,
+                            env=out_of_memory_injected(tmp_path, "len(items) > 1 and len(calls) >= 3"))
     assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
     (error,) = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
     run_dir = data_home() / "runs" / "flow_tests" / "oom"

@@ -82,3 +82,29 @@ def tiny_config(*overrides: str, dataset: str = "avss", experiment: str = "tests
         base += ["model.fuser.variant=refavs", f"model.text_encoder={tiny_text_encoder_dir()}", "eval.splits=[test_s,test_n]",
                  "eval.protocols=[refavs_official,auralsam2_released]"]
     return load_config(None, [*base, *overrides])
+
+
+_OUT_OF_MEMORY_SITECUSTOMIZE = """
+import os
+if {only_here}:
+    import torch
+    from auralsam2.engine import TrainingStep
+    forward, calls = TrainingStep.forward, []
+    def out_of_memory(self, items, generator):
+        calls.append(len(items))
+        if {when}:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return forward(self, items, generator)
+    TrainingStep.forward = out_of_memory
+"""
+
+
+def out_of_memory_injected(folder: Path, when: str, only_here: str = "True") -> dict[str, str]:
+    """The environment of a process (and every process it starts) whose training micro-steps run
+    out of device memory when `when` holds: a `sitecustomize` in `folder`, first on PYTHONPATH.
+    `when` reads `items` (the micro-step's clips) and `calls` (clip counts of the forwards so far,
+    this one included); `only_here` (reads `os.environ`) picks the processes, e.g. one torchrun rank."""
+    import os
+
+    (folder / "sitecustomize.py").write_text(_OUT_OF_MEMORY_SITECUSTOMIZE.format(when=when, only_here=only_here))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
