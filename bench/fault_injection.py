@@ -78,8 +78,8 @@ def build_workspace(ws: Path, env: dict[str, str]) -> None:
         return
     shutil.rmtree(ws, ignore_errors=True)
     ws.mkdir(parents=True)
-    full = {**os.environ, **env}
-    full.pop("PREFECT_API_URL", None)
+    # a PREFECT_API_URL in `env` (the sweep's own server) saves each command an ephemeral server start
+    full = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | env
     _cli(["synth", "--out", str(ws / "world"), "--clips", "4", "--size", "64"], full, REPO)
     _cli(["ingest", "--dataset", "avss", "--subset", "v1m", "--root", str(ws / "world" / "AVSBench"),
           "--out", str(ws / "ingest"), "--clips-per-shard", "2"], full, REPO)
@@ -441,19 +441,20 @@ def sweep(home: Path, per_kind: int = 5, seed: int = 0, kinds: list[str] | None 
     started = time.monotonic()
     pristine = home / "workspace"
     trial_ws = home / "trial"  # one fixed path: outputs that record paths compare equal
-    if not (pristine / ".complete").is_file():
-        # built where every trial runs, then kept aside: the paths recorded inside (the checkpoint's
-        # config, cache.json's ingest, ingest.json's root) are the trial's own
-        shutil.rmtree(trial_ws, ignore_errors=True)
-        build_workspace(trial_ws, {**environment(home), "AURALSAM2_HOME": str(trial_ws / "data")})
-        shutil.rmtree(pristine, ignore_errors=True)
-        trial_ws.rename(pristine)
-    files = artifacts(pristine)
-    rng = random.Random(seed)
-    plan = plan_trials(files, per_kind, rng, kinds)
     os.environ.update({**environment(home), "AURALSAM2_HOME": str(trial_ws / "data")})
-    server = start_prefect_server(home)
+    server = start_prefect_server(home)  # serves the build's commands and every trial
     try:
+        if not (pristine / ".complete").is_file():
+            # built where every trial runs, then kept aside: the paths recorded inside (the checkpoint's
+            # config, cache.json's ingest, ingest.json's root) are the trial's own
+            shutil.rmtree(trial_ws, ignore_errors=True)
+            build_workspace(trial_ws, {**environment(home), "AURALSAM2_HOME": str(trial_ws / "data"),
+                                       "PREFECT_API_URL": os.environ["PREFECT_API_URL"]})
+            shutil.rmtree(pristine, ignore_errors=True)
+            trial_ws.rename(pristine)
+        files = artifacts(pristine)
+        rng = random.Random(seed)
+        plan = plan_trials(files, per_kind, rng, kinds)
         _preimport()
         return _run_trials(plan, pristine, trial_ws, home / "scratch", timeout, log, started, rng)
     finally:
@@ -464,8 +465,9 @@ def sweep(home: Path, per_kind: int = 5, seed: int = 0, kinds: list[str] | None 
             server.kill()
 
 
-def start_prefect_server(home: Path) -> subprocess.Popen:
-    """One local Prefect server for the whole sweep (each forked command would otherwise start its own)."""
+def start_prefect_server(home: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """One local Prefect server for the whole sweep (each forked command would otherwise start its own);
+    its URL is set as this process's PREFECT_API_URL. `env`: the server's environment (default ours)."""
     import socket
     import urllib.request
 
@@ -475,7 +477,7 @@ def start_prefect_server(home: Path) -> subprocess.Popen:
     log = open(home / "prefect-server.log", "w")  # noqa: SIM115 (open for the server's lifetime)
     server = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
                                "--port", str(port), "--no-ui"], stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ}, start_new_session=True)
+                              env={**(os.environ if env is None else env)}, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
     for _ in range(600):
         try:

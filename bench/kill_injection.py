@@ -34,18 +34,22 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.fault_injection import EPOCH, TINY_MODEL, file_digest
+from bench.fault_injection import EPOCH, TINY_MODEL, file_digest, start_prefect_server
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "cache", "train", "evaluate", "ablate", "pipeline")
 ORPHAN_WAIT_S = 20.0
 
 
-def _env(trial: Path) -> dict[str, str]:
+def _env(trial: Path, api_url: str | None = None) -> dict[str, str]:
     env = {**os.environ, "AURALSAM2_HOME": str(trial / "data"), "PREFECT_HOME": str(trial / "prefect"),
            "SOURCE_DATE_EPOCH": EPOCH, "OMP_NUM_THREADS": "1", "AURALSAM2_DEBUG": "0",
            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
-    env.pop("PREFECT_API_URL", None)  # each command starts its own ephemeral server: the path users take
+    # the timed and killed commands start their own ephemeral server, the path users take; only the
+    # snapshots are built against one shared server (`api_url`), which saves each a server start
+    env.pop("PREFECT_API_URL", None)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
@@ -159,9 +163,9 @@ BEFORE = {"ingest": [], "cache": ["ingest"], "train": ["ingest", "cache"], "eval
           "ablate": ["ingest", "cache"], "pipeline": []}
 
 
-def _cli(args: list[str], ws: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows", *args], env=_env(ws), cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+def _cli(args: list[str], ws: Path, timeout: float = 900, api_url: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows", *args], env=_env(ws, api_url), cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def _check(done: subprocess.CompletedProcess, what: str) -> None:
@@ -169,25 +173,37 @@ def _check(done: subprocess.CompletedProcess, what: str) -> None:
         raise RuntimeError(f"{what} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
 
 
-def snapshots(home: Path) -> dict[str, Path]:
-    """Stage -> a folder holding the data before it (built once, in the trial folder's place, so the
-    paths recorded inside are the trial's)."""
+def snapshots(home: Path, stages: list[str]) -> dict[str, Path]:
+    """Stage -> a folder holding the data before it, for the given stages (built once, in the trial
+    folder's place, so the paths recorded inside are the trial's; only the steps they need are run)."""
     trial = home / "trial"
-    out = {s: home / f"before-{s}" for s in STAGES}
+    out = {s: home / f"before-{s}" for s in stages}
     if all((p / ".complete").is_file() for p in out.values()):
         return out
-    shutil.rmtree(trial, ignore_errors=True)
-    trial.mkdir(parents=True)
-    _check(_cli(["synth", "--out", str(trial / "world"), "--clips", "4", "--size", "64"], trial), "synth")
     for target in out.values():
         shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(trial, out["pipeline"], symlinks=True)
-    for stage in ("ingest", "cache", "train", "evaluate"):
-        shutil.copytree(trial, out[stage], symlinks=True)
-        if stage == "train":
-            shutil.copytree(trial, out["ablate"], symlinks=True)
-        if stage != "evaluate":
-            _check(_cli(STAGE_TABLE[stage].command(trial), trial), stage)
+    shutil.rmtree(trial, ignore_errors=True)
+    trial.mkdir(parents=True)
+    # its database outside the trial folder: the snapshots never copy a live SQLite file
+    server = start_prefect_server(home, {**_env(trial), "PREFECT_HOME": str(home / "prefect-build")})
+    try:
+        url = os.environ.pop("PREFECT_API_URL")
+        _check(_cli(["synth", "--out", str(trial / "world"), "--clips", "4", "--size", "64"], trial), "synth")
+        done: list[str] = []
+        for step in ("ingest", "cache", "train", None):
+            for stage, target in out.items():
+                if BEFORE[stage] == done and not target.exists():
+                    shutil.copytree(trial, target, symlinks=True)
+            if step is None or all(p.exists() for p in out.values()):
+                break
+            _check(_cli(STAGE_TABLE[step].command(trial), trial, api_url=url), step)
+            done.append(step)
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
     for target in out.values():
         (target / ".complete").write_text("ok\n")
     shutil.rmtree(trial, ignore_errors=True)
@@ -285,11 +301,12 @@ def kill_trial(stage: Stage, snapshot: Path, trial_ws: Path, at_s: float, refere
 def sweep(home: Path, trials: int = 3, seed: int = 0, stages: list[str] | None = None,
           log: Callable[[str], None] = print) -> tuple[list[KillTrial], dict[str, float]]:
     home.mkdir(parents=True, exist_ok=True)
-    snaps = snapshots(home)
+    stages = stages or list(STAGES)
+    snaps = snapshots(home, stages)
     rng = random.Random(seed)
     trial_ws = home / "trial"
     results, reference_s = [], {}
-    for name in stages or list(STAGES):
+    for name in stages:
         stage = STAGE_TABLE[name]
         shutil.rmtree(trial_ws, ignore_errors=True)
         shutil.copytree(snaps[name], trial_ws, symlinks=True)
