@@ -372,11 +372,12 @@ def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = 
 
 
 @flow(name="ablate-rows")
-def _parallel_rows(args: list[tuple], pool_lanes: int) -> list[dict[str, Any]]:
-    """Rows on `pool_lanes + 1` lanes that take the next row as they free up: `pool_lanes` threads
-    that each hand their row to the flow's process pool, and this process, which trains rows itself
-    (it is already warm, so the grid starts at once while the workers spawn and import)."""
-    rows = list(range(len(args)))
+def _parallel_rows(args: list[tuple], pool_lanes: int, order: list[int] | None = None) -> list[dict[str, Any]]:
+    """Rows on `pool_lanes + 1` lanes that take the next row (in `order`, default grid order) as they
+    free up: `pool_lanes` threads that each hand their row to the flow's process pool, and this
+    process, which trains rows itself (it is already warm, so the grid starts at once while the
+    workers spawn and import). Results in grid order."""
+    rows = list(range(len(args)) if order is None else order)
     results: list[dict[str, Any] | None] = [None] * len(args)
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -433,12 +434,24 @@ def _rows_in_lanes(args: list[tuple], workers: int) -> list[dict[str, Any]]:
     grid order."""
     from prefect.task_runners import ProcessPoolTaskRunner
 
-    todo = [a for a in args if finished_run(config_from_mapping(yaml.safe_load(a[0]), a[1])) is None]
+    configs = [config_from_mapping(yaml.safe_load(a[0]), a[1]) for a in args]
+    todo = [cfg for cfg in configs if finished_run(cfg) is None]
     if len(todo) < 2:  # nothing to overlap: no pool to start
         return [ablation_row_task(*a) for a in args]
     pool = min(workers, len(todo)) - 1
     runner = ProcessPoolTaskRunner(max_workers=pool)
-    return _parallel_rows.with_options(task_runner=runner)(args=args, pool_lanes=pool)
+    return _parallel_rows.with_options(task_runner=runner)(args=args, pool_lanes=pool, order=costliest_first(configs))
+
+
+def costliest_first(configs: Sequence[ExperimentConfig]) -> list[int]:
+    """Row indices, the rows that cost more first (ties in grid order), so that the last row to
+    start is a cheap one and the lanes end together: a mask-prompt warm-up costs most, then the
+    audio path (the demo's AVSBench grid on 2 lanes: 227 s in grid order, 195 s so; BENCHMARKS.md)."""
+    def cost(i: int) -> tuple[bool, bool]:
+        cfg = configs[i]
+        return cfg.warm_up_trains_the_map, cfg.model.fuser.uses_audio
+
+    return sorted(range(len(configs)), key=cost, reverse=True)
 
 
 def run_ablate(config_path: str | os.PathLike, overrides: Sequence[str] = (), *, grid: str = "paper",

@@ -15,8 +15,9 @@ from auralsam2.config import PROJECT_ROOT
 from data_specs.synth import SynthConfig, generate_world
 from flows.ablate import SummarySelection, load_grid
 
-TINY_RUN = ["train.max_steps=2", "train.epochs=1", "data.max_val_items=2", "eval.splits=[test]",
-            "eval.decodings=[iou_select]", "eval.overlays=1", "experiment=pipeline_test"]
+# (one warm-up pass: the demo's 32 would cost more than the whole run)
+TINY_RUN = ["train.max_steps=2", "train.epochs=1", "train.mask_prompt_warmup_epochs=1", "data.max_val_items=2",
+            "eval.splits=[test]", "eval.decodings=[iou_select]", "eval.overlays=1", "experiment=pipeline_test"]
 DEMO_TINY = PROJECT_ROOT / "configs" / "demo_tiny.yaml"
 
 
@@ -104,6 +105,18 @@ def test_grid_rows_in_parallel_lanes_match_sequential_rows(world: Path) -> None:
         assert (pids["visual_only"] != os.getpid()) == (workers == 2)
         assert {r.info.run_name.split("-")[0] for r in _mlflow_runs(f"rows_{workers}")} >= {"full", "visual_only"}
     assert results[2] == results[1]
+
+
+def test_the_grid_hands_out_the_costlier_rows_first() -> None:
+    from auralsam2.config import load_config
+    from flows.ablate import costliest_first, row_config
+
+    demo = load_config(PROJECT_ROOT / "configs" / "demo.yaml")
+    rows = {row.name: row_config(demo, row) for row in load_grid("demo")}
+    assert list(rows) == ["full", "visual_only", "no_audiocon", "no_sparse"]
+    # a warm-up of the map first (no AudioCon: nothing to warm up), then the audio path; ties in grid order
+    assert [list(rows)[i] for i in costliest_first(list(rows.values()))] == [
+        "full", "no_sparse", "no_audiocon", "visual_only"]
 
 
 def _free_port() -> int:

@@ -16,8 +16,8 @@ from auralsam2.config import PROJECT_ROOT
 from data_specs.synth import SynthConfig, generate_world
 from flows.ablate import SummarySelection
 
-RUN = ["train.max_steps=2", "train.epochs=1", "data.max_val_items=2", "eval.splits=[test]",
-       "eval.decodings=[iou_select]", "eval.overlays=2", "experiment=report_test",
+RUN = ["train.max_steps=2", "train.epochs=1", "train.mask_prompt_warmup_epochs=1", "data.max_val_items=2",
+       "eval.splits=[test]", "eval.decodings=[iou_select]", "eval.overlays=2", "experiment=report_test",
        "data.ingest=ingest/report_test", "data.cache=cache/report_test"]  # its own world: its own folders
 
 

@@ -1,7 +1,7 @@
 """The mask-prompt warm-up (`train.mask_prompt_warmup_steps`, `auralsam2.engine.warmup`): it trains the
-joint mask prompt's maps alone before the first step, deterministically, leaves the main loop's
-random streams alone, is skipped on resume (a resumed run ends bit-identical), and refuses a mask
-prompt it cannot train."""
+joint mask prompt's maps alone before the first step (an audio map's AudioCon heads and threshold),
+deterministically, leaves the main loop's random streams alone, and is skipped on resume (a resumed
+run ends bit-identical)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from auralsam2.config import ConfigError, load_config
 from auralsam2.engine import build_model, train
 from auralsam2.engine.optim import param_groups
 from auralsam2.engine.warmup import warm_up_mask_prompt
-from auralsam2.losses import mask_prompt_loss
+from auralsam2.losses import AudioConConfig, audiocon_loss, mask_prompt_loss
 from feature_cache.dataset import open_reader, training_data
 from tests.train_fixtures import tiny_config
 
@@ -72,10 +72,59 @@ def test_a_resumed_run_skips_the_warm_up_and_ends_bit_identical(tmp_path):
     assert history == (tmp_path / "cut" / "history.jsonl").read_text() and "warmup/mask_prompt_last" in history
 
 
-def test_warm_up_refuses_a_mask_prompt_it_cannot_train():
-    with pytest.raises(ConfigError, match="mask_prompt_text: joint or train.mask_prompt_warmup_steps: 0"):
-        load_config(None, ["model.fuser.mask_prompt=true", "train.mask_prompt_warmup_steps=5"])
-    # nothing to warm up without a mask prompt (the visual-only ablation row of a warmed-up config)
+def _audiocon_on_train(model, items) -> float:
+    """AudioCon of the mask prompt's maps over the training clips (the map's logits telling hard cells)."""
+    total, generator = 0.0, torch.Generator().manual_seed(0)
+    was_training = model.training
+    model.eval()  # the official heads' BatchNorm statistics stay as they are
+    with torch.no_grad():
+        for i in range(len(items)):
+            item = items.item(i)
+            maps = model.fuser.mask_prompt_maps(list(item.pyramid), model.audio_embeddings(item.log_mel), None)
+            rows = list(item.supervised)
+            total += float(audiocon_loss([maps.visual], [maps.audio], (item.masks[rows] > 0).float(), maps.logits[rows],
+                                         rows, AudioConConfig(), generator))
+    model.train(was_training)
+    return total / len(items)
+
+
+@pytest.mark.parametrize("audiocon", ["paper", "off"])
+def test_an_audio_map_warms_up_on_audiocon_and_without_it_not_at_all(audiocon):
+    # the AVSBench map reads its cosine detached: AudioCon trains its heads, the mask loss its threshold
+    cfg = tiny_config("model.fuser.mask_prompt=true", f"loss.audiocon.mode={audiocon}", "train.deterministic=true",
+                      "train.mask_prompt_warmup_steps=20", "train.mask_prompt_warmup_clips=2", "optim.lr=1e-2")
+    assert cfg.warm_up_audiocon == cfg.warm_up_trains_the_map == (audiocon == "paper")
+    data = training_data(cfg, open_reader(cfg))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.sam2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    start = _audiocon_on_train(model, data.train)
+    rng = torch.get_rng_state()
+    curve = warm_up_mask_prompt(model, data.train, cfg, torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), rng)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    if audiocon == "off":  # only the threshold would learn, as it does in the main loop: no warm-up
+        assert curve == [] and not changed
+        return
+    maps = {id(p) for p in model.fuser.mask_prompt_parameters()}
+    of_the_maps = {f"fuser.{k}" for k, p in model.fuser.named_parameters() if id(p) in maps}
+    changed = {k for k in changed if k in dict(model.named_parameters())}  # (the official heads' BatchNorm stats too)
+    assert len(curve) == 20
+    visual_head = {k for k in of_the_maps if "proj_v" in k}  # audiocon_proj_v, or train_proj_v1 (official heads)
+    assert "fuser.mask_prompt.threshold" in changed and visual_head and changed & visual_head
+    assert changed <= of_the_maps, sorted(changed - of_the_maps)
+    assert _audiocon_on_train(model, data.train) < 0.9 * start
+
+
+def test_a_frozen_map_needs_a_warm_up():
+    with pytest.raises(ConfigError, match="nothing trains them before it"):
+        load_config(None, ["model.fuser.mask_prompt=true", "optim.mask_prompt_lr_scale=0"])
+    load_config(None, ["model.fuser.mask_prompt=true", "optim.mask_prompt_lr_scale=0", "train.mask_prompt_warmup_steps=5"])
+    with pytest.raises(ConfigError, match="nothing trains them before it"):  # a warm-up with nothing to train
+        load_config(None, ["model.fuser.mask_prompt=true", "optim.mask_prompt_lr_scale=0", "loss.audiocon.mode=off",
+                           "train.mask_prompt_warmup_steps=5"])
+    # without a mask prompt there is nothing to warm up or freeze (the visual-only row of a warmed-up config)
+    load_config(None, ["model.fuser.mask_prompt=false", "optim.mask_prompt_lr_scale=0"])
     load_config(None, ["model.fuser.mask_prompt=false", "train.mask_prompt_warmup_steps=5"])
 
 
@@ -98,10 +147,6 @@ def test_a_warm_up_in_epochs_is_that_many_passes_over_the_training_items():
     assert [tc.mask_prompt_warmup_steps_for(n) for n in (24, 72, 25)] == [300, 900, 313]  # 50 x 25 / 4 = 312.5
     with pytest.raises(ConfigError, match="are both set"):
         load_config(None, ["train.mask_prompt_warmup_steps=5", "train.mask_prompt_warmup_epochs=2"])
-    # a frozen map needs a warm-up to have trained it; without a mask prompt there is nothing to freeze
-    with pytest.raises(ConfigError, match="nothing trains them before it"):
-        load_config(None, ["model.fuser.mask_prompt=true", "optim.mask_prompt_lr_scale=0"])
-    load_config(None, ["model.fuser.mask_prompt=false", "optim.mask_prompt_lr_scale=0"])
 
 
 @pytest.mark.parametrize("modalities", ["audio+text", "audio", "text"])

@@ -56,21 +56,33 @@ class ExperimentConfig(_Strict):
                              "model.text_encoder (released: distilbert/distilroberta-base, a local folder or a model "
                              "id in the local Hugging Face cache)")
         fuser = self.model.fuser
-        if self.train.warms_up_mask_prompt and fuser.mask_prompt and fuser.mask_prompt_text != "joint":
-            raise ValueError("train.mask_prompt_warmup_steps/_epochs trains the maps of model.fuser.mask_prompt_text "
-                             f"'joint' on the mask loss alone; with mask_prompt_text={fuser.mask_prompt_text!r} (the "
-                             "audio map learns from AudioCon, which needs SAM2's masks) it would train nothing useful: "
-                             "set mask_prompt_text: joint or train.mask_prompt_warmup_steps: 0 (and _epochs: 0)")
-        if self.optim.mask_prompt_lr_scale == 0 and fuser.mask_prompt and not self.train.warms_up_mask_prompt:
+        if self.optim.mask_prompt_lr_scale == 0 and fuser.mask_prompt and not self.warm_up_trains_the_map:
             raise ValueError("optim.mask_prompt_lr_scale: 0 freezes the mask prompt's maps in the main loop, and "
-                             "nothing trains them before it: set train.mask_prompt_warmup_epochs (or _steps) or "
-                             "mask_prompt_lr_scale > 0")
+                             "nothing trains them before it: set train.mask_prompt_warmup_epochs (or _steps; an audio "
+                             "map that is not 'joint' needs loss.audiocon on for it) or mask_prompt_lr_scale > 0")
         if (fuser.mask_prompt and fuser.mask_prompt_text == "relative" and fuser.uses_audio and fuser.uses_text
                 and self.loss.text_contrast == 0):
             raise ValueError("model.fuser.mask_prompt_text='relative' trains the text map by the text contrast "
                              "alone (its shift of the audio margin is detached), and loss.text_contrast is 0: set "
                              "loss.text_contrast > 0 (the demo: 5) or mask_prompt_text: 'min'")
         return self
+
+    @property
+    def warm_up_audiocon(self) -> bool:
+        """Whether the mask-prompt warm-up adds AudioCon: an audio map that reads its cosine detached
+        (any `mask_prompt_text` but joint, e.g. AVSBench) with AudioCon on in a form with audio."""
+        fuser, audiocon = self.model.fuser, self.loss.audiocon
+        return (fuser.mask_prompt and fuser.mask_prompt_text != "joint" and fuser.uses_audio
+                and audiocon.mode in ("paper", "official") and audiocon.weight > 0)
+
+    @property
+    def warm_up_trains_the_map(self) -> bool:
+        """Whether `train.mask_prompt_warmup_*` has more to train than an audio map's threshold (which
+        the main loop's mask loss trains as well): a joint map, AudioCon, or a text map's contrast."""
+        fuser = self.model.fuser
+        return bool(self.train.warms_up_mask_prompt and fuser.mask_prompt and (
+            fuser.mask_prompt_text == "joint" or self.warm_up_audiocon
+            or (fuser.uses_text and self.loss.text_contrast > 0)))
 
     @property
     def task(self) -> Literal["avs", "ref"]:

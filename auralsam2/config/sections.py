@@ -138,8 +138,9 @@ class TrainConfig(_Strict):
                                   "whatever the split")
     mask_prompt_warmup_steps: int = Field(
         0, ge=0, description="ours: before the first step, train the mask prompt's maps alone for this many steps "
-        "on their own losses (loss.mask_prompt, loss.text_contrast), with no SAM2 pass (a frame costs ~1/15 of a "
-        "training step's; needs model.fuser.mask_prompt_text 'joint'; nothing to do without a mask prompt); 0 = off")
+        "on their own losses (loss.mask_prompt, loss.text_contrast; an audio map that is not 'joint' also AudioCon, "
+        "the map's own logits telling hard cells), with no SAM2 pass (a frame costs ~1/15 of a training step's; "
+        "nothing to do without a mask prompt); 0 = off")
     mask_prompt_warmup_epochs: float = Field(
         0, ge=0, description="ours: the warm-up's length in passes over the training items (clips; Ref-AVS: "
         "expressions) instead of steps, so that it scales with the training set (steps = ceil(epochs x items / "

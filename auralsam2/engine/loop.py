@@ -126,7 +126,8 @@ def train(
         progress = load_training_state(run.last, rt, model, optimizer, scheduler, loss_generator)
     run.truncate_history(progress.step)  # lines of a killed process after its checkpoint (or all: a fresh start)
     if progress.step == 0 and tc.warms_up_mask_prompt:  # a resumed run has its warmed-up weights
-        warmup = warm_up_mask_prompt(model, data.train, cfg, rt.device)
+        warmup = warm_up_mask_prompt(model, data.train, cfg, rt.device,
+                                     cfg.run_name or cfg.experiment if tc.progress and rt.main else None)
         if warmup:
             run.log({"warmup/mask_prompt_first": warmup[0], "warmup/mask_prompt_last": warmup[-1]}, 0)
     model.train()

@@ -10,6 +10,11 @@ its embeddings and the clips' cached features are read once and kept (up to `CAC
 frame costs about a fifteenth of a training step's (demo: 2.2 ms against 32 ms, BENCHMARKS.md). The
 main loop then starts from maps that already point at the referred object.
 
+The audio-only map (`mask_prompt_text` other than joint, e.g. AVSBench) reads its cosine detached:
+AudioCon trains its heads and the mask loss only its threshold. There the warm-up adds AudioCon on
+the same maps, with the map's own logits in the place of SAM2's masks to tell hard pixels from easy
+ones (cells the map gets wrong), so the heads also start the main loop pointing at the sounder.
+
 The warm-up draws its clips from its own generator and forks the global RNG, so the main loop's
 data order and random streams are the same with and without it; every rank runs the same warm-up
 on the same clips (identical weights, no all-reduce), and a run resumed from a checkpoint skips it.
@@ -24,7 +29,7 @@ from torch import Tensor
 
 from auralsam2.config import ExperimentConfig
 from auralsam2.items import ItemSource
-from auralsam2.losses import mask_prompt_terms
+from auralsam2.losses import audiocon_loss, mask_prompt_terms
 from auralsam2.model import AuralSAM2
 
 __all__ = ["CACHE_BYTES", "warm_up_mask_prompt"]
@@ -45,17 +50,18 @@ class _WarmupItem(NamedTuple):
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
-def warm_up_mask_prompt(model: AuralSAM2, train: ItemSource, cfg: ExperimentConfig, device: torch.device
-                        ) -> list[float]:
+def warm_up_mask_prompt(model: AuralSAM2, train: ItemSource, cfg: ExperimentConfig, device: torch.device,
+                        progress: str | None = None) -> list[float]:
     """Train the fuser's mask-prompt maps for `train.mask_prompt_warmup_steps` steps (or
     `mask_prompt_warmup_epochs` passes over the training items) of `mask_prompt_warmup_clips` whole
     training clips each (AdamW at `optim.lr`, its own state, dropped afterwards); returns the loss of
-    each step. A no-op without a mask prompt."""
+    each step. A no-op without a mask prompt. `progress`: the name on a progress bar (None: no bar)."""
     tc, loss_cfg = cfg.train, cfg.loss
     text_contrast = (loss_cfg.text_contrast, loss_cfg.text_contrast_temperature)
     fuser = model.fuser
-    if not tc.warms_up_mask_prompt or fuser.mask_prompt is None:
-        return []
+    if not cfg.warm_up_trains_the_map or fuser.mask_prompt is None:
+        return []  # (an audio map without AudioCon, the no_audiocon row: only its threshold would learn)
+    audiocon = cfg.warm_up_audiocon
     if hasattr(train, "whole_clips"):  # every frame of a clip, not the training window
         train = train.whole_clips()
     n_steps = tc.mask_prompt_warmup_steps_for(len(train))
@@ -85,6 +91,11 @@ def warm_up_mask_prompt(model: AuralSAM2, train: ItemSource, cfg: ExperimentConf
     losses = []
     was_training = fuser.training
     fuser.train()
+    bar = None
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_steps, unit="step", desc=f"warm-up {progress}")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for _ in range(n_steps):
             total = torch.zeros((), device=device)
@@ -97,11 +108,20 @@ def warm_up_mask_prompt(model: AuralSAM2, train: ItemSource, cfg: ExperimentConf
                                                None if maps.text_cosine is None else maps.text_cosine[item.rows],
                                                item.masks, text_contrast, loss_cfg.mask_prompt_pos_weight)
                 loss = loss_cfg.mask_prompt * mask + text_contrast[0] * text
+                if audiocon:
+                    loss = loss + loss_cfg.audiocon.weight * audiocon_loss(
+                        [maps.visual], [maps.audio], (item.masks > 0).float(), maps.logits[item.rows].detach(),
+                        item.rows.tolist(), loss_cfg.audiocon, generator)
                 total = total + loss / tc.mask_prompt_warmup_clips
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
             losses.append(float(total.detach()))
+            if bar is not None:
+                bar.update()
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    if bar is not None:
+        bar.close()
     fuser.train(was_training)
     for p in params:
         p.grad = None

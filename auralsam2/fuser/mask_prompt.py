@@ -7,7 +7,8 @@ blocks mix frames); their per-cell cosine is high where the frame's sound comes 
 where its cosine clears a learnt threshold AND `mask_prompt_peak_ratio` of the frame's best cosine:
 within a frame the sounding object ranks first, but the level varies from frame to frame
 (mixtures, quiet sources), so a global threshold alone both misses and over-marks. AudioCon then
-supervises these projections only.
+supervises these projections only. `train.mask_prompt_warmup_epochs` trains them first on AudioCon
+alone, cheaply (`auralsam2.engine.warmup`, the map's own logits telling hard cells from easy ones).
 
 Text (Ref-AVS): two heads map patch embeddings and each projected expression token to unit vectors;
 the expression's vector is the max over its tokens (one word, e.g. a colour, must survive 24 others
