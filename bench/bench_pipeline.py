@@ -166,9 +166,10 @@ def _write(result: dict) -> None:
     RESULTS.write_text(f"""## pipeline: the demo end to end (`python -m bench pipeline`)
 
 Measured {dt.date.today()} on {platform.machine()}, {os.cpu_count()} cores, no GPU; torch {torch.__version__}.
-`auralsam2 demo` in a fresh data folder (world -> ingest -> cache -> the `demo` ablation grid of 4
-rows, two at a time: one lane in the flow's own process, one in a worker process -> train (reuses
-the grid's `full` row) -> evaluate), the path `make demo` takes after setup.
+`auralsam2 demo` in a fresh data folder (world, then for AVSBench and for Ref-AVS: ingest -> cache ->
+the ablation grid of 4 rows, two at a time: one lane in the flow's own process, one in a worker
+process -> train (reuses the grid's `full` row) -> evaluate; then the report), the path `make demo`
+takes after setup.
 
 * `prefect_server_start_s`: the first flow run of a process starts Prefect's local API server
   (and creates its database in this fresh data folder): timed with an empty flow before the demo,
@@ -186,7 +187,8 @@ the grid's `full` row) -> evaluate), the path `make demo` takes after setup.
   that decide which steps to skip, and the flow glue. Target (issue 8): <= 5 %.
 * `prefect_and_glue_share`: the same without the MLflow calls and fingerprints (`book_*`, timed
   separately; `tracking_and_fingerprints_outside_library_s` is their share outside library calls).
-* `J_*`/`F_*`: multi-source test split (v1m + v2), AVSBench protocol, iou_select.
+* `J_*`/`F_*`: multi-source test split (v1m + v2), AVSBench protocol, iou_select; `refavs_<J|F|S>_<row>_<split>`:
+  the Ref-AVS grid's rows, official protocol (S on test_n).
 
 | measure | value |
 |---|---|

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -116,12 +117,14 @@ def _hears_and_reads_line(table: list[dict]) -> str | None:
 
 
 @app.command()
-def demo(
-    clips: int = typer.Option(None, help="Clips per subset of the synthetic world (default: the world's default)."),
-    seed: int = typer.Option(0, help="World seed."),
-    grid: str = typer.Option("demo", help="AVSBench ablation grid of configs/ablations.yaml."),
-    refavs_grid: str = typer.Option("demo_refavs", help="Ref-AVS ablation grid ('' skips Ref-AVS)."),
-    row_workers: int = typer.Option(2, help="Grid rows trained at once (this process and N-1 worker processes, one torch thread each)."),
+def demo(  # defaults in the signature, not in typer.Option: `bench.bench_pipeline` calls it as a function
+    clips: Annotated[int | None, typer.Option(help="Clips per subset of the synthetic world (default: the world's "
+                                                   "default).")] = None,
+    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+    grid: Annotated[str, typer.Option(help="AVSBench ablation grid of configs/ablations.yaml.")] = "demo",
+    refavs_grid: Annotated[str, typer.Option(help="Ref-AVS ablation grid ('' skips Ref-AVS).")] = "demo_refavs",
+    row_workers: Annotated[int, typer.Option(help="Grid rows trained at once (this process and N-1 worker processes, "
+                                                  "one torch thread each).")] = 2,
 ) -> dict:
     """The whole chain on the built-in synthetic world, for both datasets: world -> shards -> cache ->
     a mini ablation grid (rows in parallel, here and in a worker process; its `full` row is the trained

@@ -236,3 +236,14 @@ def test_refavs_summary_has_one_row_per_split_and_protocol_with_s_and_the_papers
     md = summary_markdown(table, "t").splitlines()
     assert md[2].startswith("| row | split | protocol | J | F | J&F | S |")
     assert "| full | test_n | refavs_official | n/a | n/a | n/a | 0.100 (paper 0.065) |" in "\n".join(md)
+
+
+def test_the_demo_command_has_plain_defaults_for_the_benchmark_that_calls_it() -> None:
+    # `python -m bench pipeline` calls `demo(...)` as a function: a typer.Option default would reach the
+    # pipeline as an OptionInfo object (it once named the Ref-AVS grid "<typer.models.OptionInfo ...>")
+    import inspect
+
+    from flows.cli import demo
+
+    defaults = {name: p.default for name, p in inspect.signature(demo).parameters.items()}
+    assert defaults == {"clips": None, "seed": 0, "grid": "demo", "refavs_grid": "demo_refavs", "row_workers": 2}
