@@ -26,6 +26,7 @@ runs the seeded sweep for `make bench` and records the table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -37,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -442,14 +443,14 @@ def sweep(home: Path, per_kind: int = 5, seed: int = 0, kinds: list[str] | None 
     pristine = home / "workspace"
     trial_ws = home / "trial"  # one fixed path: outputs that record paths compare equal
     os.environ.update({**environment(home), "AURALSAM2_HOME": str(trial_ws / "data")})
-    server = start_prefect_server(home)  # serves the build's commands and every trial
-    try:
+    with prefect_server(home) as url:  # serves the build's commands and every trial (forked: our environment)
+        os.environ["PREFECT_API_URL"] = url
         if not (pristine / ".complete").is_file():
             # built where every trial runs, then kept aside: the paths recorded inside (the checkpoint's
             # config, cache.json's ingest, ingest.json's root) are the trial's own
             shutil.rmtree(trial_ws, ignore_errors=True)
             build_workspace(trial_ws, {**environment(home), "AURALSAM2_HOME": str(trial_ws / "data"),
-                                       "PREFECT_API_URL": os.environ["PREFECT_API_URL"]})
+                                       "PREFECT_API_URL": url})
             shutil.rmtree(pristine, ignore_errors=True)
             trial_ws.rename(pristine)
         files = artifacts(pristine)
@@ -457,38 +458,39 @@ def sweep(home: Path, per_kind: int = 5, seed: int = 0, kinds: list[str] | None 
         plan = plan_trials(files, per_kind, rng, kinds)
         _preimport()
         return _run_trials(plan, pristine, trial_ws, home / "scratch", timeout, log, started, rng)
-    finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
-def start_prefect_server(home: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """One local Prefect server for the whole sweep (each forked command would otherwise start its own);
-    its URL is set as this process's PREFECT_API_URL. `env`: the server's environment (default ours)."""
+@contextlib.contextmanager
+def prefect_server(home: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """One local Prefect server for a whole sweep (each command would otherwise start its own), up
+    while the block runs; yields its API URL. `env`: the server's environment (default ours)."""
     import socket
     import urllib.request
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    log = open(home / "prefect-server.log", "w")  # noqa: SIM115 (open for the server's lifetime)
-    server = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port), "--no-ui"], stdout=log, stderr=subprocess.STDOUT,
-                              env={**(os.environ if env is None else env)}, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
-    for _ in range(600):
+    with open(home / "prefect-server.log", "w") as log:
+        server = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
+                                   "127.0.0.1", "--port", str(port), "--no-ui"], stdout=log, stderr=subprocess.STDOUT,
+                                  env={**(os.environ if env is None else env)}, start_new_session=True)
+    try:
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None:
+                    raise RuntimeError(f"the Prefect server exited: see {home / 'prefect-server.log'}") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
         try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                break
-        except OSError:
-            if server.poll() is not None:
-                raise RuntimeError(f"the Prefect server exited: see {home / 'prefect-server.log'}") from None
-            time.sleep(0.2)
-    os.environ["PREFECT_API_URL"] = url
-    return server
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def _run_trials(plan: list[tuple[str, Path, str, str]], pristine: Path, trial_ws: Path, scratch: Path,

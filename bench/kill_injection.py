@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.fault_injection import EPOCH, TINY_MODEL, file_digest, start_prefect_server
+from bench.fault_injection import EPOCH, TINY_MODEL, file_digest, prefect_server
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "cache", "train", "evaluate", "ablate", "pipeline")
@@ -185,9 +185,7 @@ def snapshots(home: Path, stages: list[str]) -> dict[str, Path]:
     shutil.rmtree(trial, ignore_errors=True)
     trial.mkdir(parents=True)
     # its database outside the trial folder: the snapshots never copy a live SQLite file
-    server = start_prefect_server(home, {**_env(trial), "PREFECT_HOME": str(home / "prefect-build")})
-    try:
-        url = os.environ.pop("PREFECT_API_URL")
+    with prefect_server(home, {**_env(trial), "PREFECT_HOME": str(home / "prefect-build")}) as url:
         _check(_cli(["synth", "--out", str(trial / "world"), "--clips", "4", "--size", "64"], trial), "synth")
         done: list[str] = []
         for step in ("ingest", "cache", "train", None):
@@ -198,12 +196,6 @@ def snapshots(home: Path, stages: list[str]) -> dict[str, Path]:
                 break
             _check(_cli(STAGE_TABLE[step].command(trial), trial, api_url=url), step)
             done.append(step)
-    finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
     for target in out.values():
         (target / ".complete").write_text("ok\n")
     shutil.rmtree(trial, ignore_errors=True)
