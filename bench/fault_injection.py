@@ -484,6 +484,8 @@ def prefect_server(home: Path, env: dict[str, str] | None = None) -> Iterator[st
                 if server.poll() is not None:
                     raise RuntimeError(f"the Prefect server exited: see {home / 'prefect-server.log'}") from None
                 time.sleep(0.2)
+        else:
+            raise RuntimeError(f"the Prefect server never answered at {url}: see {home / 'prefect-server.log'}")
         yield url
     finally:
         server.terminate()

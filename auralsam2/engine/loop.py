@@ -125,9 +125,9 @@ def train(
     if resume:
         progress = load_training_state(run.last, rt, model, optimizer, scheduler, loss_generator)
     run.truncate_history(progress.step)  # lines of a killed process after its checkpoint (or all: a fresh start)
+    bar_name = cfg.run_name or cfg.experiment if tc.progress and rt.main else None  # progress bars: rank 0's
     if progress.step == 0 and tc.warms_up_mask_prompt:  # a resumed run has its warmed-up weights
-        warmup = warm_up_mask_prompt(model, data.train, cfg, rt.device,
-                                     cfg.run_name or cfg.experiment if tc.progress and rt.main else None)
+        warmup = warm_up_mask_prompt(model, data.train, cfg, rt.device, bar_name)
         if warmup:
             run.log({"warmup/mask_prompt_first": warmup[0], "warmup/mask_prompt_last": warmup[-1]}, 0)
     model.train()
@@ -139,7 +139,7 @@ def train(
                             finished)
 
     # ---- loop -----------------------------------------------------------------------------------
-    bar = _progress_bar(tc.progress and rt.main, total_steps, progress.step, cfg.run_name or cfg.experiment)
+    bar = _progress_bar(bar_name, total_steps, progress.step)
     interrupted = False
     reader = StepReader(data.train, order, rt.device, prefetch=_prefetch(tc, rt))
     try:
@@ -289,8 +289,8 @@ def out_of_memory(cfg: ExperimentConfig, rt: Runtime, items: list[ClipItem], ste
     return DeviceMemoryError(f"{what}; {'; '.join(fixes)}" + (f" (torch: {detail[0]})" if detail else ""))
 
 
-def _progress_bar(show: bool, total: int, initial: int, name: str):
-    if not show:
+def _progress_bar(name: str | None, total: int, initial: int):
+    if name is None:
         return None
     from tqdm.auto import tqdm
 
