@@ -1,4 +1,5 @@
-"""Kill -9 at seeded random moments of every stage, then a re-run: is everything as if nothing happened?
+"""Kill -9 (or Ctrl-C, or SIGTERM) at seeded random moments of every stage, then a re-run: is
+everything as if nothing happened?
 
 For each stage (ingest, cache, train, evaluate, a two-row ablation grid, and the whole pipeline
 `auralsam2 run`) a snapshot
@@ -9,11 +10,16 @@ started must go by itself) at a moment drawn uniformly from 5-95 % of the refere
 then runs the stage's re-run command (`--resume` for training) to completion. The trial passes when:
 
 * no process the killed command started is still alive 20 s later (the ephemeral Prefect server);
+* for Ctrl-C (SIGINT to the command's process group, as a terminal sends it) and SIGTERM (to the
+  command alone, as `kill` or a scheduler sends it): the command ends within `STOP_S` with exit
+  status 130 / 143, one `interrupted` line and no traceback, nothing it started still alive, and its
+  MLflow runs KILLED (none FAILED);
 * the re-run exits 0 and its outputs equal the reference's (bytes of shards and cache files,
   training weights/optimizer/RNG and metric history, per-clip metrics rows);
 * no MLflow run is left RUNNING, and no DuckDB view holds a duplicated row.
 
-`python -m bench.kill_injection [--trials N] [--stages ingest,cache,...] [--seed S] [--json OUT]`;
+`python -m bench.kill_injection [--trials N] [--stages ingest,cache,...] [--signals KILL,INT,TERM] [--seed S]
+[--json OUT]` (trial i of a stage sends the i-th signal of `--signals`, cycling);
 `bench/bench_kills.py` records a seeded sweep for `make bench`.
 """
 
@@ -39,6 +45,8 @@ from bench.fault_injection import EPOCH, TINY_MODEL, file_digest, prefect_server
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "cache", "train", "evaluate", "ablate", "pipeline")
 ORPHAN_WAIT_S = 20.0
+STOP_S = 10.0  # Ctrl-C / SIGTERM: the command's own exit, its children and server gone
+SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT, "TERM": signal.SIGTERM}
 
 
 def _env(trial: Path, api_url: str | None = None) -> dict[str, str]:
@@ -206,24 +214,30 @@ def snapshots(home: Path, stages: list[str]) -> dict[str, Path]:
 class KillTrial:
     stage: str
     at_s: float
+    signal: str = "KILL"
+    stop_s: float = 0.0
     verdict: str = ""
     detail: str = ""
     rerun_s: float = 0.0
 
 
-def _descendants_alive(pgid: int) -> list[str]:
-    """Processes still in the killed command's process group (its children, grandchildren, ...)."""
-    alive = []
+def _descendants_alive(pgid: int) -> dict[int, str]:
+    """Processes still in the killed command's process group (its children, grandchildren, ...), and
+    the Prefect server it started (in a session of its own; it names the command by `--parent-pid`)."""
+    alive = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             stat = (proc / "stat").read_text()
             fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                alive.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160])
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             continue
+        server = b"flows._prefect_server" in cmdline and b"--parent-pid" in cmdline and \
+            cmdline[cmdline.index(b"--parent-pid") + 1] == str(pgid).encode()
+        if (int(fields[2]) == pgid or server) and fields[0] != "Z":
+            alive[int(proc.name)] = b" ".join(cmdline).decode(errors="replace")[:160]
     return alive
 
 
@@ -236,8 +250,8 @@ def _mlflow_problems(ws: Path) -> list[str]:
     import sqlite3
 
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        running = con.execute("select run_uuid, name from runs where status = 'RUNNING'").fetchall()
-    return [f"MLflow run {name} ({uuid}) left RUNNING" for uuid, name in running]
+        left = con.execute("select run_uuid, name, status from runs where status in ('RUNNING', 'FAILED')").fetchall()
+    return [f"MLflow run {name} ({uuid}) left {status}" for uuid, name, status in left]
 
 
 def _duplicate_rows(ws: Path) -> list[str]:
@@ -255,27 +269,70 @@ def _duplicate_rows(ws: Path) -> list[str]:
     return problems
 
 
-def kill_trial(stage: Stage, snapshot: Path, trial_ws: Path, at_s: float, reference: str) -> KillTrial:
-    result = KillTrial(stage.name, round(at_s, 2))
+def _stop(proc: subprocess.Popen, name: str) -> float:
+    """Send signal `name` as it arrives in practice; returns the seconds until the command exited."""
+    started = time.monotonic()
+    if name == "INT":
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
+    else:
+        proc.send_signal(SIGNALS[name])  # the command only: what it started must end with it
+    try:
+        proc.wait(timeout=None if name == "KILL" else STOP_S * 3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return time.monotonic() - started
+
+
+def _stop_problems(proc: subprocess.Popen, name: str, stop_s: float, stderr: str) -> list[str]:
+    """What a clean stop by Ctrl-C / SIGTERM must look like (`_stop` ended it)."""
+    want = 128 + SIGNALS[name]
+    if proc.returncode == 0 and "interrupted" not in stderr and "Traceback" not in stderr:
+        return []  # its work was done: the signal came while it exited (the re-run checks the outputs)
+    problems = []
+    if stop_s > STOP_S:
+        problems.append(f"took {stop_s:.1f} s to stop (limit {STOP_S:.0f} s)")
+    if proc.returncode != want:
+        problems.append(f"exit status {proc.returncode}, not {want}")
+    if "interrupted" not in stderr:
+        problems.append("no 'interrupted' line")
+    if "Traceback" in stderr:
+        problems.append("a traceback: " + stderr[stderr.index("Traceback"):][:600])
+    return problems
+
+
+def kill_trial(stage: Stage, snapshot: Path, trial_ws: Path, at_s: float, reference: str,
+               signal_name: str = "KILL") -> KillTrial:
+    result = KillTrial(stage.name, round(at_s, 2), signal_name)
     shutil.rmtree(trial_ws, ignore_errors=True)
     shutil.copytree(snapshot, trial_ws, symlinks=True)
-    proc = subprocess.Popen([sys.executable, "-m", "flows", *stage.command(trial_ws)], env=_env(trial_ws), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(at_s)
-    finished_first = proc.poll() is not None
-    if not finished_first:
-        proc.send_signal(signal.SIGKILL)  # the command only: what it started must end by itself
-    proc.wait()
-    deadline = time.monotonic() + ORPHAN_WAIT_S
+    errors = trial_ws / "stderr.txt"
+    with open(errors, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "flows", *stage.command(trial_ws)], env=_env(trial_ws),
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        time.sleep(at_s)
+        finished_first = proc.poll() is not None
+        if not finished_first:
+            result.stop_s = round(_stop(proc, signal_name), 2)
+        proc.wait()
+    wait_s = ORPHAN_WAIT_S if signal_name == "KILL" else STOP_S
+    deadline = time.monotonic() + wait_s
     while (alive := _descendants_alive(proc.pid)) and time.monotonic() < deadline:
         time.sleep(0.25)
     if alive:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        result.verdict, result.detail = "orphan", "; ".join(alive)
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        result.verdict, result.detail = "orphan", "; ".join(alive.values())
         return result
+    if signal_name != "KILL" and not finished_first:
+        problems = _stop_problems(proc, signal_name, result.stop_s, errors.read_text(errors="replace"))
+        problems += [p for p in _mlflow_problems(trial_ws) if "FAILED" in p]
+        if problems:
+            result.verdict, result.detail = "unclean_stop", "; ".join(problems)
+            return result
     started = time.monotonic()
     done = _cli(stage.rerun(trial_ws), trial_ws)
     result.rerun_s = round(time.monotonic() - started, 1)
@@ -291,7 +348,8 @@ def kill_trial(stage: Stage, snapshot: Path, trial_ws: Path, at_s: float, refere
 
 
 def sweep(home: Path, trials: int = 3, seed: int = 0, stages: list[str] | None = None,
-          log: Callable[[str], None] = print) -> tuple[list[KillTrial], dict[str, float]]:
+          log: Callable[[str], None] = print, signals: tuple[str, ...] = ("KILL",)
+          ) -> tuple[list[KillTrial], dict[str, float]]:
     home.mkdir(parents=True, exist_ok=True)
     stages = stages or list(STAGES)
     snaps = snapshots(home, stages)
@@ -308,21 +366,25 @@ def sweep(home: Path, trials: int = 3, seed: int = 0, stages: list[str] | None =
         reference = stage.outputs(trial_ws)
         for i in range(trials):
             at = rng.uniform(0.05, 0.95) * reference_s[name]
-            trial = kill_trial(stage, snaps[name], trial_ws, at, reference)
+            trial = kill_trial(stage, snaps[name], trial_ws, at, reference, signals[i % len(signals)])
             results.append(trial)
-            log(f"[{name} {i + 1}/{trials}] kill at {trial.at_s:.1f} s of {reference_s[name]:.1f} s -> {trial.verdict}"
-                f" (re-run {trial.rerun_s:.1f} s){' ' + trial.detail[:300] if trial.detail else ''}")
+            log(f"[{name} {i + 1}/{trials}] SIG{trial.signal} at {trial.at_s:.1f} s of {reference_s[name]:.1f} s -> "
+                f"{trial.verdict} (stopped in {trial.stop_s:.1f} s, re-run {trial.rerun_s:.1f} s)"
+                f"{' ' + trial.detail[:300] if trial.detail else ''}")
     shutil.rmtree(trial_ws, ignore_errors=True)
     return results, reference_s
 
 
 def markdown(results: list[KillTrial], reference_s: dict[str, float]) -> str:
-    lines = ["| stage | uninterrupted (s) | trials | ok | differs | state | rerun_failed | orphan |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    verdicts = ("ok", "differs", "state", "rerun_failed", "orphan", "unclean_stop")
+    lines = ["| stage | signal | uninterrupted (s) | trials | longest stop (s) | " + " | ".join(verdicts) + " |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(verdicts)]
     for stage, seconds in reference_s.items():
-        mine = [r for r in results if r.stage == stage]
-        counts = {v: sum(r.verdict == v for r in mine) for v in ("ok", "differs", "state", "rerun_failed", "orphan")}
-        lines.append(f"| {stage} | {seconds:.1f} | {len(mine)} | " + " | ".join(str(c) for c in counts.values()) + " |")
+        for name in dict.fromkeys(r.signal for r in results if r.stage == stage):
+            mine = [r for r in results if r.stage == stage and r.signal == name]
+            counts = [str(sum(r.verdict == v for r in mine)) for v in verdicts]
+            lines.append(f"| {stage} | SIG{name} | {seconds:.1f} | {len(mine)} | {max(r.stop_s for r in mine):.1f} | "
+                         + " | ".join(counts) + " |")
     return "\n".join(lines)
 
 
@@ -332,10 +394,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=3, help="Kills per stage.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stages", help=f"Comma-separated, of {','.join(STAGES)} (default: all).")
+    parser.add_argument("--signals", default="KILL", help="Comma-separated, of KILL, INT (Ctrl-C), TERM; trial i "
+                        "of a stage sends the i-th, cycling (default: KILL).")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     home = (args.home or Path(tempfile.mkdtemp(prefix="auralsam2-kills-"))).resolve()
-    results, reference_s = sweep(home, args.trials, args.seed, args.stages.split(",") if args.stages else None)
+    results, reference_s = sweep(home, args.trials, args.seed, args.stages.split(",") if args.stages else None,
+                                 signals=tuple(args.signals.split(",")))
     print(markdown(results, reference_s))
     if args.json:
         args.json.write_text(json.dumps({"reference_s": reference_s, "trials": [asdict(r) for r in results]}, indent=1))

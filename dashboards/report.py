@@ -191,25 +191,32 @@ def _curve_charts(curves, runs) -> list[str]:
 
 
 def write_report(inputs: ReportInputs, out: str | Path) -> Path:
-    """Render the report into `out` (created; earlier report files there are replaced); returns
-    the path of `index.html`. Written to a temp folder first, then moved into place."""
+    """Render the report into `out`; returns the path of `index.html`. `out` must be new, empty or an
+    earlier report (`auralsam2.utils.outputs`): written to a staging folder, then swapped in."""
     from auralsam2.utils.files import with_filename
+    from auralsam2.utils.outputs import output_path, owned_output_folder
 
-    out = Path(out).resolve()
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    with owned_output_folder(out, "report", protect=(Path(inputs.data_home),),
+                             written_before=_earlier_report) as stage:
+        try:
+            _render(inputs, stage)
+        except BaseException as exc:
+            named = with_filename(exc, stage)  # a full disk names the report folder
+            if named is not exc:
+                raise named from exc
+            raise
+    return output_path(out) / "index.html"
+
+
+def _earlier_report(folder: Path) -> bool:
+    """A report written before output folders were marked: its own page and Plotly, nothing else."""
+    index = folder / "index.html"
     try:
-        _render(inputs, tmp)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written report (a full disk)
-        named = with_filename(exc, tmp)
-        if named is not exc:
-            raise named from exc
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out / "index.html"
+        head = index.read_text(encoding="utf-8", errors="replace")[:400]
+    except OSError:
+        return False
+    names = {p.name for p in folder.iterdir()}
+    return "<title>AuralSAM2 pipeline report</title>" in head and names <= {"index.html", "assets"}
 
 
 def _render(inputs: ReportInputs, tmp: Path) -> None:

@@ -33,9 +33,9 @@ def connect(data_home: str | Path, database: str | Path = ":memory:") -> duckdb.
     root = metrics_dir(data_home)
     con = duckdb.connect(str(database))
     for name, (schema, _) in TABLES.items():
-        if table_files(data_home, name):
-            pattern = _quote(root / name / "*" / "*.parquet")
-            source = f"read_parquet({pattern}, union_by_name=true)"
+        files = table_files(data_home, name)
+        if files:  # the files by name: a glob over the folder would read `[`, `?` or `*` in its path as patterns
+            source = f"read_parquet([{', '.join(_quote(f) for f in files)}], union_by_name=true)"
             present = {row[0] for row in con.execute(f"describe select * from {source}").fetchall()}
             # files written before a column existed still read: the column is NULL there
             added = [f"null::{_DUCK_TYPES[str(f.type)]} as \"{f.name}\"" for f in schema if f.name not in present]

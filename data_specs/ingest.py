@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from auralsam2.utils.files import DamagedFileError, atomic_write_json, atomic_write_parquet, read_json
 from auralsam2.utils.hashing import sha256_file
+from auralsam2.utils.outputs import check_output_folder, claim_output_folder
 from data_specs.avsbench_v1 import read_ms3, read_s4
 from data_specs.avss import read_avss
 from data_specs.clip import Clip, Finding
@@ -122,7 +123,7 @@ def prepare(dataset: str, root: str | Path, out: str | Path, subset: str = "all"
     they are `unsafe_path` findings and their clips are quarantined)."""
     if dataset not in READERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(READERS)}")
-    out = Path(out).resolve()
+    out = check_ingest_folder(out).resolve()
     _claim(out, dataset, subset, Path(root).resolve(), force)
     read = READERS[dataset](root, subset=subset, strict=strict, follow_symlinks=follow_symlinks)
     kept, quarantined = partition_clips(read.clips, read.findings)
@@ -131,6 +132,15 @@ def prepare(dataset: str, root: str | Path, out: str | Path, subset: str = "all"
 
 
 CLAIM = ".claim.json"  # written before the first shard: which ingest owns the folder, finished or not
+
+
+def _earlier_ingest(folder: Path) -> bool:
+    return (folder / CLAIM).is_file() or (folder / "ingest.json").is_file()
+
+
+def check_ingest_folder(out: str | Path) -> Path:
+    """The absolute ingest folder `out`, when it is new, empty or an ingest's (else `OutputFolderError`)."""
+    return check_output_folder(out, "ingest", written_before=_earlier_ingest)
 
 
 def _claim(out: Path, dataset: str, subset: str, root: Path, force: bool = False) -> None:
@@ -157,7 +167,7 @@ def _claim(out: Path, dataset: str, subset: str, root: Path, force: bool = False
         if theirs != mine:
             _remove_ingest(out)
             break
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_folder(out, "ingest", written_before=_earlier_ingest)
     atomic_write_json(out / CLAIM, mine)
     for stale in (out / "shards").glob(".*.tmp-*") if (out / "shards").is_dir() else []:
         stale.unlink()  # left by an interrupted run

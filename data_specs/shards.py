@@ -30,6 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from auralsam2.utils import stop
 from auralsam2.utils.files import DamagedFileError, atomic_write_bytes, atomic_write_json, read_json
 from auralsam2.utils.hashing import sha256_bytes, sha256_file
 from data_specs.clip import Clip, Finding
@@ -41,7 +42,7 @@ MANIFEST_COLUMNS = ("key", "dataset", "subset", "split", "uid", "category", "n_f
                     "n_expressions", "shard", "bytes", "content_hash")
 
 
-class ShardIntegrityError(RuntimeError):
+class ShardIntegrityError(ValueError):
     """A shard does not match its sidecar (truncated, modified, or missing)."""
 
 
@@ -170,6 +171,7 @@ def write_shard(plan: ShardPlan, shards_dir: Path, strict: bool = False, palette
     rows, quarantined, keys, hashes = [], [], [], []
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for clip in plan.clips:
+            stop.check()  # Ctrl-C / SIGTERM reach a shard in a worker thread
             before = len(sink.findings)
             blobs: dict[str, bytes] = {}
             for rel in clip_files(clip):
@@ -294,23 +296,102 @@ def sample_from_dict(sample: dict[str, Any]) -> ClipSample:
                       masks, semantic, objects, sample.get("wav") or sample.get("audio.wav"))
 
 
+# Caps on what one tar member may declare, checked before it is read: a clip's files are frames,
+# masks and a few seconds of audio (a 1080p JPEG is ~1 MB, 10 s of 48 kHz stereo 2 MB).
+MAX_META_BYTES = 1 << 20
+MAX_MEDIA_BYTES = 64 << 20
+
+
+def expected_members(clip: Clip) -> set[str]:
+    """The member names (after `<key>.`) a clip's sample holds, as `write_shard` names them."""
+    names = {"meta.json"}
+    names |= {f"frame{t:02d}.{Path(rel).suffix.lower().lstrip('.') or 'jpg'}" for t, rel in enumerate(clip.frame_paths)}
+    names |= {f"mask{t:02d}.png" for t, rel in enumerate(clip.mask_paths) if rel}
+    names |= {f"sem{t:02d}.png" for t, rel in enumerate(clip.semantic_paths) if rel}
+    names |= {f"fid{e.target_id:02d}.mask{t:02d}.png" for e in clip.expressions for t, rel in enumerate(e.mask_paths)
+              if rel}
+    if clip.audio_path:
+        names.add("audio.wav")
+    return names
+
+
+def _checked_samples(tar_path: Path, expected_keys: list[str] | None) -> Iterator[dict[str, Any]]:
+    """The samples of a shard as WebDataset groups them (`__key__` + one field per member), each member
+    checked before it is read: a plain file named `<key>.<field>` of a key the sidecar lists, its
+    `meta.json` first, every other field one its clip record expects, its size under the caps."""
+    def bad(name: str, why: str) -> ShardIntegrityError:
+        return ShardIntegrityError(f"{tar_path}: member {name[:120]!r} {why}; the shard was modified or is not "
+                                   "ours: re-run `auralsam2 ingest` to rewrite it")
+
+    allowed_keys = set(expected_keys) if expected_keys is not None else None
+    try:
+        tar = tarfile.open(tar_path, "r:")  # plain tar only: no decompression bomb
+    except (tarfile.TarError, OSError) as err:
+        raise ShardIntegrityError(f"{tar_path}: not a readable tar ({err}); re-run `auralsam2 ingest`") from None
+    with tar:
+        sample: dict[str, Any] = {}
+        wanted: set[str] = set()
+        while True:
+            try:
+                info = tar.next()
+            except (tarfile.TarError, OSError) as err:
+                raise ShardIntegrityError(f"{tar_path}: damaged tar ({err}); re-run `auralsam2 ingest`") from None
+            if info is None:
+                break
+            tar.members.clear()  # tarfile keeps every header it read: a 100k-member tar would pile them up
+            name = info.name
+            if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+                raise bad(name, "is not a plain file (a link, folder, device or sparse file)")
+            key, dot, field_name = name.partition(".")
+            if not dot or "/" in name or "\\" in name or key in ("", ".", ".."):
+                raise bad(name, "is not named <key>.<field>")
+            if allowed_keys is not None and key not in allowed_keys:
+                raise bad(name, "belongs to no clip the shard's sidecar lists")
+            if key != sample.get("__key__"):
+                if sample:
+                    yield sample
+                if field_name != "meta.json":
+                    raise bad(name, "comes before its clip's meta.json")
+                sample, wanted = {"__key__": key}, {"meta.json"}
+            if field_name not in wanted or field_name in sample:
+                raise bad(name, "is not a file its clip holds (or is there twice)")
+            cap = MAX_META_BYTES if field_name == "meta.json" else MAX_MEDIA_BYTES
+            if info.size > cap:
+                raise bad(name, f"declares {info.size:,} bytes, more than a clip's file holds (limit {cap:,})")
+            data = tar.extractfile(info).read()
+            if len(data) != info.size:
+                raise bad(name, "is truncated")
+            sample[field_name] = data
+            if field_name == "meta.json":
+                try:
+                    wanted = expected_members(Clip.from_json(json.loads(data)["clip"]))
+                except (ValueError, KeyError, TypeError) as err:
+                    raise bad(name, f"is not a clip record ({type(err).__name__}: {err})") from None
+        if sample:
+            yield sample
+
+
 def iter_shard(tar_path: str | Path, verify: bool = True) -> Iterator[ClipSample]:
-    """Read a shard with WebDataset, checking it against its sidecar.
+    """Read a shard (WebDataset's layout: members `<key>.<field>`, grouped by key), checking it
+    against its sidecar.
 
-    With `verify`, the tar's sha256 is checked before the first sample; in any case the sample keys
-    are compared with the sidecar's at the end, so a silently truncated tar raises instead of
-    yielding fewer clips.
+    With `verify`, the tar's sha256 is checked before the first sample; in any case every member is
+    checked before it is read (`_checked_samples`), and the sample keys are compared with the
+    sidecar's at the end, so a silently truncated tar raises instead of yielding fewer clips.
     """
-    import webdataset as wds
-
     tar_path = Path(tar_path)
     if verify and (problems := verify_shard(tar_path)):
         raise ShardIntegrityError("; ".join(problems))
     expected = read_sidecar(tar_path)["keys"] if sidecar_path(tar_path).is_file() else None
     seen = []
-    for sample in wds.WebDataset(str(tar_path), shardshuffle=False, empty_check=False):
+    for sample in _checked_samples(tar_path, expected):
         seen.append(sample["__key__"])
-        yield sample_from_dict(sample)
+        try:
+            clip_sample = sample_from_dict(sample)
+        except (ValueError, KeyError, TypeError) as err:
+            raise ShardIntegrityError(f"{tar_path}: clip {sample['__key__']!r} cannot be read ({type(err).__name__}: "
+                                      f"{err}); re-run `auralsam2 ingest` to rewrite the shard") from None
+        yield clip_sample
     if expected is not None and seen != expected:
         raise ShardIntegrityError(
             f"{tar_path}: read {len(seen)} samples, sidecar lists {len(expected)}; the shard is truncated or "

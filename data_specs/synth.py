@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from auralsam2.utils.files import atomic_write_json
+from auralsam2.utils.files import atomic_write_json, read_json
 from data_specs.palette import label2idx, labels_to_colours
 from data_specs.synth_audio import mix_clip, wav_bytes
 from data_specs.synth_plans import plan_avss, plan_refavs, plan_release1
@@ -134,12 +134,23 @@ def _binary(mask: np.ndarray) -> bytes:
 
 
 def _start(out: Path, names: tuple[str, ...], marker: str) -> dict[str, Path]:
-    """Check that `out/<name>` is ours to replace and return fresh `.partial` folders."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Check that `out/<name>` and `out/<marker>` are ours to replace and return fresh `.partial`
+    folders. The generator writes beside the user's other files in `out` and never touches them."""
+    from auralsam2.paths import data_home
+
+    home = data_home()
+    if out.resolve() == home or out.resolve() in home.parents:
+        raise FileExistsError(f"{out} holds the data folder {home}; give the synthetic world a folder of its own "
+                              "(nothing was changed)")
+    ours = _is_world_marker(out / marker)
+    if (out / marker).exists() and not ours:
+        raise FileExistsError(f"{out / marker} was not written by the synthetic world generator; choose another "
+                              "--out folder (nothing was changed)")
     for name in names:
-        if (out / name).exists() and not (out / marker).is_file():
+        if (out / name).exists() and not ours:
             raise FileExistsError(f"{out / name} exists but {out / marker} does not, so it was not written by the "
                                   "synthetic world generator; choose an empty --out folder or remove it yourself")
+    out.mkdir(parents=True, exist_ok=True)
     partial = {}
     for name in names:
         tmp = out / f".{name}.partial"
@@ -147,6 +158,14 @@ def _start(out: Path, names: tuple[str, ...], marker: str) -> dict[str, Path]:
         tmp.mkdir()
         partial[name] = tmp
     return partial
+
+
+def _is_world_marker(path: Path) -> bool:
+    try:
+        record = read_json(path, "the synthetic world's marker", "")
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("generator") == "data_specs.synth"
 
 
 def _publish(out: Path, partial: dict[str, Path], marker: str, record: dict) -> None:

@@ -32,6 +32,7 @@ from auralsam2.utils.files import (
 )
 from auralsam2.utils.hashing import sha256_file
 from auralsam2.utils.locks import folder_lock
+from auralsam2.utils.outputs import check_output_folder, claim_output_folder
 from data_specs.shards import read_ingest_json, read_manifest, read_sidecar
 from feature_cache.encoder import load_model, make_fingerprint
 from feature_cache.schema import (
@@ -156,6 +157,15 @@ def read_cache_json(out: str | os.PathLike) -> dict[str, Any] | None:
         raise CacheError(str(err)) from None
 
 
+def _earlier_cache(folder: Path) -> bool:
+    return (folder / CACHE_JSON).is_file()
+
+
+def check_cache_folder(out: str | os.PathLike) -> Path:
+    """The absolute cache folder `out`, when it is new, empty or a cache's (else `OutputFolderError`)."""
+    return check_output_folder(out, "cache", written_before=_earlier_cache)
+
+
 def _wipe(out: Path) -> None:
     for name in SUBDIRS:
         shutil.rmtree(out / name, ignore_errors=True)
@@ -195,7 +205,7 @@ def plan_cache(ingest: str | os.PathLike, out: str | os.PathLike, settings: Cach
     differing fields, unless `rebuild` (then its cache files are deleted first).
     """
     ingest_dir = locate_ingest(ingest)
-    out_dir = Path(out).expanduser().resolve()
+    out_dir = check_cache_folder(out).resolve()
     manifest = read_manifest(ingest_dir)
     datasets = sorted(set(manifest.column("dataset").to_pylist()))
     dataset = read_ingest_json(ingest_dir).get("dataset") or (datasets[0] if datasets else "")
@@ -217,7 +227,7 @@ def plan_cache(ingest: str | os.PathLike, out: str | os.PathLike, settings: Cach
                 f"cache folder {out_dir}", diffs or ["fingerprint: differs"],
                 "Pass --rebuild (rebuild=True) to delete and rebuild it, or choose another --out."))
         _wipe(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_output_folder(out_dir, "cache", written_before=_earlier_cache)
     _remove_temporaries(out_dir)
     created = created_now(created)
     expected = {row["key"]: row["n_frames"] * settings.views_for(row["split"])
@@ -361,6 +371,7 @@ def build_cache(ingest: str | os.PathLike, out: str | os.PathLike, settings: Cac
     """
     threads = torch.get_num_threads()
     started = time.perf_counter()
+    check_cache_folder(out)  # before the lock file is made there
     try:
         with folder_lock(Path(out).expanduser(), "feature-cache build"):
             return _build_locked(ingest, out, settings, rebuild, created, progress, recheck, started)

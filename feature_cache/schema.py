@@ -85,7 +85,7 @@ class CacheSettings(BaseModel):
     `device`, `compression` change speed or file encoding, not values (see `make_fingerprint`).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     sam2_config: str = Field(..., description="SAM2 config name, alias, 'tiny' (tests) or YAML path.")
     checkpoint: str | None = Field(None, description="Official SAM2 .pt file; None = random weights "

@@ -44,12 +44,11 @@ def layout_of(sam2_config: str) -> tuple[list[list[Any]], int, int]:
     Builds only the image encoder, with random weights (a few seconds for Hiera-L on CPU).
     """
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    from auralsam2.backbone import compact_layout, resolve_sam2_config
+    from auralsam2.backbone import compact_layout
+    from auralsam2.backbone.build import load_model_config
 
-    _, path = resolve_sam2_config(sam2_config)
-    config = OmegaConf.load(path).model
+    _, config = load_model_config(sam2_config)
     encoder = instantiate(config.image_encoder, _recursive_=True)
     stub = types.SimpleNamespace(image_encoder=encoder, image_size=int(config.image_size))
     layout = [[lv.form, lv.channels, lv.stride] for lv in compact_layout(stub)]

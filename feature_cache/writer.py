@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from auralsam2.backbone import compact_layout, encode_frames_compact
+from auralsam2.utils import stop
 from auralsam2.utils.devices import resolve_device
 from data_specs.clip import Clip
 from data_specs.shards import ClipSample, iter_shard
@@ -252,6 +253,7 @@ def build_shard(job: ShardJob, settings: CacheSettings, fingerprint: dict[str, A
         compact = encode_frames_compact(model, images, dtype=DTYPES[dtype], chunk_size=images.shape[0])
         levels = [level.cpu() for level in compact.levels]
         start = 0
+        stop.check()  # between forwards: Ctrl-C / SIGTERM reach a shard in a worker thread
         for prepared in pending:
             clip = prepared.sample.clip
             mine = [level[start:start + clip.n_frames] for level in levels]

@@ -12,8 +12,9 @@ import importlib.abc
 import importlib.util
 import os
 import sys
+from pathlib import Path
 
-from auralsam2.paths import data_home
+from auralsam2.paths import data_home, sqlite_uri
 
 
 def configure() -> None:
@@ -21,6 +22,9 @@ def configure() -> None:
     # Prefect cannot create its home under a missing folder, and then only reports a timeout.
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    # Prefect builds its database URL from the home path unquoted (a `?` or `%41` in it names another file)
+    prefect_db = Path(os.environ["PREFECT_HOME"]).expanduser() / "prefect.db"
+    os.environ.setdefault("PREFECT_API_DATABASE_CONNECTION_URL", sqlite_uri(prefect_db, "sqlite+aiosqlite"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -75,6 +79,7 @@ def _patch(server) -> None:
     original = cls._run_uvicorn_command
 
     def run_guarded(self):
+        _check_prefect_home()
         popen = server.subprocess.Popen
 
         def guarded_popen(args, *rest, **kwargs):
@@ -82,6 +87,9 @@ def _patch(server) -> None:
                 # the parent's pid goes along: the server reads its own parent only after its imports,
                 # by which time a killed command's server has been re-parented already
                 args = [args[0], "-m", "flows._prefect_server", "--parent-pid", str(os.getpid()), *args[3:]]
+                # its own session: a Ctrl-C at the terminal reaches the command, not its server, which
+                # must answer the command's last state updates (Prefect stops it at the command's exit)
+                kwargs["start_new_session"] = True
             return popen(args, *rest, **kwargs)
 
         # only this call's Popen is redirected (the module attribute is restored at once)
@@ -93,6 +101,17 @@ def _patch(server) -> None:
 
     cls._run_uvicorn_command = run_guarded
     cls._auralsam2_guarded = True
+
+
+def _check_prefect_home() -> None:
+    """Fail in a second, not after minutes of retries, when the server's database cannot be written."""
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    existing = next(p for p in (home, *home.parents) if p.exists())
+    db = home / "prefect.db"
+    if not os.access(existing, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+        raise PermissionError(f"{db if db.exists() else home}: Prefect's home (its local server's database) is not "
+                              "writable; make it writable, set PREFECT_HOME to a writable folder, or PREFECT_API_URL "
+                              "to a running Prefect server")
 
 
 class _SubprocessProxy:

@@ -234,7 +234,7 @@ def ablation_row_task(config_yaml: str, row_name: str, parent_run_id: str | None
     # that run rows in worker processes
     spans = [(started, trained), (trained, time.time())]
     try:
-        import psutil  # present with dask's `distributed`; only benchmarks read this
+        import psutil  # only benchmarks read this
 
         process_started = psutil.Process().create_time()
     except ImportError:
@@ -363,9 +363,9 @@ def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = 
             for path in (parquet, md, png):
                 mlf.log_artifact(parent_id, path, "ablation", mlf.client())
             mlf.end_run(parent_id, "FINISHED")
-    except BaseException:
+    except BaseException as exc:
         if tracking:
-            mlf.end_run(parent_id, "FAILED")
+            mlf.end_run(parent_id, mlf.stopped_status(exc))
         raise
     return {"parent_run_id": parent_id, "rows": table, "results": results, "markdown": md.read_text(),
             "summary": str(parquet), "png": str(png)}

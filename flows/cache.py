@@ -141,7 +141,9 @@ def run_cache(ingest: str | Path, out: str | Path, settings=None, *, workers: in
     if os.environ.get("PREFECT_HOME"):
         Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     from auralsam2.utils.locks import folder_lock
+    from feature_cache.build import check_cache_folder
 
+    check_cache_folder(out)  # before the lock file is made there
     flow_ = _build_prefect()["cache_flow"]
     threads = torch.get_num_threads()
     try:

@@ -6,6 +6,7 @@ Errors about your input, files or disk are one `error:` line; add --debug for th
 
 from __future__ import annotations
 
+import shlex
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -172,7 +173,9 @@ def demo(  # defaults in the signature, not in typer.Option: `bench.bench_pipeli
     timings["report"] = time.perf_counter() - report_started
     total = time.perf_counter() - started
     typer.echo("time per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s")
-    uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    from auralsam2.paths import mlflow_tracking_uri
+
+    uri = shlex.quote(mlflow_tracking_uri())
     typer.echo(f"""
 Outputs (all under {home}):
   world          {world}

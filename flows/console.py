@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -60,12 +61,28 @@ def _disk_full(exc: BaseException) -> str | None:
             return (f"no space left on {_volume(e.filename)} while writing {e.filename or 'a file'}; free some "
                     "space and re-run (finished work is kept and reused)")
     if any("database or disk is full" in str(e) for e in _chain(exc)):
-        from auralsam2.paths import mlflow_tracking_uri
+        from auralsam2.paths import mlflow_tracking_uri, sqlite_path
 
         uri = mlflow_tracking_uri()
-        db = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+        db = sqlite_path(uri)
         return (f"no space left on {_volume(db)} while writing the MLflow store {db or uri}; free some space "
                 "and re-run (finished work is kept and reused)")
+    return None
+
+
+def _store_error(exc: BaseException) -> str | None:
+    """The one line for an MLflow SQLite store that went bad under a running command (read-only,
+    damaged), anywhere in `exc`'s chain, else None (errors at open are `flows.tracking.StoreError`)."""
+    import sqlite3
+
+    for e in _chain(exc):
+        if isinstance(e, sqlite3.DatabaseError) or type(e).__module__.startswith("sqlalchemy"):
+            from auralsam2.paths import mlflow_tracking_uri, sqlite_path
+            from flows.tracking import STORE_FIX
+
+            uri = mlflow_tracking_uri()
+            text = str(getattr(e, "orig", None) or e).strip().splitlines()
+            return f"the MLflow store {sqlite_path(uri) or uri}: {text[0] if text else type(e).__name__}; {STORE_FIX}"
     return None
 
 
@@ -73,7 +90,7 @@ def is_user_error(exc: BaseException) -> bool:
     """Errors the user can act on (input, files, disk, config), as opposed to bugs."""
     from pydantic import ValidationError
 
-    if _disk_full(exc) is not None:
+    if _disk_full(exc) is not None or _store_error(exc) is not None:
         return True
 
     from auralsam2.utils.locks import FolderBusyError
@@ -114,6 +131,8 @@ def describe(exc: BaseException) -> str:
 
     if (full := _disk_full(exc)) is not None:
         return full
+    if (store := _store_error(exc)) is not None:
+        return store
     if isinstance(exc, ValidationError):
         parts = [f"{'.'.join(str(x) for x in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()]
         return f"invalid {exc.title}: " + "; ".join(parts)
@@ -123,17 +142,60 @@ def describe(exc: BaseException) -> str:
     return text if len(text.splitlines()) < 40 else "\n".join(text.splitlines()[:40]) + "\n..."
 
 
+INTERRUPTED = "interrupted; run the same command again to resume (finished work is kept)"
+INTERRUPTED_TRAIN = "interrupted; run the same command with --resume to continue from the last checkpoint"
+
+
+def _on_signal(signum: int, frame) -> None:  # noqa: ARG001 (signal handler signature)
+    """Ctrl-C and SIGTERM: ask every loop of this process to stop (`auralsam2.utils.stop`), stop this
+    command's worker processes, and unwind the main thread as KeyboardInterrupt (a second signal
+    while unwinding is ignored: the first one's clean-up must finish)."""
+    from auralsam2.utils import stop
+
+    if stop.requested():
+        return
+    _STATE["signal"] = signum
+    stop.request()
+    stop_workers(signal.SIGTERM)
+    raise KeyboardInterrupt
+
+
+def stop_workers(signum: int) -> None:
+    """Send `signum` to this process's descendants in its own session (worker processes, torchrun ranks),
+    not to a server started in a session of its own (the local Prefect server: it must answer the
+    command's last state updates, and is stopped by it at exit)."""
+    import psutil
+
+    session = os.getsid(0)
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if os.getsid(child.pid) == session:
+                child.send_signal(signum)
+        except (OSError, psutil.Error):
+            pass
+
+
 def run_cli(app) -> None:
-    """Run the command line `app`; a user error is one `error:` line and exit status 1."""
+    """Run the command line `app`; a user error is one `error:` line and exit status 1; Ctrl-C or
+    SIGTERM stop it cleanly with one line and exit status 130 / 143."""
     if "--debug" in sys.argv[1:]:
         sys.argv.remove("--debug")
         _STATE["debug"] = True
     set_debug(_STATE["debug"])
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     try:
         app()
-    except KeyboardInterrupt:
-        typer.secho("interrupted", fg=typer.colors.RED, err=True)
-        sys.exit(130)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # typer turns a KeyboardInterrupt into exit status 130, silently
+        if isinstance(exc, SystemExit) and not (exc.code == 130 or _STATE.get("signal")):
+            # the command is done: a signal now would only cut its exit short (Prefect stopping its
+            # server; at finalisation Python restores the default handlers, which kill silently)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            raise
+        line = INTERRUPTED_TRAIN if sys.argv[1:2] == ["train"] and "--resume" not in sys.argv else INTERRUPTED
+        typer.secho("\n" + line, fg=typer.colors.RED, err=True)  # (a progress bar may hold the line)
+        sys.exit(128 + _STATE.get("signal", signal.SIGINT))
     except Exception as exc:  # noqa: BLE001 (sorted below: user errors get a line, bugs their traceback)
         if _STATE["debug"] or not is_user_error(exc):
             raise

@@ -286,6 +286,11 @@ def evaluate_flow(checkpoint: str, config_yaml: str | None = None, splits: list[
         results = {split: evaluate_split_task(checkpoint, config_to_yaml(cfg), split, run_id, tracking, prompts)
                    for split in (splits or list(cfg.eval.splits))}
         status = "FINISHED"
+    except BaseException as exc:
+        from flows.tracking import stopped_status
+
+        status = stopped_status(exc)
+        raise
     finally:
         if tracking:
             from flows.tracking import end_run

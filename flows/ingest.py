@@ -46,7 +46,9 @@ def run_ingest(dataset: str, root: str | Path, out: str | Path, subset: str = "a
     The output folder is locked for the whole ingest; another raw root's ingest there is replaced
     only with `force`."""
     from auralsam2.utils.locks import folder_lock
+    from data_specs.ingest import check_ingest_folder
 
+    check_ingest_folder(out)  # before the lock file is made there
     runner = task_runner(workers, dask_address)
     with folder_lock(Path(out).expanduser(), "ingest"), workers_share_the_api(bool(workers) and not dask_address):
         return ingest_flow.with_options(task_runner=runner)(

@@ -27,6 +27,24 @@ TEXT_ASSET = ASSETS / "text_tiny_synth"
 EVAL_STREAM = 999  # held-out clip stream (training uses stream `seed`)
 
 
+def check_recipe_outputs(out: Path, recipe: Path) -> None:
+    """Refuse (one line, before any work) to overwrite `out` or its recipe `recipe` unless an earlier
+    run of these commands wrote them: an existing recipe must be ours, and `out` needs its recipe."""
+    from auralsam2.utils.outputs import OutputFolderError
+
+    def ours(path: Path) -> bool:
+        try:
+            record = read_json(path, "a recipe record", "")
+        except (OSError, ValueError):
+            return False
+        return isinstance(record, dict) and str(record.get("command", "")).startswith("auralsam2 ")
+
+    for path in (out, recipe):
+        if (path.exists() or path.is_symlink()) and not (recipe.is_file() and not recipe.is_symlink() and ours(recipe)):
+            raise OutputFolderError(f"{path} exists and was not written by this command (no recipe {recipe.name} "
+                                    "of ours beside it); choose another --out (nothing was changed)")
+
+
 def _clips(stream: int, image_size: int, image_steps: int = 0) -> Iterator:
     """Pretraining clips: `image_steps` single frames first (cheap: learns to segment), then 5-frame
     clips (learns to track through memory)."""
@@ -48,6 +66,7 @@ def run_pretrain_tiny_sam2(out: Path | None = None, steps: int = 6000, seed: int
     from auralsam2.pretrain.sam2 import evaluate_prompted, pretrain_sam2
 
     out = Path(out) if out else ASSET
+    check_recipe_outputs(out, out.with_suffix(".json"))
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -118,6 +137,7 @@ def run_pretrain_tiny_vggish(out: Path | None = None, steps: int = 600, seed: in
     from data_specs.synth_world import CATALOG
 
     out = Path(out) if out else VGGISH_ASSET
+    check_recipe_outputs(out, out.with_suffix(".json"))
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -152,6 +172,7 @@ def run_make_tiny_text_encoder(out: Path | None = None, seed: int = 0, hidden_si
     from data_specs.synth_plans import expression_corpus
 
     out = Path(out) if out else TEXT_ASSET
+    check_recipe_outputs(out, out.with_name(out.name + ".json"))
     started = time.time()
     corpus = expression_corpus()
     encoder = tiny_text_encoder(hidden_size=hidden_size, layers=layers, heads=2, vocab_size=vocab_size,

@@ -8,6 +8,7 @@ feature caches' sizes; then renders `DIR/index.html` (default `<data>/report`).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,22 @@ def _mlflow_store(home: Path) -> bool:
 
 
 def refresh_runs(home: Path) -> None:
-    """Export MLflow's runs to `runs.parquet` when a store exists (never create an empty one to query)."""
-    if _mlflow_store(home):
-        from flows.runs_export import export_runs
+    """Export MLflow's runs to `runs.parquet` when a store exists (never create an empty one to query).
+    A data folder that cannot be written keeps its last export (a warning says so)."""
+    if not _mlflow_store(home):
+        return
+    from dashboards.schema import metrics_dir
+    from flows.runs_export import export_runs
+    from flows.tracking import client
 
-        export_runs(home)
+    client(write=False)  # a damaged or foreign store is one message
+    folder = metrics_dir(home)
+    writable = folder if folder.is_dir() else home
+    if not os.access(writable, os.W_OK):
+        print(f"warning: {writable} is read-only: the runs table was not refreshed from MLflow (its last export "
+              "is used)", file=sys.stderr)
+        return
+    export_runs(home)
 
 
 def _curves(home: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -39,7 +51,7 @@ def _curves(home: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
         return {}
     from flows.tracking import client
 
-    c = client()
+    c = client(write=False)
     experiments = [e.experiment_id for e in c.search_experiments()]
     if not experiments:
         return {}

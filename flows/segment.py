@@ -74,33 +74,59 @@ def run_segment(video: str | os.PathLike, checkpoint: str | os.PathLike, out: st
                 text: str | None = None, points: list[tuple[float, float]] | None = None,
                 box: tuple[float, float, float, float] | None = None, every_frame: bool = False,
                 window: int | None = None, device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Segment `video`; returns the summary that is also written to OUT/summary.json."""
-    from tqdm.auto import tqdm
-
-    from auralsam2.video import OverlayWriter, SegmentSettings, VideoError, probe_video, segment_windows
-    from auralsam2.video.encode import write_mask_png
+    """Segment `video`; returns the summary that is also written to OUT/summary.json. OUT must be new,
+    empty or an earlier `segment` output, which is replaced whole (no masks of another video stay)."""
+    from auralsam2.utils.outputs import check_output_folder, owned_output_folder
+    from auralsam2.video import SegmentSettings, VideoError, probe_video
 
     started = time.perf_counter()
+    check_output_folder(out, "segment", written_before=_earlier_segment)  # before the model loads
     info = probe_video(video)
     model, cfg, storage = load_segmenter(checkpoint, device)
     if text is not None and not model.fuser.config.uses_text:
         raise VideoError(f"--text was given but {checkpoint} does not read (modalities="
                          f"{model.fuser.config.modalities!r}); it is an audio-visual checkpoint")
-    sampling = "every_frame" if every_frame else "per_second"
-    settings = SegmentSettings(task=cfg.task, sampling=sampling, window=window or default_window(cfg),
-                               cond_frame=cfg.eval.cond_frame, decoding=cfg.eval.primary_decoding,
-                               precision=cfg.train.precision, storage_dtype=storage,
-                               text=text, points=tuple(points or ()), box=box)
-    out = Path(out)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    rate = info.fps if every_frame else 1.0
+    settings = SegmentSettings(task=cfg.task, sampling="every_frame" if every_frame else "per_second",
+                               window=window or default_window(cfg), cond_frame=cfg.eval.cond_frame,
+                               decoding=cfg.eval.primary_decoding, precision=cfg.train.precision,
+                               storage_dtype=storage, text=text, points=tuple(points or ()), box=box)
+    with owned_output_folder(out, "segment", written_before=_earlier_segment) as stage:
+        summary = _segment_into(stage, video, info, model, settings, progress)
+        summary.update(checkpoint=str(Path(checkpoint).resolve()),
+                       model={"dataset": cfg.data.dataset, "task": cfg.task, "sam2_config": cfg.model.sam2.config,
+                              "modalities": cfg.model.fuser.modalities, "device": str(model.sam2.device)})
+        summary["timings_s"]["total"] = round(time.perf_counter() - started, 4)
+        atomic_write_bytes(stage / "summary.json", json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def _earlier_segment(folder: Path) -> bool:
+    """Output of `segment` before output folders were marked: its summary, overlay and masks only."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    names = {p.name for p in folder.iterdir()}
+    return isinstance(summary, dict) and {"video", "checkpoint", "frames"} <= set(summary) \
+        and names <= {"summary.json", "overlay.mp4", "masks"}
+
+
+def _segment_into(out: Path, video, info, model, settings, progress: bool) -> dict[str, Any]:
+    """Write the masks and the overlay into `out` (the staging folder); the summary without the model."""
+    from tqdm.auto import tqdm
+
+    from auralsam2.video import OverlayWriter, segment_windows
+    from auralsam2.video.encode import write_mask_png
+
+    (out / "masks").mkdir()
+    rate = info.fps if settings.sampling == "every_frame" else 1.0
     writer = OverlayWriter(out / "overlay.mp4", info.width, info.height, rate, video if info.has_audio else None)
     frames: list[dict[str, Any]] = []
     timings = {"image_encoder": 0.0, "fuser_and_decoder": 0.0, "windows": 0.0, "write": 0.0}
     padded = 0
-    bar = tqdm(total=_expected_frames(info, sampling), unit="frame", desc="segment", disable=not progress)
+    bar = tqdm(total=_expected_frames(info, settings.sampling), unit="frame", desc="segment", disable=not progress)
     try:
-        hidden = _text_hidden(model, text, storage)
+        hidden = _text_hidden(model, settings.text, settings.storage_dtype)
         run = settings if hidden is None else dataclasses.replace(settings, text=hidden)
         for result in segment_windows(model, str(video), run):
             t0 = time.perf_counter()
@@ -123,18 +149,13 @@ def run_segment(video: str | os.PathLike, checkpoint: str | os.PathLike, out: st
         raise
     finally:
         bar.close()
-    total = time.perf_counter() - started
-    summary = {
-        "video": info.to_json(), "checkpoint": str(Path(checkpoint).resolve()),
-        "model": {"dataset": cfg.data.dataset, "task": cfg.task, "sam2_config": cfg.model.sam2.config,
-                  "modalities": cfg.model.fuser.modalities, "device": str(model.sam2.device)},
-        "settings": settings.to_json(), "n_frames": len(frames), "audio_examples_padded": padded,
-        "overlay": str(overlay.relative_to(out)), "frames": frames,
-        "timings_s": {**{k: round(v, 4) for k, v in timings.items()}, "total": round(total, 4)},
-        "model_frames_per_s": round(len(frames) / max(timings["image_encoder"] + timings["fuser_and_decoder"], 1e-9), 3),
+    model_s = timings["image_encoder"] + timings["fuser_and_decoder"]
+    return {
+        "video": info.to_json(), "settings": settings.to_json(), "n_frames": len(frames),
+        "audio_examples_padded": padded, "overlay": str(overlay.relative_to(out)), "frames": frames,
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "model_frames_per_s": round(len(frames) / max(model_s, 1e-9), 3),
     }
-    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
-    return summary
 
 
 def _pair(text: str, option: str, n: int) -> tuple[float, ...]:

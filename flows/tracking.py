@@ -21,6 +21,8 @@ import contextlib
 import io
 import json
 import os
+import re
+import shlex
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from auralsam2.config import PROJECT_ROOT, ExperimentConfig, flatten_config
-from auralsam2.paths import data_home, mlflow_tracking_uri
+from auralsam2.paths import data_home, mlflow_tracking_uri, sqlite_path, sqlite_uri
 from auralsam2.utils.files import atomic_path
 from auralsam2.utils.hashing import sha256_file
 
@@ -52,14 +54,76 @@ PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 METRIC_BATCH = 1000
 
 
-def client(tracking_uri: str | None = None):
-    """An `MlflowClient` on the project's store (or `tracking_uri`)."""
+STORE_FIX = ("restore it from a backup, move it aside (the next run makes a new, empty store there), or point "
+             "MLFLOW_TRACKING_URI at another store")
+
+
+class StoreError(ValueError):
+    """The MLflow store cannot be used as it is (damaged, foreign, another schema, read-only); the
+    message names it and the fix."""
+
+
+_VERIFIED: set[tuple[str, bool]] = set()  # (uri, for writing) checked by this process
+
+
+def client(tracking_uri: str | None = None, *, write: bool = True):
+    """An `MlflowClient` on the project's store (or `tracking_uri`). A local SQLite store is created
+    when missing and checked once per process (`StoreError` naming it and the fix); `write=False`
+    for commands that only read it (a read-only store serves them)."""
     from mlflow import MlflowClient
 
     uri = tracking_uri or mlflow_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        _create_sqlite_store(Path(uri.removeprefix("sqlite:///")))
-    return MlflowClient(tracking_uri=uri)
+    db = sqlite_path(uri)
+    if db is None or (uri, write) in _VERIFIED:
+        return MlflowClient(tracking_uri=uri)
+    if write and not db.exists():
+        _create_sqlite_store(db)
+    c = _open_sqlite_store(uri, db, write)
+    _VERIFIED.add((uri, write))
+    return c
+
+
+def _open_sqlite_store(uri: str, db: Path, write: bool):
+    """An `MlflowClient` on `db`, or `StoreError` unless it is an MLflow SQLite store of this MLflow's
+    schema (and, for `write`, one SQLite may write: the file and a journal beside it)."""
+    import logging
+
+    from mlflow import MlflowClient
+
+    try:
+        with open(db, "rb") as f:
+            head = f.read(16)
+    except FileNotFoundError:
+        head = None  # a command that only reads: no store yet is no runs
+    except OSError as err:
+        raise StoreError(f"the MLflow store {db} cannot be read ({err.strerror}); {STORE_FIX}") from None
+    if head is not None and head != b"SQLite format 3\x00":
+        raise StoreError(f"the MLflow store {db} is not an SQLite database (damaged or another file); {STORE_FIX}")
+    quiet = logging.getLogger("mlflow.store.db.utils")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # MLflow logs a store error with its traceback, then raises it
+    try:
+        c = MlflowClient(tracking_uri=uri)
+        c.search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 (sqlalchemy's, sqlite's and MLflow's errors: all mean "this store")
+        older = re.search(r"out-of-date database schema \(found version (\w+), but expected (\w+)\)", str(err))
+        if older:
+            raise StoreError(f"the MLflow store {db} has an older schema ({older[1]}; this MLflow reads {older[2]}): "
+                             f"back it up, then `mlflow db upgrade {shlex.quote(uri)}`; or point MLFLOW_TRACKING_URI "
+                             "at another store") from None
+        raise StoreError(f"the MLflow store {db} cannot be opened ({_first_line(err)}); {STORE_FIX}") from None
+    finally:
+        quiet.setLevel(level)
+    if write and not (os.access(db, os.W_OK) and os.access(db.parent, os.W_OK)):
+        raise StoreError(f"the MLflow store {db} is read-only; make it (and its folder) writable, or point "
+                         "MLFLOW_TRACKING_URI at another store. Commands that only read it (`auralsam2 query`, "
+                         "`auralsam2 report --out DIR`) work as it is")
+    return c
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "orig", None) or err).strip()  # sqlalchemy wraps the driver's error as `orig`
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _create_sqlite_store(db: Path) -> None:
@@ -81,7 +145,7 @@ def _create_sqlite_store(db: Path) -> None:
         if db.is_file():
             return
         tmp = temp_path(db)
-        uri = f"sqlite:///{tmp}"
+        uri = sqlite_uri(tmp)
         try:
             store = SqlAlchemyStore(uri, (db.parent / "artifacts").as_uri())
             store.engine.dispose()
@@ -124,9 +188,11 @@ def start_run(experiment: str, run_name: str, *, parent_run_id: str | None = Non
 
 
 def unfinished_run(experiment: str, tag: str, value: str, mlflow_client=None) -> str | None:
-    """The id of a RUNNING run of `experiment` tagged `tag = value`: one a killed process left behind
-    before it could record the id anywhere else."""
-    return _run_tagged(experiment, tag, value, "RUNNING", mlflow_client)
+    """The id of a RUNNING run of `experiment` tagged `tag = value` (one a killed process left behind
+    before it could record the id anywhere else), else of a KILLED one (a command stopped by Ctrl-C or
+    SIGTERM: its re-run continues it)."""
+    return (_run_tagged(experiment, tag, value, "RUNNING", mlflow_client)
+            or _run_tagged(experiment, tag, value, "KILLED", mlflow_client))
 
 
 def _run_tagged(experiment: str, tag: str, value: str, status: str, mlflow_client=None) -> str | None:
@@ -160,11 +226,23 @@ def continue_or_start_run(experiment: str, run_name: str, key: str, *, tags: Map
     second copy), else a new run tagged with it."""
     c = mlflow_client or client()
     run_id = unfinished_run(experiment, KEY_TAG, key, c)
+    if run_id is not None:
+        c.update_run(run_id, status="RUNNING")  # a KILLED one runs again
     if run_id is None and reuse_finished:
         run_id = _run_tagged(experiment, KEY_TAG, key, "FINISHED", c)
     if run_id is not None:
         return run_id
     return start_run(experiment, run_name, tags={**(tags or {}), KEY_TAG: key}, mlflow_client=c)
+
+
+def stopped_status(exc: BaseException) -> str:
+    """The MLflow status of a run that ends on `exc`: KILLED for Ctrl-C / SIGTERM (the re-run
+    continues it), FAILED for an error."""
+    from prefect.exceptions import TerminationSignal  # SIGTERM inside a Prefect flow
+
+    from auralsam2.utils import stop
+
+    return "KILLED" if isinstance(exc, KeyboardInterrupt | TerminationSignal) or stop.requested() else "FAILED"
 
 
 def end_run(run_id: str, status: str = "FINISHED", mlflow_client=None) -> None:
@@ -173,12 +251,13 @@ def end_run(run_id: str, status: str = "FINISHED", mlflow_client=None) -> None:
 
 @contextlib.contextmanager
 def parent_run(experiment: str, run_name: str, *, tags: Mapping[str, str] | None = None) -> Iterator[str]:
-    """A parent run for a grid of nested runs: yields its id; FINISHED on exit (FAILED on error)."""
+    """A parent run for a grid of nested runs: yields its id; FINISHED on exit (FAILED on error,
+    KILLED when stopped)."""
     run_id = start_run(experiment, run_name, tags={"auralsam2.kind": "grid", **(tags or {})})
     try:
         yield run_id
-    except BaseException:
-        end_run(run_id, "FAILED")
+    except BaseException as exc:
+        end_run(run_id, stopped_status(exc))
         raise
     end_run(run_id, "FINISHED")
 

@@ -177,7 +177,7 @@ def _train_run_locked(cfg: ExperimentConfig, run_dir: Path, resume: bool, parent
         resume = False
     atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
     # the MLflow run of this folder is continued by a resume, and by a restart of a run that never finished
-    run_id = previous.get("run_id") if resume or previous.get("status") in ("RUNNING", "FAILED") else None
+    run_id = previous.get("run_id") if resume or previous.get("status") in ("RUNNING", "FAILED", "KILLED") else None
     if tracking:
         c = mlf.client()
         if run_id is None or not mlf.run_exists(run_id, c):
@@ -199,10 +199,11 @@ def _train_run_locked(cfg: ExperimentConfig, run_dir: Path, resume: bool, parent
             summary = _launch_torchrun(run_dir, nproc, resume, run_id)
         else:
             summary = _train_process(cfg, run_dir, resume, run_id)
-    except BaseException:
-        _write_run_json(run_dir, status="FAILED")
+    except BaseException as exc:
+        status = mlf.stopped_status(exc)
+        _write_run_json(run_dir, status=status)
         if tracking and run_id:
-            mlf.end_run(run_id, "FAILED")
+            mlf.end_run(run_id, status)
         raise
     status = "KILLED" if summary["interrupted"] else "FINISHED"
     _write_run_json(run_dir, status=status)

@@ -83,18 +83,20 @@ def test_two_writers_of_one_folder_serialise_on_its_lock(worlds, tmp_path: Path)
     assert _ingest(a, out).exit_code == 0  # the kernel dropped the dead process's lock
 
 
-def _group(pgid: int) -> list[str]:
-    """Command lines of the live processes in process group `pgid`."""
+def _servers_of(pid: int) -> list[int]:
+    """Pids of the live Prefect servers the command `pid` started (in a session of their own, so that a
+    Ctrl-C at the terminal does not reach them; found by the parent pid the guard passes them)."""
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                stat = (proc / "stat").read_text()
-                fields = stat[stat.rindex(")") + 2:].split()
-                if int(fields[2]) == pgid and fields[0] != "Z":
-                    found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-            except (OSError, ValueError):
-                pass
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if b"flows._prefect_server" in cmdline and cmdline[cmdline.index(b"flows._prefect_server") + 1:][:2] == \
+                    [b"--parent-pid", str(pid).encode()] and state != "Z":
+                found.append(int(proc.name))
     return found
 
 
@@ -109,19 +111,21 @@ def test_a_killed_command_leaves_no_prefect_server_behind(worlds, tmp_path: Path
     proc = subprocess.Popen([sys.executable, "-m", "flows", "ingest", "--dataset", "refavs", "--root", str(a), "--out",
                              str(tmp_path / "ingest"), "--clips-per-shard", "1"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    servers: list[int] = []
     try:
         deadline = time.monotonic() + 120
-        while not any("flows._prefect_server" in c for c in _group(proc.pid)):
+        while not (servers := _servers_of(proc.pid)):
             assert proc.poll() is None and time.monotonic() < deadline, "the command ended before its server started"
             time.sleep(0.1)
         proc.send_signal(signal.SIGKILL)  # the command only, as the kernel's OOM killer would
         proc.wait()
         deadline = time.monotonic() + 20
-        while _group(proc.pid) and time.monotonic() < deadline:
+        while _servers_of(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _group(proc.pid) == []
+        assert _servers_of(proc.pid) == []
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for pid in [proc.pid, *servers]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

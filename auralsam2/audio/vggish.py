@@ -18,7 +18,7 @@ __all__ = ["AudioEncoder", "VGGish", "VGGishConfig"]
 class VGGishConfig(BaseModel):
     """Widths of the VGGish network; the default is the standard (AudioSet) VGGish."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # inf/nan: a typo, never a setting
 
     conv_widths: tuple[int, int, int, int] = Field(
         (64, 128, 256, 512),

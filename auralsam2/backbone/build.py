@@ -36,16 +36,19 @@ from torch import nn
 
 from auralsam2.checkpoints.strict import CheckpointError, read_weights, strict_load
 from auralsam2.utils.files import atomic_torch_save
+from auralsam2.utils.limits import MAX_CONFIG_BYTES, MAX_YAML_ALIASES
 
 __all__ = [
     "PROJECT_CONFIGS",
     "SAM2_CONFIGS",
     "SAM2_CONFIG_ALIASES",
+    "SAM2_TARGETS",
     "SYNTH_CONFIG",
     "TINY_CONFIG",
     "build_sam2_model",
     "freeze_sam2",
     "is_frozen",
+    "load_model_config",
     "load_sam2_checkpoint",
     "resolve_sam2_config",
     "save_sam2_checkpoint",
@@ -117,12 +120,78 @@ def resolve_sam2_config(config: str | os.PathLike) -> tuple[str, Path]:
     )
 
 
+# The classes a SAM2 model is built from: every `_target_` of the package's eight model configs and
+# ours (a test checks this against the configs). A YAML naming anything else is refused before
+# anything is instantiated: Hydra would call any importable callable (`torch.load` with
+# `weights_only: false`, `builtins.open`, `os.system`).
+SAM2_TARGETS = frozenset({
+    "sam2.modeling.sam2_base.SAM2Base",
+    "sam2.modeling.backbones.image_encoder.ImageEncoder",
+    "sam2.modeling.backbones.image_encoder.FpnNeck",
+    "sam2.modeling.backbones.hieradet.Hiera",
+    "sam2.modeling.position_encoding.PositionEmbeddingSine",
+    "sam2.modeling.memory_attention.MemoryAttention",
+    "sam2.modeling.memory_attention.MemoryAttentionLayer",
+    "sam2.modeling.sam.transformer.RoPEAttention",
+    "sam2.modeling.memory_encoder.MemoryEncoder",
+    "sam2.modeling.memory_encoder.MaskDownSampler",
+    "sam2.modeling.memory_encoder.Fuser",
+    "sam2.modeling.memory_encoder.CXBlock",
+})
+
+
+def _targets(node, where: str = "model") -> list[tuple[str, str]]:
+    """(dotted location, value) of every `_target_` under an OmegaConf node (resolved)."""
+    from omegaconf import DictConfig, ListConfig
+
+    found = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            value = node[key]
+            if key == "_target_":
+                found.append((where, str(value)))
+            else:
+                found += _targets(value, f"{where}.{key}")
+    elif isinstance(node, ListConfig):
+        for i, value in enumerate(node):
+            found += _targets(value, f"{where}[{i}]")
+    return found
+
+
+def _read_model_yaml(name: str, path: Path):
+    """The YAML of a SAM2 config as OmegaConf, refused (`ValueError`) before parsing when it is large or
+    uses many aliases."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    try:
+        size = path.stat().st_size
+        text = path.read_text(encoding="utf-8") if size <= MAX_CONFIG_BYTES else ""
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"SAM2 config {name!r} ({path}): cannot be read ({err})") from None
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"SAM2 config {name!r} ({path}) is {size} bytes; a SAM2 model YAML is a few KB "
+                         f"(limit {MAX_CONFIG_BYTES}): it is not a model config")
+    try:
+        aliases = sum(isinstance(t, yaml.AliasToken) for t in yaml.scan(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as err:
+        raise ValueError(f"SAM2 config {name!r} ({path}): not valid YAML: {err}") from None
+    if aliases > MAX_YAML_ALIASES:
+        raise ValueError(f"SAM2 config {name!r} ({path}) uses {aliases} YAML aliases (limit {MAX_YAML_ALIASES}); "
+                         "it is not a model config")
+    try:
+        return OmegaConf.create(text)
+    except Exception as err:  # noqa: BLE001 (OmegaConf's errors: grammar, interpolation, types)
+        raise ValueError(f"SAM2 config {name!r} ({path}): not a valid config: {err}") from None
+
+
 def _model_config(config: str | os.PathLike, image_size: int | None):
-    """The OmegaConf `model` node of `config`, with the stock post-processing overrides applied."""
+    """The OmegaConf `model` node of `config`, with the stock post-processing overrides applied; every
+    `_target_` checked against `SAM2_TARGETS` (`ValueError` naming the refused ones)."""
     from omegaconf import OmegaConf
 
     name, path = resolve_sam2_config(config)
-    cfg = OmegaConf.load(path)
+    cfg = _read_model_yaml(name, path)
     if "model" not in cfg or "_target_" not in cfg.model:
         raise ValueError(
             f"SAM2 config {name!r} ({path}) has no top-level 'model' with a '_target_': it is not a "
@@ -143,8 +212,22 @@ def _model_config(config: str | os.PathLike, image_size: int | None):
         for attn in ("self_attention", "cross_attention"):
             if "feat_sizes" in layer[attn]:
                 layer[attn].feat_sizes = [image_size // stride, image_size // stride]
-    OmegaConf.resolve(model_cfg)
+    try:
+        OmegaConf.resolve(model_cfg)
+    except Exception as err:  # noqa: BLE001 (an interpolation that does not resolve)
+        raise ValueError(f"SAM2 config {name!r} ({path}): {err}") from None
+    refused = [f"{where}: {target}" for where, target in _targets(model_cfg) if target not in SAM2_TARGETS]
+    if refused:
+        raise ValueError(f"SAM2 config {name!r} ({path}) names classes a SAM2 model is not built from, refused "
+                         f"before anything was built: {'; '.join(refused)}. Allowed: the sam2.modeling classes of "
+                         "the package's own configs (auralsam2.backbone.build.SAM2_TARGETS)")
     return name, model_cfg
+
+
+def load_model_config(config: str | os.PathLike):
+    """(canonical name, the checked OmegaConf `model` node) of a SAM2 config; what `build_sam2_model`
+    instantiates."""
+    return _model_config(config, None)
 
 
 def build_sam2_model(

@@ -18,6 +18,7 @@ from auralsam2.fuser import AuralFuser, FuserConfig
 from auralsam2.fuser.mask_prompt import LEGACY_KEYS as MASK_PROMPT_LEGACY_KEYS
 from auralsam2.utils.files import atomic_torch_save
 from auralsam2.utils.hashing import state_sha256
+from auralsam2.utils.limits import meta_parameter_count
 
 __all__ = ["FUSER_FORMAT", "LoadedFuser", "load_fuser_checkpoint", "save_fuser_checkpoint", "state_fingerprint",
            "upgrade_fuser_state"]
@@ -73,6 +74,16 @@ def save_fuser_checkpoint(
     return atomic_torch_save(payload, path)
 
 
+def _check_config_fits(build, state: Mapping[str, Tensor], path: Path, field: str) -> None:
+    """The stored config describes the stored weights (counted on the meta device, before the model is
+    allocated): a config altered to ask for a huge model is an error, not an allocation."""
+    want = meta_parameter_count(build, f"{path}: {field}")
+    have = sum(v.numel() for v in state.values() if isinstance(v, Tensor) and v.is_floating_point())
+    if want > have:
+        raise CheckpointError(f"{path}: its {field} describes {want:,} parameters but it holds {have:,} weights; "
+                              "the file was altered or belongs to another format")
+
+
 def load_fuser_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedFuser:
     """Rebuild the fuser (and audio encoder, if saved) from `save_fuser_checkpoint`'s file.
 
@@ -88,14 +99,18 @@ def load_fuser_checkpoint(path: str | os.PathLike, device: str | torch.device = 
     fps = payload["fingerprints"]
     if state_fingerprint(payload["fuser"]) != fps["fuser"]:
         raise CheckpointError(f"{path}: fuser weights do not match their fingerprint {fps['fuser']}")
-    fuser = AuralFuser(FuserConfig(**payload["fuser_config"]))
+    fuser_config = FuserConfig(**payload["fuser_config"])
+    _check_config_fits(lambda: AuralFuser(fuser_config), payload["fuser"], path, "fuser_config")
+    fuser = AuralFuser(fuser_config)
     strict_load(fuser, upgrade_fuser_state(payload["fuser"]), str(path), "fuser")
     encoder = None
     if "vggish" in payload:
         if state_fingerprint(payload["vggish"]) != fps["vggish"]:
             raise CheckpointError(f"{path}: VGGish weights do not match their fingerprint {fps['vggish']}")
         audio = payload["audio"]
-        encoder = AudioEncoder(VGGish(VGGishConfig(**payload["vggish_config"])), audio["channels"], audio["trainable"])
+        vggish_config = VGGishConfig(**payload["vggish_config"])
+        _check_config_fits(lambda: VGGish(vggish_config), payload["vggish"], path, "vggish_config")
+        encoder = AudioEncoder(VGGish(vggish_config), audio["channels"], audio["trainable"])
         strict_load(encoder.vggish, payload["vggish"], str(path), "VGGish")
         encoder.to(device)
     return LoadedFuser(fuser.to(device), encoder, dict(fps), dict(payload.get("extra", {})))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from auralsam2.config.sections import (
     DataConfig,
@@ -16,6 +17,17 @@ from auralsam2.config.sections import (
     TrainConfig,
     _Strict,
 )
+
+# Experiment and run names become folder names (<runs_dir>/<experiment>/<run_name>) and MLflow names.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,127}")
+
+
+def check_name(value: str, what: str) -> str:
+    """`value` when it is a name (letters, digits, `. _ + = @ -`, no separators, not `..`), else ValueError."""
+    if not NAME.fullmatch(value) or ".." in value:
+        raise ValueError(f"{what} must be a name: letters, digits and . _ + = @ - (starting with a letter or "
+                         "digit, no '/' or '..', at most 128 characters), as it names a folder")
+    return value
 
 
 class ExperimentConfig(_Strict):
@@ -32,6 +44,24 @@ class ExperimentConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig, description="optimizer (see OptimConfig)")
     train: TrainConfig = Field(default_factory=TrainConfig, description="training loop (see TrainConfig)")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation (see EvalConfig)")
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment_is_a_name(cls, value: str) -> str:
+        return check_name(value, "experiment")
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name_is_a_name(cls, value: str | None) -> str | None:
+        return value if value is None else check_name(value, "run_name")
+
+    @field_validator("runs_dir")
+    @classmethod
+    def _runs_dir_stays_put(cls, value: str) -> str:
+        if ".." in value.replace("\\", "/").split("/"):
+            raise ValueError("runs_dir must not climb with '..' (a relative folder is under the data folder; give an "
+                             "absolute path for another place)")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
@@ -92,4 +122,4 @@ class ExperimentConfig(_Strict):
     def with_run_name(self, run_name: str | None = None) -> ExperimentConfig:
         """A copy with `run_name` set (default: a UTC timestamp), as the run folder needs one."""
         name = run_name or self.run_name or dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-        return self.model_copy(update={"run_name": name})
+        return self.model_copy(update={"run_name": check_name(name, "run_name")})

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from auralsam2.config.experiment import ExperimentConfig
 from auralsam2.config.project import PROJECT_ROOT, resolve_path
+from auralsam2.utils.limits import MAX_CONFIG_BYTES, MAX_YAML_ALIASES
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,16 @@ class _Yaml12Loader(yaml.SafeLoader):
     as strings they reach the Literal fields as written, and pydantic still reads them for a bool."""
 
 
+def _compose_node_counting_aliases(self, parent, index):
+    if self.check_event(yaml.AliasEvent):
+        self.aliases_seen = getattr(self, "aliases_seen", 0) + 1
+        if self.aliases_seen > MAX_YAML_ALIASES:
+            raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} YAML aliases (*name); a config needs none, and many "
+                                 "can expand it exponentially")
+    return yaml.SafeLoader.compose_node(self, parent, index)
+
+
+_Yaml12Loader.compose_node = _compose_node_counting_aliases
 _Yaml12Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -56,9 +67,12 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: `extends` loops back to itself ({' -> '.join(map(str, (*seen, path)))})")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist (presets are in {PROJECT_ROOT / 'configs'})")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size} bytes is not an experiment config (they are a few KB; "
+                          f"limit {MAX_CONFIG_BYTES})")
     try:
         raw = load_yaml(path.read_text()) or {}
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config sections, got {type(raw).__name__}")

@@ -17,7 +17,7 @@ from auralsam2.losses import AudioConConfig, SegLossWeights
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # inf/nan: a typo, never a setting
 
 
 class SAM2Settings(_Strict):

@@ -17,12 +17,17 @@ from auralsam2.checkpoints import (
 from auralsam2.config import ModelConfig, resolve_path
 from auralsam2.fuser import AuralFuser
 from auralsam2.model import AuralSAM2
+from auralsam2.utils.limits import meta_parameter_count
 
 __all__ = ["build_model", "compile_model", "load_fuser_weights"]
 
 
 def build_model(cfg: ModelConfig, sam2: nn.Module) -> AuralSAM2:
-    """Fuser + audio encoder (+ the frozen SAM2) from the config; `init_checkpoint` loaded if set."""
+    """Fuser + audio encoder (+ the frozen SAM2) from the config; `init_checkpoint` loaded if set.
+    Sizes are checked on the meta device first (`auralsam2.utils.limits`)."""
+    meta_parameter_count(lambda: AuralFuser(cfg.fuser), "model.fuser")
+    if cfg.fuser.uses_audio:
+        meta_parameter_count(lambda: VGGish(cfg.vggish), "model.vggish")
     fuser = AuralFuser(cfg.fuser)
     audio = None
     if cfg.fuser.uses_audio:

@@ -59,6 +59,7 @@ from auralsam2.engine.warmup import warm_up_mask_prompt
 from auralsam2.evaluation import EvalResult, evaluate_source
 from auralsam2.items import ClipItem
 from auralsam2.model import AuralSAM2, clip_loss
+from auralsam2.utils import stop
 
 __all__ = ["DeviceMemoryError", "TrainResult", "train", "validate"]
 
@@ -103,6 +104,10 @@ def train(
         run.tag({"selection_split": "test", "selection_warning": "selected on test (optimistic)"})
 
     # ---- data ---------------------------------------------------------------------------------
+    per_step, per_process = tc.clips_per_step * tc.accumulate_steps, math.ceil(len(data.train) / rt.world)
+    if per_step > per_process:
+        raise ValueError(f"train.clips_per_step x train.accumulate_steps = {per_step} clips per step, but each of the "
+                         f"{rt.world} process(es) has {per_process} training items; lower train.clips_per_step")
     order = DataOrder(len(data.train), tc.seed, rt.rank, rt.world, tc.clips_per_step * tc.accumulate_steps)
     steps_per_epoch = order.steps_per_epoch
     total_steps = tc.epochs * steps_per_epoch if tc.max_steps is None else min(tc.max_steps, tc.epochs * steps_per_epoch)
@@ -169,6 +174,7 @@ def _loop(cfg: ExperimentConfig, data: TrainingData, model: AuralSAM2, forward: 
     tc = cfg.train
     steps_per_epoch = order.steps_per_epoch
     while progress.step < total_steps:
+        stop.check()  # Ctrl-C / SIGTERM also reach a loop in a worker thread
         items = reader.take(progress.step, progress.step + 1 if progress.step + 1 < total_steps else None)
         optimizer.zero_grad(set_to_none=True)
         try:

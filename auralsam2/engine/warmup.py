@@ -31,6 +31,7 @@ from auralsam2.config import ExperimentConfig
 from auralsam2.items import ItemSource
 from auralsam2.losses import audiocon_loss, mask_prompt_terms
 from auralsam2.model import AuralSAM2
+from auralsam2.utils import stop
 
 __all__ = ["CACHE_BYTES", "warm_up_mask_prompt"]
 
@@ -98,6 +99,7 @@ def warm_up_mask_prompt(model: AuralSAM2, train: ItemSource, cfg: ExperimentConf
         bar = tqdm(total=n_steps, unit="step", desc=f"warm-up {progress}")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for _ in range(n_steps):
+            stop.check()
             total = torch.zeros((), device=device)
             for _ in range(tc.mask_prompt_warmup_clips):
                 if not order:  # epochs of a seeded permutation of the training items

@@ -38,6 +38,7 @@ from auralsam2.evaluation.semantic import AVSSAccumulator
 from auralsam2.evaluation.streaming import Rows, StreamingEvaluator
 from auralsam2.items import ClipItem, ItemSource
 from auralsam2.model import AuralSAM2
+from auralsam2.utils import stop
 from auralsam2.utils.devices import autocast
 
 __all__ = [
@@ -402,6 +403,7 @@ def evaluate_source(
         pending.clear()
 
     for count, index in enumerate(indices, 1):
+        stop.check()
         item = source.item(index)
         if item.is_null:
             frames: list[int] | None = list(range(item.n_frames))

@@ -26,7 +26,7 @@ class FuserConfig(BaseModel):
     `modalities`, `fusion`, `audiocon`.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # inf/nan: a typo, never a setting
 
     variant: Literal["avs", "refavs"] = Field(
         "avs", description="released layout: 'avs' (AVSBench v1s/v1m/v2) or 'refavs' (Ref-AVS heads + text)"

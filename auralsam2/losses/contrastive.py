@@ -28,7 +28,7 @@ __all__ = [
 class AudioConConfig(BaseModel):
     """Audio-guided contrastive loss settings (`mode` picks the formulation)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # inf/nan: a typo, never a setting
 
     mode: Literal["paper", "official", "supcon", "off"] = Field(
         "paper", description="paper Eq. 8 | released ContrastLoss with its quirks | SupCon baseline | off"

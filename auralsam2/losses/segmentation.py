@@ -30,7 +30,7 @@ __all__ = ["SegLossWeights", "dice_per_mask", "focal_per_mask", "iou_l1_per_mask
 class SegLossWeights(BaseModel):
     """Weights of the released segmentation loss terms (SAM2 training yaml used by AuralSAM2)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # inf/nan: a typo, never a setting
 
     focal: float = Field(20.0, description="weight of the focal term (`loss_mask`)")
     dice: float = Field(1.0, description="weight of the dice term")
