@@ -35,8 +35,8 @@ FINDING_KINDS = {
     "mixed_split": "a Ref-AVS media folder whose expressions belong to several splits",
     "unsupported_audio": "audio the model cannot hear as it is (more than two channels)",
     "unknown_class_id": "a semantic label map with class ids outside the dataset's classes",
-    "unsafe_path": "a uid that is a path ('..', '/'), or a clip folder or file that leads outside the raw tree "
-                   "(a symlink; `ingest --follow-symlinks` reads it)",
+    "unsafe_path": "a uid that is a path ('..', '/') or cannot be a file name (too long, a NUL byte), or a clip "
+                   "folder or file that leads outside the raw tree (a symlink; `ingest --follow-symlinks` reads it)",
     "resampled_audio": "audio at another rate than VGGish's 16 kHz (resampled for the log-mel features)",
     "extra_file": "files in a clip's folders that are not part of the clip (not ingested)",
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from data_specs.clip import Clip, Finding
 
 _DIGITS = re.compile(r"(\d+)(?!.*\d)")
+NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems
 
 
 def frame_number(name: str) -> int:
@@ -40,6 +42,9 @@ def path_problem(root: Path, folder: Path, name: str, follow_symlinks: bool = Fa
     parts = name.replace("\\", "/").split("/")
     if len(parts) > 1 or name in (".", "..") or Path(name).is_absolute():
         return f"{name!r} is not a plain folder name (a path in it would read outside {folder.parent.name}/)"
+    if "\0" in name or len(os.fsencode(name)) > NAME_MAX:
+        return (f"{name[:60]!r}... ({len(os.fsencode(name))} bytes) cannot be a file name (at most {NAME_MAX} bytes, "
+                "no NUL)")
     if not follow_symlinks:
         return outside_root(root, folder)
     return None
@@ -48,7 +53,11 @@ def path_problem(root: Path, folder: Path, name: str, follow_symlinks: bool = Fa
 def outside_root(root: Path, path: Path) -> str | None:
     """Why `path` (a clip folder or file) is not read: it resolves outside the raw tree (a symlink
     leaving it); None when it stays inside (or does not exist)."""
-    if path.exists() and not path.resolve().is_relative_to(root.resolve()):
+    try:
+        exists = path.exists()
+    except OSError as err:  # a name too long for the file system, a loop of symlinks
+        return f"{path.relative_to(root)} cannot be looked up ({err.strerror})"
+    if exists and not path.resolve().is_relative_to(root.resolve()):
         return (f"{path.relative_to(root)} resolves to {path.resolve()}, outside the raw tree {root} (a symlink; "
                 "ingest --follow-symlinks reads it)")
     return None

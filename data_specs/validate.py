@@ -21,15 +21,29 @@ VGGISH_EXAMPLE_FRAMES = 96  # STFT frames per 0.96 s example
 STFT_WINDOW, STFT_HOP = 400, 160
 
 
+MAX_PIXELS = 7680 * 4320  # an 8K UHD frame; AVSBench and Ref-AVS frames are at most 1080p
+
+
+def open_image(data: bytes) -> Image.Image:
+    """An image's header (nothing decoded yet): `ValueError` when it is larger than any frame
+    (`MAX_PIXELS`), before a single pixel is allocated (a small PNG can declare 9000x9000)."""
+    img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise ValueError(f"{width}x{height} pixels, larger than any video frame (limit {MAX_PIXELS:,} pixels)")
+    return img
+
+
 def decode_image(data: bytes, full: bool = False) -> Image.Image:
-    """Decode an image; raises on truncated or corrupt data.
+    """Decode an image; raises on truncated or corrupt data, and before decoding when it is larger
+    than a frame (`ValueError`).
 
     A JPEG is decoded at 1/8 scale unless `full` (DCT scaling: all entropy-coded data is still
     read, so truncation is caught, at a fraction of the cost). `.size` is the true size.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = Image.open(io.BytesIO(data))
+        img = open_image(data)
         size = img.size
         if not full and img.format == "JPEG":
             img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
@@ -62,18 +76,19 @@ def check_clip_bytes(clip: Clip, blobs: dict[str, bytes], sink: FindingSink, pal
             sizes.append(None)
             sink.error(clip.key, rel, "unreadable_file", f"frame cannot be decoded: {_why(blobs[rel], exc)}")
 
-    def check_mask(rel: str, t: int, expression_uid: str = "", palette: bool = False) -> None:
+    def check_mask(rel: str, t: int, expression_uid: str = "", palette: bool = False) -> Image.Image | None:
         severity = "error"
+        frame_size = sizes[t] if t < len(sizes) else None
         try:
+            header = Image.open(io.BytesIO(blobs[rel]))  # the size only: nothing is decoded yet
+            if frame_size and header.size != frame_size:
+                sink.add(clip.key, rel, "mask_size_mismatch", severity, f"mask is {header.size[0]}x{header.size[1]}, "
+                         f"frame {t} is {frame_size[0]}x{frame_size[1]}", expression_uid)
+                return None
             img = decode_image(blobs[rel], full=True)
         except Exception as exc:
             sink.add(clip.key, rel, "unreadable_file", severity, f"mask cannot be decoded: {_why(blobs[rel], exc)}", expression_uid)
-            return
-        frame_size = sizes[t] if t < len(sizes) else None
-        if frame_size and img.size != frame_size:
-            sink.add(clip.key, rel, "mask_size_mismatch", severity,
-                     f"mask is {img.size[0]}x{img.size[1]}, frame {t} is {frame_size[0]}x{frame_size[1]}",
-                     expression_uid)
+            return None
         if palette:
             _, unmatched = colours_to_labels(np.asarray(img.convert("RGB")))
             if unmatched.any():
@@ -82,14 +97,15 @@ def check_clip_bytes(clip: Clip, blobs: dict[str, bytes], sink: FindingSink, pal
                              f"{int(unmatched.sum())} pixels have colours outside the 71-class palette "
                              f"(e.g. {colours}); they count as foreground in binary masks and as "
                              "background in semantic labels")
+        return img
 
     for t, rel in enumerate(clip.mask_paths):
         if rel:
             check_mask(rel, t, palette=palette_masks)
     for t, rel in enumerate(clip.semantic_paths):
         if rel:
-            check_mask(rel, t)
-            _check_class_ids(clip, rel, blobs[rel], sink)
+            if (img := check_mask(rel, t)) is not None:
+                _check_class_ids(clip, rel, img, sink)
     for expression in clip.expressions:
         for t, rel in enumerate(expression.mask_paths):
             if rel:
@@ -103,12 +119,9 @@ SEMANTIC_CLASSES = 71  # AVSS: background + 70 categories (label2idx.json)
 SEMANTIC_IGNORE = 255  # the ignore index a label map may hold
 
 
-def _check_class_ids(clip: Clip, rel: str, data: bytes, sink: FindingSink) -> None:
-    """A semantic label map holds class ids 0..70 (or the ignore index 255)."""
-    try:
-        labels = np.asarray(decode_image(data, full=True))
-    except Exception:  # noqa: BLE001 (reported by check_mask as unreadable)
-        return
+def _check_class_ids(clip: Clip, rel: str, img: Image.Image, sink: FindingSink) -> None:
+    """A semantic label map (decoded by `check_mask`) holds class ids 0..70 (or the ignore index 255)."""
+    labels = np.asarray(img)
     if labels.ndim != 2:
         return  # an RGB label map is checked against the palette instead
     bad = np.unique(labels[(labels >= SEMANTIC_CLASSES) & (labels != SEMANTIC_IGNORE)])

@@ -17,6 +17,7 @@ from PIL import Image
 
 from data_specs.palette import colours_to_labels
 from data_specs.shards import ClipSample
+from data_specs.validate import open_image
 from feature_cache.schema import UNKNOWN_CLASS
 
 PALETTE_DATASETS = frozenset({"avss"})  # = data_specs.ingest.PALETTE_MASKS (RGB palette masks)
@@ -33,7 +34,7 @@ class ClipGroundTruth:
 
 
 def _image(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
+    image = open_image(data)  # its size checked before it is decoded
     image.load()
     return image
 

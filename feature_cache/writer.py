@@ -11,7 +11,6 @@ shard is skipped and its index rows are read back from the file.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Iterator
@@ -22,13 +21,13 @@ from typing import Any
 
 import pyarrow as pa
 import torch
-from PIL import Image
 
 from auralsam2.backbone import compact_layout, encode_frames_compact
 from auralsam2.utils import stop
 from auralsam2.utils.devices import resolve_device
 from data_specs.clip import Clip
 from data_specs.shards import ClipSample, iter_shard
+from data_specs.validate import open_image
 from feature_cache.audio import audio_batch, clip_log_mel
 from feature_cache.encoder import compute_mode, encoder_sha256, load_model
 from feature_cache.files import ArrowFileWriter, CacheFile, verify_file
@@ -96,11 +95,15 @@ class _PreparedView:
 
 def _prepare(sample: ClipSample, dataset: str, params: ViewParams, size: int) -> _PreparedView:
     frames = []
-    for data in sample.frames:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        frames.append(image.convert("RGB"))
-    truth = decode_ground_truth(sample, dataset)
+    try:
+        for data in sample.frames:
+            image = open_image(data)  # its size checked before it is decoded
+            image.load()
+            frames.append(image.convert("RGB"))
+        truth = decode_ground_truth(sample, dataset)
+    except (ValueError, OSError) as err:  # a shard re-sealed around a hostile image
+        raise CacheError(f"clip {sample.clip.key}: an image in its shard cannot be used ({err}); re-run "
+                         "`auralsam2 ingest` to rewrite the shard") from None
     images = render_frames(frames, params, size)
     label_pngs: dict[int, bytes] = {}
     if truth.labels:

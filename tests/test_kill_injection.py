@@ -1,6 +1,8 @@
-"""kill -9 at seeded random moments, then a re-run (issue 16): outputs identical to an uninterrupted
-run, exact training resume, no MLflow run left RUNNING, no duplicated rows, no process left behind.
-The fast part kills training once (its resume is the subtle one); the slow sweep every stage, several times."""
+"""kill -9, Ctrl-C and SIGTERM at seeded random moments, then a re-run (issues 16, 33): outputs identical
+to an uninterrupted run, exact training resume, no MLflow run left RUNNING (nor FAILED by a signal),
+no duplicated rows, no process left behind; a signal stops the command within seconds, with one line
+and exit status 130 / 143. The fast part stops training once per signal (its resume is the subtle
+one); the slow sweeps every stage, several times."""
 
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _sweep(home: Path, stages: str, trials: int, seed: int) -> list[dict]:
+def _sweep(home: Path, stages: str, trials: int, seed: int, signals: str = "KILL") -> list[dict]:
     out = home / "kills.json"
     done = subprocess.run([sys.executable, "-m", "bench.kill_injection", "--home", str(home), "--stages", stages,
-                           "--trials", str(trials), "--seed", str(seed), "--json", str(out)],
+                           "--trials", str(trials), "--seed", str(seed), "--signals", signals, "--json", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=3000)
     assert out.is_file(), done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())["trials"]
@@ -26,15 +28,23 @@ def _sweep(home: Path, stages: str, trials: int, seed: int) -> list[dict]:
     return results
 
 
-def test_killed_training_reruns_to_identical_results(tmp_path: Path) -> None:
-    results = _sweep(tmp_path, "train", trials=1, seed=0)
-    assert [r["stage"] for r in results] == ["train"]
+def test_killed_or_stopped_training_reruns_to_identical_results(tmp_path: Path) -> None:
+    """kill -9, Ctrl-C and SIGTERM during training: the stopped ones end within seconds with one line,
+    exit 130 / 143, no traceback, the MLflow run KILLED; every re-run ends identical."""
+    results = _sweep(tmp_path, "train", trials=3, seed=0, signals="KILL,INT,TERM")
+    assert [(r["stage"], r["signal"]) for r in results] == [("train", "KILL"), ("train", "INT"), ("train", "TERM")]
 
 
 @pytest.mark.slow
 def test_kills_anywhere_in_every_stage(tmp_path: Path) -> None:
     results = _sweep(tmp_path, "ingest,cache,train,evaluate,ablate,pipeline", trials=3, seed=1)
     assert len(results) == 18
+
+
+@pytest.mark.slow
+def test_ctrl_c_and_sigterm_anywhere_in_every_stage(tmp_path: Path) -> None:
+    results = _sweep(tmp_path, "ingest,cache,train,evaluate,ablate,pipeline", trials=2, seed=3, signals="INT,TERM")
+    assert len(results) == 12
 
 
 def test_the_benchmarks_can_name_the_machine_without_running(monkeypatch):

@@ -175,3 +175,54 @@ def test_unusable_videos_get_one_clear_message(avs, tmp_path):
         assert code == 1, (video, output)
         assert needle in output and "Traceback" not in output, (video, output)
         assert sum(line.startswith("error:") for line in output.splitlines()) == 1
+
+
+def test_out_is_replaced_whole_and_a_users_folder_is_refused(avs, tmp_path):
+    """A re-run into its own --out (a shorter video) leaves no mask of the longer one; a folder with the
+    user's files, a symlink and the data folder are refused with one line and left untouched."""
+    from auralsam2.paths import data_home
+    from flows.segment import run_segment
+
+    out = tmp_path / "out"
+    run_segment(lavfi_video(tmp_path / "long.mp4", 6, fps=5), avs[0], out, progress=False)
+    short = run_segment(lavfi_video(tmp_path / "short.mp4", 3, fps=5), avs[0], out, progress=False)
+    on_disk = sorted(p.name for p in (out / "masks").iterdir())
+    assert short["n_frames"] == 3 and on_disk == [Path(f["mask"]).name for f in short["frames"]]
+    assert json.loads((out / "summary.json").read_text())["n_frames"] == 3
+
+    video = str(tmp_path / "short.mp4")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.json").write_text('{"my": "notes"}')
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    for target in (mine, link, data_home()):
+        before = sorted(p.name for p in Path(target).iterdir())
+        code, output = _invoke(video, "--checkpoint", str(avs[0]), "--out", str(target))
+        assert code == 1 and output.count("error:") == 1 and "nothing was changed" in output, output
+        assert sorted(p.name for p in Path(target).iterdir()) == before
+    assert (mine / "summary.json").read_text() == '{"my": "notes"}'
+
+
+def test_a_checkpoint_naming_a_hostile_sam2_config_is_refused_before_it_runs(avs, tmp_path):
+    """A checkpoint that passes the weights-only check but whose embedded config names a SAM2 YAML
+    with a `_target_` outside SAM2's classes: refused by name, the payload never runs."""
+    import yaml
+
+    from auralsam2.checkpoints import read_weights
+    from auralsam2.utils.files import atomic_torch_save
+
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(yaml.safe_dump({"model": {
+        "_target_": "sam2.modeling.sam2_base.SAM2Base",
+        "image_encoder": {"_target_": "builtins.open", "file": str(marker), "mode": "w"}}}))
+    payload = read_weights(avs[0])
+    config = yaml.safe_load(payload["extra"]["config_yaml"])
+    config["model"]["sam2"]["config"] = str(evil)
+    payload["extra"]["config_yaml"] = yaml.safe_dump(config)
+    hostile = atomic_torch_save(payload, tmp_path / "hostile.ckpt")  # sealed again: it passes every check
+    code, output = _invoke(str(lavfi_video(tmp_path / "v.mp4", 2, fps=5)), "--checkpoint", str(hostile), "--out",
+                           str(tmp_path / "out"))
+    assert code == 1 and "builtins.open" in output and "refused" in output, output
+    assert not marker.exists() and not (tmp_path / "out").exists()

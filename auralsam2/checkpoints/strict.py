@@ -8,6 +8,8 @@ with an error that names every missing, unexpected or misshaped key.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +39,12 @@ def read_weights(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         raise FileNotFoundError(f"{what} {path}: no such file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 (IndexError on text, UnpicklingError, RuntimeError on a zip, ...)
+    except pickle.UnpicklingError as err:  # torch's message advises weights_only=False: never do that here
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        raise CheckpointError(f"{what} {path}: holds Python objects that are not weights"
+                              f"{f' ({found[1]})' if found else ''}; refused, as loading them could run code "
+                              "(a checkpoint holds tensors and plain values only)") from None
+    except Exception as err:  # noqa: BLE001 (IndexError on text, RuntimeError on a zip, ...)
         first = str(err).splitlines()[0] if str(err) else ""
         raise CheckpointError(f"{what} {path}: cannot be read as a weights-only torch checkpoint "
                               f"({type(err).__name__}: {first})") from None
