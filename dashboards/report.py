@@ -28,7 +28,7 @@ HEADLINE = {"avss": ("test", "avsbench_official"), "refavs": ("test_s", "refavs_
 PRIMARY_DECODING = "iou_select"
 CLIPS_SHOWN = 3  # best and worst clips per run
 
-__all__ = ["ReportInputs", "write_report"]
+__all__ = ["ReportInputs", "check_report_folder", "write_report"]
 
 
 @dataclass
@@ -206,6 +206,13 @@ def write_report(inputs: ReportInputs, out: str | Path) -> Path:
                 raise named from exc
             raise
     return output_path(out) / "index.html"
+
+
+def check_report_folder(out: str | Path, data_home: Path) -> Path:
+    """`OutputFolderError` unless `out` may take a report (new, empty, or an earlier report)."""
+    from auralsam2.utils.outputs import check_output_folder
+
+    return check_output_folder(out, "report", protect=(Path(data_home),), written_before=_earlier_report)
 
 
 def _earlier_report(folder: Path) -> bool:

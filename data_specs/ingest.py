@@ -140,7 +140,7 @@ def _earlier_ingest(folder: Path) -> bool:
 
 def check_ingest_folder(out: str | Path) -> Path:
     """The absolute ingest folder `out`, when it is new, empty or an ingest's (else `OutputFolderError`)."""
-    return check_output_folder(out, "ingest", written_before=_earlier_ingest)
+    return check_output_folder(out, "ingest", written_before=_earlier_ingest, follow_symlink=True)
 
 
 def _claim(out: Path, dataset: str, subset: str, root: Path, force: bool = False) -> None:

@@ -163,7 +163,7 @@ def _earlier_cache(folder: Path) -> bool:
 
 def check_cache_folder(out: str | os.PathLike) -> Path:
     """The absolute cache folder `out`, when it is new, empty or a cache's (else `OutputFolderError`)."""
-    return check_output_folder(out, "cache", written_before=_earlier_cache)
+    return check_output_folder(out, "cache", written_before=_earlier_cache, follow_symlink=True)
 
 
 def _wipe(out: Path) -> None:

@@ -405,7 +405,8 @@ def query(
 
 @app.command()
 def report(
-    out: Path = typer.Option(None, help="Folder to write index.html and assets/ into (default: <data>/report)."),
+    out: Path = typer.Option(None, help="Folder to write index.html and assets/ into (default: <data>/report): new, "
+                             "empty, or an earlier report (replaced whole); a folder with other files is refused."),
 ) -> None:
     """Write the static HTML report (opens from disk): ablation grids beside the paper, metrics per split,
     training curves, runs compared, prompt engineering, best and worst clips, ingest and cache summaries."""

@@ -175,6 +175,14 @@ def stop_workers(signum: int) -> None:
             pass
 
 
+def _interrupted() -> None:
+    command = sys.argv[1:2]
+    line = (INTERRUPTED_TRAIN if command == ["train"] and "--resume" not in sys.argv
+            else "stopped serving" if command == ["serve"] else INTERRUPTED)
+    typer.secho("\n" + line, fg=typer.colors.RED, err=True)  # (a progress bar may hold the line)
+    sys.exit(128 + _STATE.get("signal", signal.SIGINT))
+
+
 def run_cli(app) -> None:
     """Run the command line `app`; a user error is one `error:` line and exit status 1; Ctrl-C or
     SIGTERM stop it cleanly with one line and exit status 130 / 143."""
@@ -193,10 +201,10 @@ def run_cli(app) -> None:
             # server; at finalisation Python restores the default handlers, which kill silently)
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             raise
-        line = INTERRUPTED_TRAIN if sys.argv[1:2] == ["train"] and "--resume" not in sys.argv else INTERRUPTED
-        typer.secho("\n" + line, fg=typer.colors.RED, err=True)  # (a progress bar may hold the line)
-        sys.exit(128 + _STATE.get("signal", signal.SIGINT))
+        _interrupted()
     except Exception as exc:  # noqa: BLE001 (sorted below: user errors get a line, bugs their traceback)
+        if _STATE.get("signal") and not _STATE["debug"]:
+            _interrupted()  # what the stop broke on its way out (a worker pool, a lost connection)
         if _STATE["debug"] or not is_user_error(exc):
             raise
         typer.secho(f"error: {describe(exc)}", fg=typer.colors.RED, err=True)

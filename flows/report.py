@@ -134,7 +134,9 @@ def collect_inputs(home: Path):
 def run_report(out: str | os.PathLike | None = None, home: Path | None = None) -> Path:
     """Write the report; returns the path of its index.html."""
     from auralsam2.paths import data_home
-    from dashboards.report import write_report
+    from dashboards.report import check_report_folder, write_report
 
     home = home or data_home()
-    return write_report(collect_inputs(home), Path(out) if out else home / "report")
+    out = Path(out) if out else home / "report"
+    check_report_folder(out, home)  # before the inputs are collected: a refused folder costs nothing
+    return write_report(collect_inputs(home), out)

@@ -172,7 +172,8 @@ def segment_command(
     video: Path = typer.Argument(..., help="The video (mp4/H.264/AAC, webm/VP9/Opus, mov, ... anything FFmpeg reads)."),
     checkpoint: Path = typer.Option(..., "--checkpoint", dir_okay=False,
                                     help="A trained checkpoint (best.ckpt of a run; its config travels inside)."),
-    out: Path = typer.Option(..., "--out", help="Output folder: overlay.mp4, masks/, summary.json."),
+    out: Path = typer.Option(..., "--out", help="Output folder: overlay.mp4, masks/, summary.json. New, empty, or an "
+                             "earlier segment output (replaced whole); a folder with other files is refused."),
     text: str = typer.Option(None, "--text", help="Referring expression (Ref-AVS checkpoints)."),
     points: list[str] = typer.Option([], "--points", help="A positive click X,Y on the first frame, in pixels "
                                      "(repeatable): a SAM2 prompt."),

@@ -47,16 +47,19 @@ def _is_within(inner: Path, outer: Path) -> bool:
 
 
 def check_output_folder(out: str | os.PathLike, command: str, *, protect: tuple[Path, ...] = (),
-                        written_before: Callable[[Path], bool] | None = None) -> Path:
+                        written_before: Callable[[Path], bool] | None = None, follow_symlink: bool = False) -> Path:
     """The absolute path of `out` when `command` may write there; else `OutputFolderError`.
 
     Allowed: a folder that does not exist, an empty one, or one marked as `command`'s (or, for output
     of a version before the mark, one `written_before` recognises). `out` is never the data folder nor
-    above it, nor above any folder in `protect`, whatever they hold."""
+    above it, nor above any folder in `protect`, whatever they hold. A symlink is refused unless
+    `follow_symlink` (a folder completed in place, never replaced: its target is checked instead)."""
     from auralsam2.paths import data_home
 
     path = output_path(out)
     what = f"`auralsam2 {command}`"
+    if follow_symlink and path.is_symlink():
+        path = path.resolve()
     if path.is_symlink():
         raise OutputFolderError(f"{path} is a symbolic link; give {what} a real folder (nothing was changed)")
     real = path.resolve()
@@ -85,9 +88,10 @@ def _mark(folder: Path, command: str) -> None:
 
 def claim_output_folder(out: str | os.PathLike, command: str, *, protect: tuple[Path, ...] = (),
                         written_before: Callable[[Path], bool] | None = None) -> Path:
-    """For a command that completes its output in place (ingest, cache, synth): check `out`
-    (`check_output_folder`), create it and mark it as `command`'s; returns its absolute path."""
-    path = check_output_folder(out, command, protect=protect, written_before=written_before)
+    """For a command that completes its output in place (ingest, cache): check `out`
+    (`check_output_folder`; a symlink to a folder is followed), create it and mark it as `command`'s;
+    returns its absolute path."""
+    path = check_output_folder(out, command, protect=protect, written_before=written_before, follow_symlink=True)
     path.mkdir(parents=True, exist_ok=True)
     if _owner(path) != command:
         _mark(path, command)
@@ -95,14 +99,28 @@ def claim_output_folder(out: str | os.PathLike, command: str, *, protect: tuple[
 
 
 def _remove_leftovers(path: Path, command: str) -> None:
-    """Staging and old folders of this output left by a killed run (only those marked as ours)."""
+    """Staging and old folders of this output left by a killed run (only those marked as ours, of a
+    process that is gone: another one may be writing the same output right now)."""
     for prefix in (f".{path.name}.partial-", f".{path.name}.old-"):
-        for leftover in path.parent.glob(f"{glob_escape(prefix)}*"):
+        for leftover in path.parent.glob(f"{_glob_escape(prefix)}*"):
+            pid = leftover.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
             if leftover.is_dir() and not leftover.is_symlink() and _owner(leftover) == command:
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
-def glob_escape(text: str) -> str:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _glob_escape(text: str) -> str:
     """`text` with glob's special characters taken literally."""
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
