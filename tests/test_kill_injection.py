@@ -28,11 +28,13 @@ def _sweep(home: Path, stages: str, trials: int, seed: int, signals: str = "KILL
     return results
 
 
-def test_killed_or_stopped_training_reruns_to_identical_results(tmp_path: Path) -> None:
-    """kill -9, Ctrl-C and SIGTERM during training: the stopped ones end within seconds with one line,
-    exit 130 / 143, no traceback, the MLflow run KILLED; every re-run ends identical."""
-    results = _sweep(tmp_path, "train", trials=3, seed=0, signals="KILL,INT,TERM")
-    assert [(r["stage"], r["signal"]) for r in results] == [("train", "KILL"), ("train", "INT"), ("train", "TERM")]
+def test_stopped_training_reruns_to_identical_results(tmp_path: Path) -> None:
+    """Ctrl-C and SIGTERM during training: each stops within seconds with one line, exit 130 / 143, no
+    traceback, its MLflow run KILLED; the re-run ends identical to an uninterrupted run. (kill -9 of
+    every stage, training included, is the slow sweep below; the fast tests of kill -9 are
+    test_cli_errors' orphaned server and test_engine_resume's resume.)"""
+    results = _sweep(tmp_path, "train", trials=2, seed=0, signals="INT,TERM")
+    assert [(r["stage"], r["signal"]) for r in results] == [("train", "INT"), ("train", "TERM")]
 
 
 @pytest.mark.slow
