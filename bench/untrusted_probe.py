@@ -529,11 +529,18 @@ def _hostile_shard(ws: Workspace, tmp: Path, change: Callable[[list, str], list]
     return cli(ws, "cache", "--shards", str(ingest), "--out", str(tmp / "cache"), "--sam2-config", "tiny")
 
 
-@trial("a re-sealed shard with a member named `../../x`")
+@trial("a re-sealed shard with a member named `../../x`; `cache verify` of the unfinished cache; the fix it names")
 def shard_traversal_member(ws: Workspace, tmp: Path) -> None:
     result = _hostile_shard(ws, tmp, lambda m, key: [*m, _plain("../../x", b"boom")])
     one_error_line(result, ".tar", "../../x")
     expect(not (tmp.parent / "x").exists(), "a file was written outside")
+    verify = cli(ws, "cache", "verify", str(tmp / "cache"))  # the unfinished cache it left
+    expect(verify.status in (0, 1) and "Traceback" not in verify.output,
+           f"cache verify: exit {verify.status}: {verify.output[-600:]}")
+    # the fix the message gives works: ingest writes the shard again (its re-sealed sidecar fools no one)
+    succeeded(cli(ws, "ingest", "--dataset", "avss", "--subset", "v1m", "--root", str(ws.root / "world" / "AVSBench"),
+                  "--out", str(tmp / "ingest"), "--clips-per-shard", "2"))
+    succeeded(cli(ws, "cache", "--shards", str(tmp / "ingest"), "--out", str(tmp / "cache"), "--sam2-config", "tiny"))
 
 
 @trial("a re-sealed shard with a symlink member")

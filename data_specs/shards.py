@@ -228,6 +228,11 @@ def _finished(tar_path: Path, plan_hash: str) -> ShardResult | None:
         return None
     if tar_path.stat().st_size != record["bytes"] or sha256_file(tar_path) != record["sha256"]:
         return None
+    try:  # its members too: a shard re-sealed around a hostile member is written again, not kept
+        for _ in iter_shard(tar_path, verify=False):
+            pass
+    except ShardIntegrityError:
+        return None
     return ShardResult(record["shard"].removesuffix(".tar"), str(tar_path), record["n_samples"], record["sha256"],
                        record["bytes"], record["rows"], [Finding(**f) for f in record["findings"]],
                        record["quarantined"], skipped=True)
