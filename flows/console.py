@@ -197,9 +197,6 @@ def run_cli(app) -> None:
     except (KeyboardInterrupt, SystemExit) as exc:
         # typer turns a KeyboardInterrupt into exit status 130, silently
         if isinstance(exc, SystemExit) and not (exc.code == 130 or _STATE.get("signal")):
-            # the command is done: a signal now would only cut its exit short (Prefect stopping its
-            # server; at finalisation Python restores the default handlers, which kill silently)
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             raise
         _interrupted()
     except Exception as exc:  # noqa: BLE001 (sorted below: user errors get a line, bugs their traceback)
@@ -210,3 +207,9 @@ def run_cli(app) -> None:
         typer.secho(f"error: {describe(exc)}", fg=typer.colors.RED, err=True)
         typer.secho("(run again with --debug for the traceback)", err=True)
         sys.exit(1)
+    finally:
+        # the command is done: a signal now would only cut its exit short (Prefect stopping its
+        # server), and at finalisation Python puts back the default handlers, which kill silently
+        # (an ignored signal it leaves ignored)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

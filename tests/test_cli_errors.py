@@ -129,3 +129,54 @@ def test_a_killed_command_leaves_no_prefect_server_behind(worlds, tmp_path: Path
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+_SLEEPER = """
+import sys, time, typer
+from flows.console import run_cli
+app = typer.Typer()
+
+@app.command()
+def wait(seconds: float = 60.0) -> None:
+    print("ready", flush=True)
+    time.sleep(seconds)
+
+sys.argv = ["auralsam2", "--seconds", sys.argv[1]]
+run_cli(app)
+"""
+
+
+@pytest.mark.parametrize(("signum", "status"), [(2, 130), (15, 143)])
+def test_a_signal_stops_a_command_with_one_line(signum: int, status: int) -> None:
+    """Ctrl-C (SIGINT) and SIGTERM: exit 130 / 143, the one `interrupted` line, no traceback."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-c", _SLEEPER, "60"], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.Signals(signum))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == status and "interrupted; run the same command again" in err
+    assert "Traceback" not in err
+
+
+def test_a_signal_after_the_command_finished_cannot_cut_its_exit_short() -> None:
+    """Once the work is done, Ctrl-C / SIGTERM are ignored while the command exits (Prefect stops its
+    server then), instead of Python's default handlers killing it silently at finalisation."""
+    import signal
+
+    done = subprocess.run([sys.executable, "-c", _SLEEPER + "\n", "0"], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    script = _SLEEPER.replace("run_cli(app)", """try:
+    run_cli(app)
+finally:
+    import os, signal
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.5)
+    print("exited cleanly", flush=True)""")
+    done = subprocess.run([sys.executable, "-c", script, "0"], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "exited cleanly" in done.stdout, done.stderr[-1000:]
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # (this process's own handlers untouched)
