@@ -1,7 +1,7 @@
 """Embedded defaults for the orchestration stack, set before Prefect is imported.
 
 Everything lands under the data folder (`$AURALSAM2_HOME` or ./data): Prefect's home (its SQLite
-database and result storage) and, by `auralsam2.paths.mlflow_tracking_uri`, the MLflow store. Any
+database), the pipeline steps' cached results (also when PREFECT_HOME points elsewhere) and, by `auralsam2.paths.mlflow_tracking_uri`, the MLflow store. Any
 variable already set in the environment wins, so pointing at a real Prefect server
 (`PREFECT_API_URL`) or MLflow server (`MLFLOW_TRACKING_URI`) needs no code change.
 """
@@ -25,6 +25,9 @@ def configure() -> None:
     # Prefect builds its database URL from the home path unquoted (a `?` or `%41` in it names another file)
     prefect_db = Path(os.environ["PREFECT_HOME"]).expanduser() / "prefect.db"
     os.environ.setdefault("PREFECT_API_DATABASE_CONNECTION_URL", sqlite_uri(prefect_db, "sqlite+aiosqlite"))
+    # the pipeline steps' cached results point at outputs in the data folder: they live there too, so
+    # a scheduled run (its server's PREFECT_HOME) and `auralsam2 run` skip each other's finished steps
+    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(home / "prefect" / "storage"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,14 @@ class SummarySelection:
 
     def split_list(self) -> list[str]:
         return list(self.splits) or [self.split]
+
+    def as_parameter(self) -> dict[str, Any]:
+        """Its fields as plain JSON, the form a flow takes it in (a deployment's parameters are JSON)."""
+        return asdict(self)
+
+    @classmethod
+    def from_parameter(cls, value: dict[str, Any] | None) -> SummarySelection | None:
+        return None if value is None else cls(**value)
 
     @classmethod
     def default_for(cls, cfg: ExperimentConfig, subsets: Sequence[str] = ()) -> SummarySelection:
@@ -324,19 +332,20 @@ def summary_png(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
 
 @flow(name="ablate")
 def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = None,
-                selection: SummarySelection | None = None, tracking: bool = True,
+                selection: dict[str, Any] | None = None, tracking: bool = True,
                 row_workers: int = 1) -> dict[str, Any]:
     """Train and evaluate every row of a grid under one parent MLflow run; write the summary.
 
     `row_workers` > 1 trains that many rows at once: this process and `row_workers - 1` worker
     processes (Prefect's `ProcessPoolTaskRunner`), one torch thread per row, so a 2-core machine
     runs 2 rows in the time of ~1. Rows are independent (own run folder, own seed, own MLflow child
-    run; MLflow's SQLite store waits on its lock), so results do not depend on the worker count."""
+    run; MLflow's SQLite store waits on its lock), so results do not depend on the worker count.
+    `selection`: a `SummarySelection`'s fields (`as_parameter`); default the config's."""
     from dashboards.schema import write_table
     from flows import tracking as mlf
 
     base = config_from_mapping(yaml.safe_load(config_yaml), "ablation base config")
-    sel = selection or SummarySelection.default_for(base)
+    sel = SummarySelection.from_parameter(selection) or SummarySelection.default_for(base)
     grid_rows = [r for r in load_grid(grid, rows) if r.applies_to(base.data.dataset)]
     title = f"{base.experiment}: ablation grid {grid!r} ({', '.join(sel.split_list())}, {', '.join(sel.subsets) or 'all subsets'})"
     parent_name = f"ablate-{grid}-{config_hash(base)}"
@@ -365,18 +374,23 @@ def ablate_flow(config_yaml: str, grid: str = "paper", rows: list[str] | None = 
             mlf.end_run(parent_id, "FINISHED")
     except BaseException as exc:
         if tracking:
-            mlf.end_run(parent_id, mlf.stopped_status(exc))
+            mlf.end_run_on(parent_id, exc)
         raise
     return {"parent_run_id": parent_id, "rows": table, "results": results, "markdown": md.read_text(),
             "summary": str(parquet), "png": str(png)}
 
 
 @flow(name="ablate-rows")
-def _parallel_rows(args: list[tuple], pool_lanes: int, order: list[int] | None = None) -> list[dict[str, Any]]:
+def _parallel_rows(config_yamls: list[str], row_names: list[str], parent_run_id: str | None,
+                   selection: dict[str, Any], tracking: bool, pool_lanes: int,
+                   order: list[int] | None = None) -> list[dict[str, Any]]:
     """Rows on `pool_lanes + 1` lanes that take the next row (in `order`, default grid order) as they
     free up: `pool_lanes` threads that each hand their row to the flow's process pool, and this
     process, which trains rows itself (it is already warm, so the grid starts at once while the
     workers spawn and import). Results in grid order."""
+    sel = SummarySelection(**selection)
+    args = [(config_yaml, name, parent_run_id, sel, tracking)
+            for config_yaml, name in zip(config_yamls, row_names, strict=True)]
     rows = list(range(len(args)) if order is None else order)
     results: list[dict[str, Any] | None] = [None] * len(args)
     errors: list[BaseException] = []
@@ -440,7 +454,10 @@ def _rows_in_lanes(args: list[tuple], workers: int) -> list[dict[str, Any]]:
         return [ablation_row_task(*a) for a in args]
     pool = min(workers, len(todo)) - 1
     runner = ProcessPoolTaskRunner(max_workers=pool)
-    return _parallel_rows.with_options(task_runner=runner)(args=args, pool_lanes=pool, order=costliest_first(configs))
+    _, _, parent_run_id, sel, tracking = args[0]  # the same for every row
+    return _parallel_rows.with_options(task_runner=runner)(
+        config_yamls=[a[0] for a in args], row_names=[a[1] for a in args], parent_run_id=parent_run_id,
+        selection=sel.as_parameter(), tracking=tracking, pool_lanes=pool, order=costliest_first(configs))
 
 
 def costliest_first(configs: Sequence[ExperimentConfig]) -> list[int]:
@@ -462,4 +479,4 @@ def run_ablate(config_path: str | os.PathLike, overrides: Sequence[str] = (), *,
     cfg = load_config(config_path, overrides)
     preflight(cfg, "ablate", steps=("train", "evaluate"), rows=row_configs(cfg, grid, rows))
     return ablate_flow(config_yaml=config_to_yaml(cfg), grid=grid, rows=list(rows) if rows else None,
-                       selection=selection, tracking=tracking, row_workers=row_workers)
+                       selection=selection.as_parameter() if selection else None, tracking=tracking, row_workers=row_workers)

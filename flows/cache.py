@@ -68,12 +68,16 @@ def _cache_text(plan, expressions, recheck):
     return build_text(plan, expressions, recheck=recheck)
 
 
-def _cache_flow(ingest: str, out: str, settings, rebuild: bool = False, created: str | None = None,
+def _cache_flow(ingest: str, out: str, settings: dict[str, Any], rebuild: bool = False, created: str | None = None,
                 recheck: bool = True, progress: bool = True):
+    """`settings`: a `CacheSettings`'s fields as JSON (flow parameters are plain, as a deployment's are)."""
     from prefect.futures import as_completed
     from tqdm.auto import tqdm
 
     from feature_cache.build import finalize_cache, plan_cache
+    from feature_cache.schema import CacheSettings
+
+    settings = CacheSettings.model_validate(settings)
 
     started = time.perf_counter()
     plan = plan_cache(ingest, out, settings, rebuild=rebuild, created=created)
@@ -150,7 +154,8 @@ def run_cache(ingest: str | Path, out: str | Path, settings=None, *, workers: in
         with folder_lock(Path(out).expanduser(), "feature-cache build"), \
                 workers_share_the_api(bool(workers) and not dask_address):
             return flow_.with_options(task_runner=task_runner(workers, dask_address))(
-                ingest=str(ingest), out=str(out), settings=settings, rebuild=rebuild, created=created,
+                ingest=str(ingest), out=str(out), settings=settings.model_dump(mode="json"), rebuild=rebuild,
+                created=created,
                 recheck=recheck, progress=progress)
     finally:
         torch.set_num_threads(threads)

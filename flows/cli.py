@@ -307,18 +307,22 @@ def serve(
     raw: Path = typer.Option(None, exists=True, file_okay=False, help="Raw dataset folder to (re)ingest each run."),
     ablate: str = typer.Option(None, "--ablate", help="Also run this ablation grid each time."),
     name: str = typer.Option(None, help="Deployment name (default: <experiment>-pipeline)."),
+    overlap: str = typer.Option("cancel", help="A firing while the previous run still goes: 'cancel' it (state "
+                                "Cancelled) or let it 'wait' for that run (state AwaitingConcurrencySlot)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field (repeatable)."),
 ) -> None:
     """Schedule the pipeline on a Prefect server and serve it (blocks until interrupted).
 
     Start a server first: `prefect server start --host 127.0.0.1` and
-    `export PREFECT_API_URL=http://127.0.0.1:4200/api`.
+    `export PREFECT_API_URL=http://127.0.0.1:4200/api`. Each firing runs what `auralsam2 run` runs
+    (finished steps are skipped); `prefect deployment run pipeline/NAME` fires it now. One run at a
+    time (see --overlap); a failed run's state message is the line `auralsam2 run` would print.
     """
     from auralsam2.config import ConfigError
     from flows.pipeline import serve_pipeline
 
     try:
-        serve_pipeline(config, cron, set_, raw=raw, ablate_grid=ablate, name=name)
+        serve_pipeline(config, cron, set_, raw=raw, ablate_grid=ablate, name=name, overlap=overlap)
     except (ConfigError, RuntimeError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import typer
 
-__all__ = ["describe", "fail", "is_user_error", "run_cli", "set_debug"]
+__all__ = ["describe", "error_line", "fail", "is_user_error", "run_cli", "set_debug"]
 
 # user errors of modules that import torch: (module, class)
 LAZY_USER_ERRORS = (("auralsam2.engine.loop", "DeviceMemoryError"), ("flows.train", "TrainProcessError"))
@@ -140,6 +140,15 @@ def describe(exc: BaseException) -> str:
         return f"{exc.filename}: {exc.strerror or exc}"
     text = str(exc).strip() or type(exc).__name__
     return text if len(text.splitlines()) < 40 else "\n".join(text.splitlines()[:40]) + "\n..."
+
+
+def error_line(exc: BaseException) -> str:
+    """What the command line says of `exc` after `error: `; for a bug, its type and first line (the
+    message of a failed Prefect flow run and the `auralsam2.error` tag of a failed MLflow run)."""
+    if is_user_error(exc):
+        return describe(exc)
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 INTERRUPTED = "interrupted; run the same command again to resume (finished work is kept)"

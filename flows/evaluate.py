@@ -257,7 +257,7 @@ def _evaluation_run(cfg: ExperimentConfig, checkpoint: str, extra: dict, run_id:
         reader = open_reader(cfg, "cpu")
         mlf.log_params(run_id, mlf.run_params(cfg, reader.info, reader.root), c)
     else:
-        c.update_run(run_id, status="RUNNING")
+        mlf.reopen_run(run_id, c)
     c.set_tag(run_id, "evaluated_checkpoint", str(checkpoint))
     return run_id
 
@@ -281,21 +281,19 @@ def evaluate_flow(checkpoint: str, config_yaml: str | None = None, splits: list[
     given = None if config_yaml is None else config_from_mapping(yaml.safe_load(config_yaml), "--config")
     cfg, extra = checkpoint_config(checkpoint, given)
     run_id = _evaluation_run(cfg, checkpoint, extra, run_id, tracking)
-    status = "FAILED"
     try:
         results = {split: evaluate_split_task(checkpoint, config_to_yaml(cfg), split, run_id, tracking, prompts)
                    for split in (splits or list(cfg.eval.splits))}
-        status = "FINISHED"
     except BaseException as exc:
-        from flows.tracking import stopped_status
-
-        status = stopped_status(exc)
-        raise
-    finally:
         if tracking:
-            from flows.tracking import end_run
+            from flows.tracking import end_run_on
 
-            end_run(run_id, status)
+            end_run_on(run_id, exc)
+        raise
+    if tracking:
+        from flows.tracking import end_run
+
+        end_run(run_id, "FINISHED")
     return {"run_id": run_id, "checkpoint": str(checkpoint), "splits": results}
 
 

@@ -147,9 +147,35 @@ def _run(step, outputs_ok: bool, **kwargs):
 
 @flow(name="pipeline")
 def pipeline_flow(config_yaml: str, raw: str | None = None, subset: str = "all", ablate_grid: str | None = None,
-                  selection: SummarySelection | None = None, workers: int | None = None,
+                  selection: dict[str, Any] | None = None, workers: int | None = None,
                   dask_address: str | None = None, row_workers: int = 1) -> dict[str, Any]:
-    """Run (or skip, when up to date) every step for one experiment config."""
+    """Run (or skip, when up to date) every step for one experiment config. Parameters are plain JSON
+    (a deployment's runs get them so): `selection` is a `SummarySelection`'s fields (`as_parameter`).
+    A run that fails ends Failed with the line the command line would print as its state message."""
+    from prefect.runtime import deployment
+    from prefect.states import Failed
+
+    from auralsam2.utils import stop
+    from flows.console import error_line
+
+    try:
+        if deployment.id is not None:  # a scheduled or triggered run checks first, as `auralsam2 run` does
+            from flows.ablate import row_configs
+            from flows.preflight import preflight
+
+            cfg = config_from_mapping(yaml.safe_load(config_yaml), "pipeline config")
+            preflight(cfg, "serve", raw=raw, rows=row_configs(cfg, ablate_grid, None) if ablate_grid else ())
+        return _pipeline(config_yaml, raw, subset, ablate_grid, selection, workers, dask_address, row_workers)
+    except Exception as exc:
+        if stop.requested():
+            raise
+        # the local caller gets `exc` raised as before; a deployment's run says why, in one line
+        return Failed(message=" ".join(line.strip() for line in error_line(exc).splitlines()), data=exc)
+
+
+def _pipeline(config_yaml: str, raw: str | None, subset: str, ablate_grid: str | None,
+              selection: dict[str, Any] | None, workers: int | None, dask_address: str | None,
+              row_workers: int) -> dict[str, Any]:
     from feature_cache.build import cache_is_current
     from flows.ablate import ablate_flow
 
@@ -225,16 +251,27 @@ def run_pipeline(config_path: str | os.PathLike, overrides: Sequence[str] = (), 
     cfg = load_config(config_path, overrides)
     preflight(cfg, "run", raw=raw, rows=row_configs(cfg, ablate_grid, None) if ablate_grid else ())
     return pipeline_flow(config_yaml=config_to_yaml(cfg), raw=str(Path(raw).resolve()) if raw else None,
-                         subset=subset, ablate_grid=ablate_grid, selection=selection, workers=workers,
+                         subset=subset, ablate_grid=ablate_grid,
+                         selection=selection.as_parameter() if selection else None, workers=workers,
                          dask_address=dask_address, row_workers=row_workers)
+
+
+# what a firing does while the deployment's previous run still goes (Prefect's deployment concurrency
+# limit of 1 and its collision strategy): "cancel" ends it Cancelled at once, "wait" queues it
+OVERLAP_STRATEGIES = {"cancel": "CANCEL_NEW", "wait": "ENQUEUE"}
 
 
 def serve_pipeline(config_path: str | os.PathLike, cron: str, overrides: Sequence[str] = (), *,
                    raw: str | os.PathLike | None = None, ablate_grid: str | None = None,
-                   name: str | None = None) -> None:
+                   name: str | None = None, overlap: str = "cancel") -> None:
     """Register the pipeline as a scheduled deployment and serve it (blocks; needs a Prefect server:
-    `prefect server start --host 127.0.0.1` and PREFECT_API_URL)."""
+    `prefect server start --host 127.0.0.1` and PREFECT_API_URL). One run of it at a time: a firing
+    while the previous run goes is cancelled (`overlap="cancel"`) or waits for it (`"wait"`)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.settings import PREFECT_API_URL
+
+    if overlap not in OVERLAP_STRATEGIES:
+        raise ValueError(f"--overlap {overlap!r}: choose one of {', '.join(OVERLAP_STRATEGIES)}")
 
     if not PREFECT_API_URL.value():
         raise RuntimeError(
@@ -251,5 +288,7 @@ def serve_pipeline(config_path: str | os.PathLike, cron: str, overrides: Sequenc
         cron=cron,
         parameters={"config_yaml": config_to_yaml(cfg), "raw": str(Path(raw).resolve()) if raw else None,
                     "ablate_grid": ablate_grid},
+        global_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy(OVERLAP_STRATEGIES[overlap])),
         pause_on_shutdown=False,
     )

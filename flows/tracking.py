@@ -39,6 +39,8 @@ __all__ = [
     "client",
     "curves_png",
     "end_run",
+    "end_run_on",
+    "reopen_run",
     "ensure_experiment",
     "git_commit",
     "log_artifact",
@@ -227,7 +229,7 @@ def continue_or_start_run(experiment: str, run_name: str, key: str, *, tags: Map
     c = mlflow_client or client()
     run_id = unfinished_run(experiment, KEY_TAG, key, c)
     if run_id is not None:
-        c.update_run(run_id, status="RUNNING")  # a KILLED one runs again
+        reopen_run(run_id, c)  # a KILLED one runs again
     if run_id is None and reuse_finished:
         run_id = _run_tagged(experiment, KEY_TAG, key, "FINISHED", c)
     if run_id is not None:
@@ -245,8 +247,33 @@ def stopped_status(exc: BaseException) -> str:
     return "KILLED" if isinstance(exc, KeyboardInterrupt | TerminationSignal) or stop.requested() else "FAILED"
 
 
-def end_run(run_id: str, status: str = "FINISHED", mlflow_client=None) -> None:
-    (mlflow_client or client()).set_terminated(run_id, status)
+ERROR_TAG = "auralsam2.error"
+
+
+def end_run(run_id: str, status: str = "FINISHED", mlflow_client=None, error: BaseException | None = None) -> None:
+    """End an MLflow run; a FAILED one is tagged (`auralsam2.error`) with the line the command line
+    prints for `error`."""
+    c = mlflow_client or client()
+    if status == "FAILED" and error is not None:
+        from flows.console import error_line
+
+        c.set_tag(run_id, ERROR_TAG, error_line(error)[:5000])  # MLflow's tag value limit
+    c.set_terminated(run_id, status)
+
+
+def reopen_run(run_id: str, mlflow_client=None) -> None:
+    """RUNNING again (a re-run continues a KILLED or FAILED run), without the last failure's error tag."""
+    c = mlflow_client or client()
+    if ERROR_TAG in c.get_run(run_id).data.tags:
+        c.delete_tag(run_id, ERROR_TAG)
+    c.update_run(run_id, status="RUNNING")
+
+
+def end_run_on(run_id: str, exc: BaseException, mlflow_client=None) -> str:
+    """End a run that stops on `exc` (KILLED for a stop, FAILED with its error tag); its status."""
+    status = stopped_status(exc)
+    end_run(run_id, status, mlflow_client, error=exc)
+    return status
 
 
 @contextlib.contextmanager
@@ -257,7 +284,7 @@ def parent_run(experiment: str, run_name: str, *, tags: Mapping[str, str] | None
     try:
         yield run_id
     except BaseException as exc:
-        end_run(run_id, stopped_status(exc))
+        end_run_on(run_id, exc)
         raise
     end_run(run_id, "FINISHED")
 

@@ -189,7 +189,7 @@ def _train_run_locked(cfg: ExperimentConfig, run_dir: Path, resume: bool, parent
             run_id = mlf.start_run(cfg.experiment, cfg.run_name, parent_run_id=parent_run_id, tags=tags,
                                    description=cfg.description, mlflow_client=c)
         else:
-            c.update_run(run_id, status="RUNNING")
+            mlf.reopen_run(run_id, c)
         reader = open_reader(cfg, "cpu")
         mlf.log_params(run_id, mlf.run_params(cfg, reader.info, reader.root), c)
         mlf.log_artifact(run_id, run_dir / "config.yaml", None, c)
@@ -203,7 +203,7 @@ def _train_run_locked(cfg: ExperimentConfig, run_dir: Path, resume: bool, parent
         status = mlf.stopped_status(exc)
         _write_run_json(run_dir, status=status)
         if tracking and run_id:
-            mlf.end_run(run_id, status)
+            mlf.end_run(run_id, status, error=exc)
         raise
     status = "KILLED" if summary["interrupted"] else "FINISHED"
     _write_run_json(run_dir, status=status)

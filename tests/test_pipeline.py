@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -117,78 +113,6 @@ def test_the_grid_hands_out_the_costlier_rows_first() -> None:
     # a warm-up of the map first (no AudioCon: nothing to warm up), then the audio path; ties in grid order
     assert [list(rows)[i] for i in costliest_first(list(rows.values()))] == [
         "full", "no_sparse", "no_audiocon", "visual_only"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 150) -> None:
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"prefect server at {url} not healthy after {timeout} s")
-
-
-def test_serve_registers_a_schedule_on_a_local_prefect_server(tmp_path: Path) -> None:
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-server"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    serve = None
-    try:
-        _wait_healthy(api, server)
-        serve = subprocess.Popen([sys.executable, "-m", "flows", "serve", str(DEMO_TINY), "--cron", "0 3 * * *",
-                                  "--name", "nightly-test"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 cwd=PROJECT_ROOT)
-        deployment = _poll_deployment(env, "pipeline/nightly-test", serve)
-        crons = [s.schedule.cron for s in deployment.schedules]
-        assert crons == ["0 3 * * *"]
-        assert "config_yaml" in deployment.parameters
-    finally:
-        for proc in (serve, server):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-
-
-def _poll_deployment(env: dict, name: str, serve: subprocess.Popen, timeout: float = 150):
-    code = (
-        "import asyncio, sys\n"
-        "from prefect.client.orchestration import get_client\n"
-        "async def main():\n"
-        "    async with get_client() as c:\n"
-        f"        d = await c.read_deployment_by_name({name!r})\n"
-        "        print(d.model_dump_json())\n"
-        "asyncio.run(main())\n"
-    )
-    from prefect.client.schemas.responses import DeploymentResponse
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if serve.poll() is not None:
-            raise RuntimeError(f"auralsam2 serve exited with {serve.returncode}: {serve.stderr.read().decode()[-2000:]}")
-        probe = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-        if probe.returncode == 0:
-            return DeploymentResponse.model_validate_json(probe.stdout.strip().splitlines()[-1])
-        time.sleep(2)
-    raise TimeoutError(f"deployment {name} not registered after {timeout} s")
 
 
 def test_summary_puts_the_papers_number_next_to_ours(tmp_path: Path) -> None:

@@ -199,6 +199,10 @@ def test_a_step_out_of_memory_names_the_resume_in_smaller_micro_steps(tmp_path):
                                 "--set train.accumulate_steps=2")
     assert f"or keep a fifth of the activations, for about a third more fuser compute and the same gradients: " \
            f"`auralsam2 train {run_dir / 'config.yaml'} --resume --set train.checkpoint_fuser_blocks=true`" in error
+    # the failed MLflow run says why: the command line's error, as its tag
+    failed_run = client().get_run(json.loads((run_dir / "run.json").read_text())["run_id"])
+    assert failed_run.info.status == "FAILED"
+    assert failed_run.data.tags["auralsam2.error"] == error.removeprefix("error: ")
 
     assert "training finished after 6/6 steps" in _invoke(command.group(1).split())
     whole, resumed = (torch.load(data_home() / "runs" / "flow_tests" / name / "last.ckpt", weights_only=True)
@@ -212,6 +216,7 @@ def test_a_step_out_of_memory_names_the_resume_in_smaller_micro_steps(tmp_path):
     info = json.loads((run_dir / "run.json").read_text())
     run = client().get_run(info["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["train.clips_per_step"] == "2"
+    assert "auralsam2.error" not in run.data.tags  # the failure it finished after is history
     assert run.data.tags["resumed.train.clips_per_step"] == "1" and run.data.tags["resumed.train.accumulate_steps"] == "2"
 
     # checkpointing may change on a resume too (the same gradients); how many clips a step sees may not
