@@ -28,6 +28,11 @@ class Dataset(StrEnum):
     refavs = "refavs"
 
 
+class Overlap(StrEnum):
+    cancel = "cancel"
+    wait = "wait"
+
+
 @app.command()
 def synth(
     out: Path = typer.Option(None, help="Output folder (default: <data>/world). Writes OUT/AVSBench and OUT/REFAVS."),
@@ -307,7 +312,7 @@ def serve(
     raw: Path = typer.Option(None, exists=True, file_okay=False, help="Raw dataset folder to (re)ingest each run."),
     ablate: str = typer.Option(None, "--ablate", help="Also run this ablation grid each time."),
     name: str = typer.Option(None, help="Deployment name (default: <experiment>-pipeline)."),
-    overlap: str = typer.Option("cancel", help="A firing while the previous run still goes: 'cancel' it (state "
+    overlap: Overlap = typer.Option(Overlap.cancel, help="A firing while the previous run still goes: 'cancel' it (state "
                                 "Cancelled) or let it 'wait' for that run (state AwaitingConcurrencySlot)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field (repeatable)."),
 ) -> None:
@@ -322,7 +327,7 @@ def serve(
     from flows.pipeline import serve_pipeline
 
     try:
-        serve_pipeline(config, cron, set_, raw=raw, ablate_grid=ablate, name=name, overlap=overlap)
+        serve_pipeline(config, cron, set_, raw=raw, ablate_grid=ablate, name=name, overlap=overlap.value)
     except (ConfigError, RuntimeError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
 

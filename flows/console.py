@@ -169,6 +169,31 @@ def _on_signal(signum: int, frame) -> None:  # noqa: ARG001 (signal handler sign
     raise KeyboardInterrupt
 
 
+def _on_unraisable(hook) -> None:
+    """A stop that landed in code whose errors Python only prints (a garbage-collection callback,
+    `__del__`) is lost there: our KeyboardInterrupt, or Prefect's TerminationSignal inside a flow run.
+    Deliver it again a moment later (`_on_alarm`), in the main thread's own code."""
+    from auralsam2.utils import stop
+
+    exc = hook.exc_value
+    if isinstance(exc, KeyboardInterrupt) and stop.requested():
+        _STATE["lost"] = None
+    elif type(exc).__name__ == "TerminationSignal":  # prefect.exceptions, not imported here
+        _STATE["lost"] = getattr(exc, "signal", signal.SIGTERM)
+    else:
+        sys.__unraisablehook__(hook)
+        return
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+
+
+def _on_alarm(signum: int, frame) -> None:  # noqa: ARG001 (signal handler signature)
+    lost = _STATE.pop("lost", None)
+    handler = signal.getsignal(lost) if lost else None
+    if callable(handler):
+        handler(lost, frame)  # Prefect's inside a flow run (raises its TerminationSignal), else ours
+    raise KeyboardInterrupt
+
+
 def stop_workers(signum: int) -> None:
     """Send `signum` to this process's descendants in its own session (worker processes, torchrun ranks),
     not to a server started in a session of its own (the local Prefect server: it must answer the
@@ -201,6 +226,8 @@ def run_cli(app) -> None:
     set_debug(_STATE["debug"])
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    sys.unraisablehook = _on_unraisable
     try:
         app()
     except (KeyboardInterrupt, SystemExit) as exc:
@@ -216,9 +243,16 @@ def run_cli(app) -> None:
         typer.secho(f"error: {describe(exc)}", fg=typer.colors.RED, err=True)
         typer.secho("(run again with --debug for the traceback)", err=True)
         sys.exit(1)
+    except BaseException as exc:
+        if type(exc).__name__ != "TerminationSignal":  # Prefect's SIGTERM, out of a flow run
+            raise
+        _STATE.setdefault("signal", getattr(exc, "signal", signal.SIGTERM))
+        _interrupted()
     finally:
         # the command is done: a signal now would only cut its exit short (Prefect stopping its
         # server), and at finalisation Python puts back the default handlers, which kill silently
         # (an ignored signal it leaves ignored)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)

@@ -256,6 +256,17 @@ def run_pipeline(config_path: str | os.PathLike, overrides: Sequence[str] = (), 
                          dask_address=dask_address, row_workers=row_workers)
 
 
+def _check_cron(cron: str) -> None:
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    try:
+        CronSchedule(cron=cron)
+    except ValidationError:
+        raise ValueError(f'--cron {cron!r} is not a cron schedule: five fields, minute hour day-of-month month '
+                         'day-of-week, e.g. "0 3 * * *" (every day at 03:00) or "*/30 * * * *"') from None
+
+
 # what a firing does while the deployment's previous run still goes (Prefect's deployment concurrency
 # limit of 1 and its collision strategy): "cancel" ends it Cancelled at once, "wait" queues it
 OVERLAP_STRATEGIES = {"cancel": "CANCEL_NEW", "wait": "ENQUEUE"}
@@ -272,7 +283,7 @@ def serve_pipeline(config_path: str | os.PathLike, cron: str, overrides: Sequenc
 
     if overlap not in OVERLAP_STRATEGIES:
         raise ValueError(f"--overlap {overlap!r}: choose one of {', '.join(OVERLAP_STRATEGIES)}")
-
+    _check_cron(cron)
     if not PREFECT_API_URL.value():
         raise RuntimeError(
             "scheduling needs a Prefect server: run `prefect server start --host 127.0.0.1` and "

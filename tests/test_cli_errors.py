@@ -180,3 +180,44 @@ finally:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "exited cleanly" in done.stdout, done.stderr[-1000:]
     assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # (this process's own handlers untouched)
+
+
+_STOP_IN_A_GC_CALLBACK = """
+import gc, os, signal, sys, time, typer, weakref
+from flows.console import run_cli
+app = typer.Typer()
+
+class Resource:
+    pass
+
+@app.command()
+def work(bridge: str = "") -> None:
+    if bridge:  # inside a Prefect flow run, SIGTERM raises Prefect's TerminationSignal instead
+        from prefect.utilities.engine import _prefect_sigterm_handler
+        signal.signal(signal.SIGTERM, _prefect_sigterm_handler)
+    def collected(_):  # the signal lands while Python runs a callback whose errors it only prints
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+    resource = Resource()
+    ref = weakref.ref(resource, collected)
+    del resource
+    gc.collect()
+    time.sleep(5)  # more work, with no stop check in it
+    print("finished the work", flush=True)
+
+sys.argv = ["auralsam2", *sys.argv[1:]]
+run_cli(app)
+"""
+
+
+@pytest.mark.parametrize("bridge", ["", "prefect"])
+def test_a_stop_that_lands_in_a_garbage_collection_callback_still_stops(bridge: str) -> None:
+    """Python only prints an exception raised in a weakref callback or `__del__`: a SIGTERM that lands
+    there (ours, or Prefect's inside a flow run) is delivered again in the command's own code."""
+    args = ["--bridge", bridge] if bridge else []
+    done = subprocess.run([sys.executable, "-c", _STOP_IN_A_GC_CALLBACK, *args],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143, (done.returncode, done.stdout, done.stderr[-2000:])
+    assert "finished the work" not in done.stdout
+    assert "interrupted; run the same command again" in done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr[-2000:]

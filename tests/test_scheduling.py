@@ -23,8 +23,10 @@ from data_specs.synth import SynthConfig, generate_world
 
 DEMO_TINY = PROJECT_ROOT / "configs" / "demo_tiny.yaml"
 EXPERIMENT = "scheduled_test"
+# (an ingest and cache folder of their own: another test's world is another raw root)
 TINY_RUN = ["train.max_steps=2", "train.epochs=1", "train.mask_prompt_warmup_epochs=1", "data.max_val_items=2",
-            "eval.splits=[test]", "eval.decodings=[iou_select]", "eval.overlays=1", f"experiment={EXPERIMENT}"]
+            "eval.splits=[test]", "eval.decodings=[iou_select]", "eval.overlays=1", "data.ingest=ingest/scheduled",
+            "data.cache=cache/scheduled", f"experiment={EXPERIMENT}"]
 STEPS = ("ingest-step", "cache-step", "train-step", "evaluate-step")
 
 
@@ -173,6 +175,19 @@ def _sets(overrides: list[str]) -> list[str]:
     return [a for o in overrides for a in ("--set", o)]
 
 
+@pytest.mark.parametrize(("args", "error"), [
+    (["--cron", "61 * * * *"], "error: --cron '61 * * * *' is not a cron schedule: five fields"),
+    (["--cron", "0 3 * * *"], "error: scheduling needs a Prefect server: run `prefect server start --host 127.0.0.1`"),
+])
+def test_serve_says_what_is_wrong_before_registering(args: list[str], error: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    done = subprocess.run([sys.executable, "-m", "flows", "serve", str(DEMO_TINY), *args], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=PROJECT_ROOT)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith(error), line
+
+
 def test_a_cron_fired_pipeline_run_completes_and_a_firing_during_a_run_is_cancelled(served, world: Path,
                                                                                      tmp_path: Path) -> None:
     from auralsam2.paths import data_home
@@ -254,7 +269,8 @@ def test_a_served_grid_reingests_a_changed_raw_tree_and_overlapping_firings_wait
 
     raw = tmp_path / "AVSBench"
     shutil.copytree(world / "AVSBench", raw)
-    overrides = [*TINY_RUN[:-1], "experiment=scheduled_grid_test"]
+    overrides = [*TINY_RUN[:-3], "data.ingest=ingest/scheduled_grid", "data.cache=cache/scheduled_grid",
+                 "experiment=scheduled_grid_test"]
     s = served(["--cron", "0 3 * * *", "--raw", str(raw), "--ablate", "smoke", "--overlap", "wait",
                 *_sets(overrides)], "grid")
     deployment = s.deployment()
