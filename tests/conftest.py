@@ -40,6 +40,10 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 
+# the embedded Prefect defaults (`flows._env`) before any test module imports Prefect, which reads
+# its settings once (as the command line does: `flows` first)
+import flows  # noqa: E402, F401
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
