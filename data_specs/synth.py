@@ -23,14 +23,17 @@ MS3 `name,split`.
 
 Trees are built under `out/.<name>.partial` and renamed into place, replacing an earlier synthetic
 tree (one with the marker file) atomically; a foreign folder of the same name is never touched.
+One generator at a time writes into `out`: it holds `out/.lock`, and a second one stops at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,15 +136,24 @@ def _binary(mask: np.ndarray) -> bytes:
     return _png(np.where(mask, 255, 0).astype(np.uint8))
 
 
-def _start(out: Path, names: tuple[str, ...], marker: str) -> dict[str, Path]:
-    """Check that `out/<name>` and `out/<marker>` are ours to replace and return fresh `.partial`
-    folders. The generator writes beside the user's other files in `out` and never touches them."""
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """One generator at a time in `out` (the lock ingest, cache and training take on their folders):
+    a second one stops at once, naming the folder, instead of both replacing each other's trees."""
     from auralsam2.paths import data_home
+    from auralsam2.utils.locks import folder_lock
 
     home = data_home()
     if out.resolve() == home or out.resolve() in home.parents:
         raise FileExistsError(f"{out} holds the data folder {home}; give the synthetic world a folder of its own "
                               "(nothing was changed)")
+    with folder_lock(out, "synthetic world generator"):
+        yield
+
+
+def _start(out: Path, names: tuple[str, ...], marker: str) -> dict[str, Path]:
+    """Check that `out/<name>` and `out/<marker>` are ours to replace and return fresh `.partial`
+    folders. The generator writes beside the user's other files in `out` and never touches them."""
     ours = _is_world_marker(out / marker)
     if (out / marker).exists() and not ours:
         raise FileExistsError(f"{out / marker} was not written by the synthetic world generator; choose another "
@@ -194,16 +206,17 @@ def generate_world(out: Path, config: SynthConfig | None = None, progress: bool 
     uids = [p.uid for plans in avss_plans.values() for p in plans] + [p.uid for p in refavs_plans]
     if len(set(uids)) != len(uids):
         raise RuntimeError(f"synthetic uid collision for seed {cfg.seed}; use another --seed")
-    partial = _start(out, ("AVSBench", "REFAVS"), WORLD_MARKER)
-    summary = WorldSummary(out, {"AVSBench": out / "AVSBench", "REFAVS": out / "REFAVS"})
-    total = sum(len(p) for p in avss_plans.values()) + len(refavs_plans)
-    with tqdm(total=total, desc="synthetic world", unit="clip", disable=not progress) as bar:
-        _write_avss(_Tree(partial["AVSBench"], summary), avss_plans, cfg, summary, bar)
-        _write_refavs(_Tree(partial["REFAVS"], summary), refavs_plans, cfg, summary, bar)
-    truth = [p.truth() for plans in avss_plans.values() for p in plans] + [p.truth() for p in refavs_plans]
-    _publish(out, partial, WORLD_MARKER, {"generator": "data_specs.synth", "config": cfg.model_dump(mode="json"),
-                                          "summary": {"clips": summary.clips, "expressions": summary.expressions},
-                                          "clips": truth})
+    with _writing(out):
+        partial = _start(out, ("AVSBench", "REFAVS"), WORLD_MARKER)
+        summary = WorldSummary(out, {"AVSBench": out / "AVSBench", "REFAVS": out / "REFAVS"})
+        total = sum(len(p) for p in avss_plans.values()) + len(refavs_plans)
+        with tqdm(total=total, desc="synthetic world", unit="clip", disable=not progress) as bar:
+            _write_avss(_Tree(partial["AVSBench"], summary), avss_plans, cfg, summary, bar)
+            _write_refavs(_Tree(partial["REFAVS"], summary), refavs_plans, cfg, summary, bar)
+        truth = [p.truth() for plans in avss_plans.values() for p in plans] + [p.truth() for p in refavs_plans]
+        _publish(out, partial, WORLD_MARKER, {"generator": "data_specs.synth", "config": cfg.model_dump(mode="json"),
+                                              "summary": {"clips": summary.clips, "expressions": summary.expressions},
+                                              "clips": truth})
     return summary
 
 
@@ -258,8 +271,12 @@ def _write_refavs(tree: _Tree, plans: list[ClipPlan], cfg: SynthConfig, summary:
 
 def generate_avsbench_v1(out: Path, config: SynthConfig | None = None, progress: bool = True) -> WorldSummary:
     """Write the release-1 trees `out/Single-source` (S4) and `out/Multi-sources` (MS3)."""
-    cfg = config or SynthConfig()
     out = Path(out)
+    with _writing(out):
+        return _generate_avsbench_v1(out, config or SynthConfig(), progress)
+
+
+def _generate_avsbench_v1(out: Path, cfg: SynthConfig, progress: bool) -> WorldSummary:
     plans = plan_release1(cfg)
     partial = _start(out, ("Single-source", "Multi-sources"), RELEASE1_MARKER)
     summary = WorldSummary(out, {"Single-source": out / "Single-source", "Multi-sources": out / "Multi-sources"})

@@ -483,3 +483,35 @@ def test_refavs_needs_hearing_and_reading(world, truth):
             counted += 1
     assert counted >= 10
 
+
+
+def test_a_second_generator_into_the_same_folder_stops_at_once(tmp_path):
+    """Two `synth` into one --out: the second stops at once naming the folder (before: both replaced
+    each other's trees and a world missing clip folders was published with exit status 0); the first
+    publishes its whole world."""
+    import subprocess
+    import sys
+    import time
+
+    from auralsam2.config import PROJECT_ROOT
+
+    out = tmp_path / "w"
+    first = subprocess.Popen([sys.executable, "-m", "flows", "synth", "--out", str(out), "--clips", "8",
+                              "--size", "96"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + 120
+    while not (out / ".AVSBench.partial").is_dir():  # the first one holds the lock and writes
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    second = subprocess.run([sys.executable, "-m", "flows", "synth", "--out", str(out), "--clips", "8",
+                             "--size", "96"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-2000:]
+    (line,) = [x for x in second.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith(f"error: {out} is being written by another synthetic world generator right now")
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    import csv
+
+    with open(out / "AVSBench" / "metadata.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all((out / "AVSBench" / r["label"] / r["uid"] / "audio.wav").is_file() for r in rows)
