@@ -226,3 +226,35 @@ def test_a_checkpoint_naming_a_hostile_sam2_config_is_refused_before_it_runs(avs
                            str(tmp_path / "out"))
     assert code == 1 and "builtins.open" in output and "refused" in output, output
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_surround_sound_is_downmixed_by_its_layout(avs, tmp_path):
+    """A 5.1 track (front left 440 Hz, front right 880 Hz, the rest silent) reaches a stereo model as
+    FFmpeg's standard downmix: left from front left, right from front right (not a refusal, not the
+    average of six channels); `segment` runs on it end to end."""
+    from auralsam2.video.decode import AudioStream
+
+    rate, seconds = 16000, 3
+    t = np.arange(rate * seconds) / rate
+    surround = np.zeros((len(t), 6), np.int16)
+    surround[:, 0] = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+    surround[:, 1] = (8000 * np.sin(2 * np.pi * 880 * t)).astype(np.int16)
+    frames = [np.full((64, 64, 3), 40 * k, np.uint8) for k in range(seconds)]
+    video = encode_video(tmp_path / "surround.mp4", frames, 1, surround, rate)
+
+    with AudioStream(video, channels=2) as audio:
+        assert (audio.source_channels, audio.channels) == (6, 2)
+        stereo = audio.take(0.5, 2.0).astype(np.float64)
+
+    def power_at(x: np.ndarray, hz: float) -> float:
+        spectrum = np.abs(np.fft.rfft(x)) ** 2
+        return float(spectrum[round(hz * len(x) / rate)])
+
+    left, right = stereo[:, 0], stereo[:, 1]
+    assert power_at(left, 440) > 100 * power_at(left, 880)
+    assert power_at(right, 880) > 100 * power_at(right, 440)
+
+    code, output = _invoke(str(video), "--checkpoint", str(avs[0]), "--out", str(tmp_path / "out"))
+    assert code == 0, output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n_frames"] == seconds and summary["video"]["channels"] == 6

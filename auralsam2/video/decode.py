@@ -159,7 +159,10 @@ class AudioStream:
     `take(start, seconds)` returns [start, start + seconds) (short at the end of the sound) and
     forgets what lies before `start`; starts must not decrease."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, channels: int | None = None) -> None:
+        """`channels`: the most channels the listener takes; a surround track (5.1, 7.1, ...) is
+        downmixed to it by FFmpeg's standard matrix, which knows which channel is which (front left
+        to left, centre to both, ...). Mono and stereo are read as they are."""
         import av
 
         self.path = Path(path)
@@ -170,8 +173,10 @@ class AudioStream:
                              "include audio): give a video with an audio track")
         stream = self._container.streams.audio[0]
         self.sample_rate = int(stream.codec_context.sample_rate)
-        self.channels = int(stream.codec_context.channels)
+        self.channels = self.source_channels = int(stream.codec_context.channels)
         layout = stream.codec_context.layout.name
+        if channels is not None and self.source_channels > max(channels, 2):
+            layout, self.channels = ("stereo", 2) if channels >= 2 else ("mono", 1)
         self._resampler = av.AudioResampler(format="s16", layout=layout, rate=self.sample_rate)
         self._packets = self._container.decode(stream)
         self._buffer = np.zeros((0, self.channels), np.int16)

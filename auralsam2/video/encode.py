@@ -150,7 +150,7 @@ class OverlayWriter:
 def write_frames_video(path: str | os.PathLike, frames: list[np.ndarray], fps: int, audio: np.ndarray | None = None,
                        sample_rate: int = 16000, repeat: int = 1) -> Path:
     """Encode `frames` (H, W, 3) uint8, each shown `repeat` times at `fps`, with `audio` (n, channels)
-    int16 (None: silent), in the format of `path`'s suffix (see `FORMATS`; H.264 needs even sizes).
+    int16 (None: silent; channels 1, 2, 6 = 5.1 or 8 = 7.1 in FFmpeg's order: FL FR FC LFE BL BR ...), in the format of `path`'s suffix (see `FORMATS`; H.264 needs even sizes).
     Turns a dataset clip (1 fps frames + its WAV) into a video `segment` can read."""
     import av
 
@@ -166,7 +166,10 @@ def write_frames_video(path: str | os.PathLike, frames: list[np.ndarray], fps: i
             video.options = {"crf": "18"}
         stream = None
         if audio is not None:
-            layout = "stereo" if audio.shape[1] == 2 else "mono"
+            layouts = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}
+            if audio.shape[1] not in layouts:
+                raise ValueError(f"audio has {audio.shape[1]} channels; write 1, 2, 6 (5.1) or 8 (7.1)")
+            layout = layouts[audio.shape[1]]
             stream = out.add_stream(acodec, rate=48000 if acodec == "libopus" else sample_rate, layout=layout)
         pts = 0
         for image in frames:

@@ -145,7 +145,7 @@ def segment_windows(model: AuralSAM2, video: str, settings: SegmentSettings) -> 
         raise VideoError(f"this checkpoint reads (modalities={model.fuser.config.modalities!r}): give the "
                          "referring expression with --text")
     channels = model.audio_encoder.channels if listens and model.audio_encoder is not None else 2
-    audio = AudioStream(video) if listens else None
+    audio = AudioStream(video, channels) if listens else None
     try:
         frames = sample_frames(video, settings.sampling, info.duration, info.fps)
         any_window = False
