@@ -3,7 +3,9 @@
 Frame sampling follows the datasets the checkpoints were trained on. `per_second`: one frame per
 second, the frame on screen at 15/16 of each second (AVSBench's `k % 16 == 15` of a 16 fps
 decode; Ref-AVS is also 1 fps), i.e. the last frame whose timestamp is <= t + 15/16. `every_frame`:
-every decoded frame. Frames and audio are decoded as a stream (two demuxers, each advanced only as
+every decoded frame. Times count from the container's start, as a player shows them (an MPEG-TS
+segment's timestamps may start at 10 s; a phone video's picture may start after its sound).
+Frames and audio are decoded as a stream (two demuxers, each advanced only as
 far as needed), so memory is bounded by one window whatever the video's length.
 """
 
@@ -32,8 +34,10 @@ class VideoError(ValueError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What `probe_video` found. `duration`: seconds up to the end of the last frame (or the
-    container's duration); `audio_*` are None for a silent video."""
+    """What `probe_video` found. Times count from the container's start (`start`: an MPEG-TS
+    segment's streams may start at 10 s, an mp4's video after its sound), as a player shows them.
+    `duration`: seconds from that start to the end of the video's last frame (or the container's
+    duration); `audio_*` are None for a silent video."""
 
     path: str
     width: int
@@ -45,6 +49,7 @@ class VideoInfo:
     audio_codec: str | None
     sample_rate: int | None
     channels: int | None
+    start: float = 0.0  # the container's start time (s): times here count from it, as a player's do
 
     @property
     def has_audio(self) -> bool:
@@ -95,35 +100,44 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         if first is None:
             raise VideoError(f"{path}: its video stream ({codec}) holds no decodable frame")
         rate = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
-        duration = _duration(container, stream)
+        origin = _timeline_origin(container)
+        duration = _duration(container, stream, origin)
         audio = container.streams.audio[0] if container.streams.audio else None
         return VideoInfo(
             path=str(path), width=first.width, height=first.height, fps=rate, duration=duration,
             video_codec=codec, container=container.format.name,
             audio_codec=None if audio is None else audio.codec_context.name,
             sample_rate=None if audio is None else int(audio.codec_context.sample_rate),
-            channels=None if audio is None else int(audio.codec_context.channels),
+            channels=None if audio is None else int(audio.codec_context.channels), start=origin,
         )
 
 
-def _duration(container, stream) -> float:
+def _timeline_origin(container) -> float:
+    """The time (s) a player starts from: the container's start, the earliest of its streams'."""
+    return container.start_time / 1_000_000 if container.start_time is not None else 0.0
+
+
+def _duration(container, stream, origin: float) -> float:
+    """Seconds from `origin` to the end of the video stream."""
     if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
+        begins = float(stream.start_time * stream.time_base) - origin if stream.start_time is not None else 0.0
+        return begins + float(stream.duration * stream.time_base)
     if container.duration is not None:
         return container.duration / 1_000_000
     return math.nan  # unknown: sampling then runs to the last frame
 
 
 def _frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:
-    """(timestamp s, RGB array) of every decoded frame, in presentation order."""
+    """(timestamp s from the container's start, RGB array) of every decoded frame, in presentation order."""
     import av
 
     with _open(path) as container:
+        origin = _timeline_origin(container)
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         try:
             for frame in container.decode(stream):
-                yield float(frame.time or 0.0), frame.to_ndarray(format="rgb24")
+                yield (origin if frame.time is None else float(frame.time)) - origin, frame.to_ndarray(format="rgb24")
         except av.error.FFmpegError as err:
             raise VideoError(f"{path}: decoding failed after some frames: {err}") from None
 
@@ -172,6 +186,7 @@ class AudioStream:
             raise VideoError(f"{self.path}: has no sound; this checkpoint listens (modalities "
                              "include audio): give a video with an audio track")
         stream = self._container.streams.audio[0]
+        self._timeline = _timeline_origin(self._container)
         self.sample_rate = int(stream.codec_context.sample_rate)
         self.channels = self.source_channels = int(stream.codec_context.channels)
         layout = stream.codec_context.layout.name
@@ -195,25 +210,33 @@ class AudioStream:
         except av.error.FFmpegError as err:
             raise VideoError(f"{self.path}: the audio stream cannot be decoded: {err}") from None
         if self._origin is None:
-            self._origin = float(frame.time or 0.0)
+            self._origin = self._timeline if frame.time is None else float(frame.time)
         for out in self._resampler.resample(frame):
             data = out.to_ndarray().reshape(-1, self.channels)  # packed s16: (1, n * channels)
             self._buffer = np.concatenate([self._buffer, data])
         return True
 
     def take(self, start: float, seconds: float) -> np.ndarray:
+        """The samples of [start, start + seconds) on the container's timeline (as a player plays
+        them): silence before the sound begins, short at its end."""
         while self._origin is None and not self._done:
             self._pull()
-        origin = self._origin or 0.0
-        first = max(0, round((start - origin) * self.sample_rate))
-        last = first + round(seconds * self.sample_rate)
+        sound_begins = self._timeline if self._origin is None else self._origin
+        first = round((start + self._timeline - sound_begins) * self.sample_rate)
+        count = round(seconds * self.sample_rate)
+        silence = min(count, max(0, -first))
+        first = max(0, first)
+        last = first + count - silence
         if first < self._buffer_start:
             raise ValueError(f"AudioStream.take: start {start} s lies before what was already released")
         while self._buffer_start + len(self._buffer) < last and not self._done:
             self._pull()
         self._buffer = self._buffer[first - self._buffer_start:]
         self._buffer_start = first
-        return self._buffer[: last - first].copy()
+        piece = self._buffer[: last - first].copy()
+        if silence:
+            piece = np.concatenate([np.zeros((silence, self.channels), np.int16), piece])
+        return piece
 
     def close(self) -> None:
         self._container.close()

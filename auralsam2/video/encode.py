@@ -24,6 +24,7 @@ FORMATS = {
     "mp4": ("libx264", "yuv420p", "aac", "fltp"),
     "webm": ("libvpx-vp9", "yuv420p", "libopus", "flt"),
     "mov": ("libx264", "yuv420p", "aac", "fltp"),
+    "ts": ("libx264", "yuv420p", "aac", "fltp"),  # MPEG-TS: a broadcast or HLS segment
 }
 
 TINT = np.array([255, 64, 32], np.float32)  # the mask colour
@@ -90,6 +91,9 @@ class OverlayWriter:
         self._resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
         self._audio_samples = 0
         self._audio_rate = rate
+        # the overlay's time 0 is the source's start: a sound that begins later starts after silence
+        self._timeline = container.start_time / 1_000_000 if container.start_time is not None else 0.0
+        self._silence_first = True
 
     def _audio_until(self, seconds: float | None) -> None:
         """Encode the source's sound up to `seconds` (None: all of it)."""
@@ -97,6 +101,10 @@ class OverlayWriter:
             return
         while seconds is None or self._audio_samples < seconds * self._audio_rate:
             frame = next(self._audio_frames, None)
+            if self._silence_first and frame is not None and frame.time is not None:
+                self._silence_first = False
+                self._audio_samples = max(0, round((float(frame.time) - self._timeline) * self._audio_rate))
+                self._encode_silence(self._audio_samples)
             frames = self._resampler.resample(frame)  # None flushes the resampler
             for out in frames:
                 out.pts = self._audio_samples
@@ -107,6 +115,17 @@ class OverlayWriter:
                 self._out.mux(self._audio.encode(None))
                 self._audio = None
                 return
+
+    def _encode_silence(self, samples: int) -> None:
+        import av
+
+        for start in range(0, samples, self._audio_rate):
+            n = min(self._audio_rate, samples - start)
+            channels = self._audio.codec_context.channels
+            frame = av.AudioFrame.from_ndarray(np.zeros((channels, n), np.float32), format="fltp",
+                                               layout=self._audio.layout.name)
+            frame.sample_rate, frame.pts, frame.time_base = self._audio_rate, start, Fraction(1, self._audio_rate)
+            self._out.mux(self._audio.encode(frame))  # the encoder's own format: no resampling
 
     def add(self, rgb: np.ndarray, mask: np.ndarray) -> None:
         import av
@@ -148,15 +167,17 @@ class OverlayWriter:
 
 
 def write_frames_video(path: str | os.PathLike, frames: list[np.ndarray], fps: int, audio: np.ndarray | None = None,
-                       sample_rate: int = 16000, repeat: int = 1) -> Path:
+                       sample_rate: int = 16000, repeat: int = 1, video_start: float = 0.0,
+                       audio_start: float = 0.0) -> Path:
     """Encode `frames` (H, W, 3) uint8, each shown `repeat` times at `fps`, with `audio` (n, channels)
     int16 (None: silent; channels 1, 2, 6 = 5.1 or 8 = 7.1 in FFmpeg's order: FL FR FC LFE BL BR ...), in the format of `path`'s suffix (see `FORMATS`; H.264 needs even sizes).
-    Turns a dataset clip (1 fps frames + its WAV) into a video `segment` can read."""
+    Turns a dataset clip (1 fps frames + its WAV) into a video `segment` can read. `video_start`,
+    `audio_start`: each stream's first timestamp (s), as broadcast segments and phone videos have."""
     import av
 
     path = Path(path)
     if path.suffix.lstrip(".") not in FORMATS:
-        raise ValueError(f"{path}: write .mkv (lossless), .mp4, .webm or .mov")
+        raise ValueError(f"{path}: write .mkv (lossless), .mp4, .webm, .mov or .ts")
     vcodec, pix_fmt, acodec, afmt = FORMATS[path.suffix.lstrip(".")]
     with av.open(str(path), mode="w") as out:
         video = out.add_stream(vcodec, rate=fps)
@@ -171,7 +192,7 @@ def write_frames_video(path: str | os.PathLike, frames: list[np.ndarray], fps: i
                 raise ValueError(f"audio has {audio.shape[1]} channels; write 1, 2, 6 (5.1) or 8 (7.1)")
             layout = layouts[audio.shape[1]]
             stream = out.add_stream(acodec, rate=48000 if acodec == "libopus" else sample_rate, layout=layout)
-        pts = 0
+        pts = round(video_start * fps)
         for image in frames:
             for _ in range(repeat):
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
@@ -183,7 +204,8 @@ def write_frames_video(path: str | os.PathLike, frames: list[np.ndarray], fps: i
             planar = afmt != "s16"
             data = np.ascontiguousarray(audio.T if planar else audio.reshape(1, -1))
             frame = av.AudioFrame.from_ndarray(data, format="s16p" if planar else "s16", layout=stream.layout.name)
-            frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
+            frame.sample_rate, frame.time_base = sample_rate, Fraction(1, sample_rate)
+            frame.pts = round(audio_start * sample_rate)
             resampler = av.AudioResampler(format=afmt, layout=stream.layout.name, rate=stream.rate)
             for piece in [*resampler.resample(frame), *resampler.resample(None)]:
                 out.mux(stream.encode(piece))
