@@ -137,23 +137,27 @@ def _binary(mask: np.ndarray) -> bytes:
 
 
 @contextlib.contextmanager
-def _writing(out: Path) -> Iterator[None]:
-    """One generator at a time in `out` (the lock ingest, cache and training take on their folders):
-    a second one stops at once, naming the folder, instead of both replacing each other's trees."""
-    from auralsam2.paths import data_home
+def _writing(out: Path, names: tuple[str, ...], marker: str) -> Iterator[dict[str, Path]]:
+    """Fresh `.partial` folders for `out/<name>`, one generator at a time (the lock ingest, cache and
+    training take on their folders): a second one stops at once, naming the folder, instead of both
+    replacing each other's trees. A folder that is not ours is refused before anything is written."""
     from auralsam2.utils.locks import folder_lock
+
+    _check_ours(out, names, marker)
+    with folder_lock(out, "synthetic world generator"):
+        _check_ours(out, names, marker)  # (what another generator may have published meanwhile)
+        yield _start(out, names)
+
+
+def _check_ours(out: Path, names: tuple[str, ...], marker: str) -> None:
+    """`out/<name>` and `out/<marker>` must be ours to replace. The generator writes beside the
+    user's other files in `out` and never touches them."""
+    from auralsam2.paths import data_home
 
     home = data_home()
     if out.resolve() == home or out.resolve() in home.parents:
         raise FileExistsError(f"{out} holds the data folder {home}; give the synthetic world a folder of its own "
                               "(nothing was changed)")
-    with folder_lock(out, "synthetic world generator"):
-        yield
-
-
-def _start(out: Path, names: tuple[str, ...], marker: str) -> dict[str, Path]:
-    """Check that `out/<name>` and `out/<marker>` are ours to replace and return fresh `.partial`
-    folders. The generator writes beside the user's other files in `out` and never touches them."""
     ours = _is_world_marker(out / marker)
     if (out / marker).exists() and not ours:
         raise FileExistsError(f"{out / marker} was not written by the synthetic world generator; choose another "
@@ -162,6 +166,9 @@ def _start(out: Path, names: tuple[str, ...], marker: str) -> dict[str, Path]:
         if (out / name).exists() and not ours:
             raise FileExistsError(f"{out / name} exists but {out / marker} does not, so it was not written by the "
                                   "synthetic world generator; choose an empty --out folder or remove it yourself")
+
+
+def _start(out: Path, names: tuple[str, ...]) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     partial = {}
     for name in names:
@@ -206,8 +213,7 @@ def generate_world(out: Path, config: SynthConfig | None = None, progress: bool 
     uids = [p.uid for plans in avss_plans.values() for p in plans] + [p.uid for p in refavs_plans]
     if len(set(uids)) != len(uids):
         raise RuntimeError(f"synthetic uid collision for seed {cfg.seed}; use another --seed")
-    with _writing(out):
-        partial = _start(out, ("AVSBench", "REFAVS"), WORLD_MARKER)
+    with _writing(out, ("AVSBench", "REFAVS"), WORLD_MARKER) as partial:
         summary = WorldSummary(out, {"AVSBench": out / "AVSBench", "REFAVS": out / "REFAVS"})
         total = sum(len(p) for p in avss_plans.values()) + len(refavs_plans)
         with tqdm(total=total, desc="synthetic world", unit="clip", disable=not progress) as bar:
@@ -272,13 +278,12 @@ def _write_refavs(tree: _Tree, plans: list[ClipPlan], cfg: SynthConfig, summary:
 def generate_avsbench_v1(out: Path, config: SynthConfig | None = None, progress: bool = True) -> WorldSummary:
     """Write the release-1 trees `out/Single-source` (S4) and `out/Multi-sources` (MS3)."""
     out = Path(out)
-    with _writing(out):
-        return _generate_avsbench_v1(out, config or SynthConfig(), progress)
+    with _writing(out, ("Single-source", "Multi-sources"), RELEASE1_MARKER) as partial:
+        return _write_release1(out, partial, config or SynthConfig(), progress)
 
 
-def _generate_avsbench_v1(out: Path, cfg: SynthConfig, progress: bool) -> WorldSummary:
+def _write_release1(out: Path, partial: dict[str, Path], cfg: SynthConfig, progress: bool) -> WorldSummary:
     plans = plan_release1(cfg)
-    partial = _start(out, ("Single-source", "Multi-sources"), RELEASE1_MARKER)
     summary = WorldSummary(out, {"Single-source": out / "Single-source", "Multi-sources": out / "Multi-sources"})
     s4, ms3 = _Tree(partial["Single-source"], summary), _Tree(partial["Multi-sources"], summary)
     s4_rows, ms3_rows = [], []

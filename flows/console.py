@@ -23,6 +23,10 @@ __all__ = ["describe", "error_line", "fail", "is_user_error", "run_cli", "set_de
 # user errors of modules that import torch: (module, class)
 LAZY_USER_ERRORS = (("auralsam2.engine.loop", "DeviceMemoryError"), ("flows.train", "TrainProcessError"))
 
+# how to get past a damaged or unreadable MLflow store (also `flows.tracking.StoreError`'s fix)
+STORE_FIX = ("restore it from a backup, move it aside (the next run makes a new, empty store there), or point "
+             "MLFLOW_TRACKING_URI at another store")
+
 _STATE = {"debug": os.environ.get("AURALSAM2_DEBUG", "") not in ("", "0")}
 
 
@@ -78,8 +82,6 @@ def _store_error(exc: BaseException) -> str | None:
     for e in _chain(exc):
         if isinstance(e, sqlite3.DatabaseError) or type(e).__module__.startswith("sqlalchemy"):
             from auralsam2.paths import mlflow_tracking_uri, sqlite_path
-            from flows.tracking import STORE_FIX
-
             uri = mlflow_tracking_uri()
             text = str(getattr(e, "orig", None) or e).strip().splitlines()
             return f"the MLflow store {sqlite_path(uri) or uri}: {text[0] if text else type(e).__name__}; {STORE_FIX}"

@@ -33,6 +33,7 @@ from auralsam2.config import PROJECT_ROOT, ExperimentConfig, flatten_config
 from auralsam2.paths import data_home, mlflow_tracking_uri, sqlite_path, sqlite_uri
 from auralsam2.utils.files import atomic_path
 from auralsam2.utils.hashing import sha256_file
+from flows.console import STORE_FIX, error_line
 
 __all__ = [
     "MlflowLogger",
@@ -56,8 +57,6 @@ PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 METRIC_BATCH = 1000
 
 
-STORE_FIX = ("restore it from a backup, move it aside (the next run makes a new, empty store there), or point "
-             "MLFLOW_TRACKING_URI at another store")
 
 
 class StoreError(ValueError):
@@ -255,8 +254,6 @@ def end_run(run_id: str, status: str = "FINISHED", mlflow_client=None, error: Ba
     prints for `error`."""
     c = mlflow_client or client()
     if status == "FAILED" and error is not None:
-        from flows.console import error_line
-
         c.set_tag(run_id, ERROR_TAG, error_line(error)[:5000])  # MLflow's tag value limit
     c.set_terminated(run_id, status)
 

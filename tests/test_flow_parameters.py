@@ -25,14 +25,14 @@ CACHE_SETTINGS = {"sam2_config": "tiny", "checkpoint": None, "image_size": 96, "
 
 # one real parameter set per flow (by its Prefect name); a new flow must add one
 PARAMETERS = {
-    "pipeline": {"config_yaml": CONFIG_YAML, "raw": "/data/AVSBench", "subset": "v1m", "ablate_grid": "smoke",
+    "pipeline": {"config_yaml": CONFIG_YAML, "raw": "raw/AVSBench", "subset": "v1m", "ablate_grid": "smoke",
                  "selection": SELECTION, "workers": 2, "dask_address": None, "row_workers": 2},
-    "ingest": {"dataset": "avss", "root": "/data/AVSBench", "out": "/home/ingest/avss", "subset": "all",
+    "ingest": {"dataset": "avss", "root": "raw/AVSBench", "out": "home/ingest/avss", "subset": "all",
                "strict": True, "clips_per_shard": 16, "progress": False, "force": False, "follow_symlinks": False},
-    "cache": {"ingest": "/home/ingest/avss", "out": "/home/cache/avss", "settings": CACHE_SETTINGS,
+    "cache": {"ingest": "home/ingest/avss", "out": "home/cache/avss", "settings": CACHE_SETTINGS,
               "rebuild": False, "created": "2026-01-01T00:00:00+00:00", "recheck": True, "progress": False},
     "train": {"config_yaml": CONFIG_YAML, "resume": True, "parent_run_id": "0123abcd", "tracking": True, "nproc": 2},
-    "evaluate": {"checkpoint": "/home/runs/demo/full/best.ckpt", "config_yaml": CONFIG_YAML, "splits": ["test"],
+    "evaluate": {"checkpoint": "home/runs/demo/full/best.ckpt", "config_yaml": CONFIG_YAML, "splits": ["test"],
                  "run_id": None, "tracking": True, "prompts": ["points", "box"]},
     "ablate": {"config_yaml": CONFIG_YAML, "grid": "smoke", "rows": ["full", "visual_only"], "selection": SELECTION,
                "tracking": True, "row_workers": 2},

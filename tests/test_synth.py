@@ -401,7 +401,7 @@ def test_rerun_replaces_the_tree_and_never_touches_foreign_folders(tmp_path):
     fresh = tmp_path / "fresh"
     generate_world(fresh, SynthConfig(seed=2, clips=4, size=80), progress=False)
     assert tree_bytes(out / "AVSBench") == tree_bytes(fresh / "AVSBench")
-    assert sorted(p.name for p in out.iterdir()) == ["AVSBench", "REFAVS", "world.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "AVSBench", "REFAVS", "world.json"]
     assert summary.clips["avss/v1s"] == {"train": 2, "val": 1, "test": 1}
     foreign = tmp_path / "foreign"
     (foreign / "AVSBench").mkdir(parents=True)
@@ -409,6 +409,7 @@ def test_rerun_replaces_the_tree_and_never_touches_foreign_folders(tmp_path):
     with pytest.raises(FileExistsError, match="not written by the synthetic world generator"):
         generate_world(foreign, SynthConfig(clips=4), progress=False)
     assert (foreign / "AVSBench" / "keep.txt").read_text() == "real data"
+    assert [p.name for p in foreign.iterdir()] == ["AVSBench"]  # refused before anything was written
 
 
 def test_config_validation_names_the_field():
