@@ -1,4 +1,4 @@
-"""The synthetic audio-visual world, written in the real dataset layouts (issue 2 §3).
+"""The synthetic audio-visual world, written in the real dataset layouts.
 
 `generate_world(out, config)` writes
 - `out/AVSBench`: the AVSBench-semantic release layout (reference datasets_metrics.md §1.3):

@@ -6,7 +6,7 @@ during each frame's second, and (for Ref-AVS) the referring expressions. Renderi
 (`synth_render`), sound synthesis (`synth_audio`) and file writing (`synth`) are pure functions of a
 plan, so the same config always gives the same bytes and clips do not depend on generation order.
 
-Why the task is real (see issue 2 §3 and the demo requirement of issue 8):
+Why the task is real:
 - Each category is one shape + one colour and one sound signature that lives in its own spectral
   slot of the 125-7500 Hz log-mel range with its own temporal texture, so audio names the category
   and the category names the object on screen.
@@ -19,7 +19,7 @@ Why the task is real (see issue 2 §3 and the demo requirement of issue 8):
   as a real unseen category relates to seen ones (a cello to a violin): its shape and sound
   texture, a darker shade of its colour, and the next spectral slot down. Unrelated to every seen
   category, as they first were, nothing could tie an unseen sound to an unseen look and no model
-  could find the referred sounder of `test_u` (issue 14); related, a model that has learnt how
+  could find the referred sounder of `test_u`; related, a model that has learnt how
   looks go with sounds can carry that over, and its audio and text must still pick the object.
 """
 

@@ -234,12 +234,12 @@ def test_surround_sound_is_downmixed_by_its_layout(avs, tmp_path):
     average of six channels); `segment` runs on it end to end."""
     from auralsam2.video.decode import AudioStream
 
-    rate, seconds = 16000, 3
-    t = np.arange(rate * seconds) / rate
+    rate, n_frames = 16000, 3
+    t = np.arange(rate * n_frames) / rate
     surround = np.zeros((len(t), 6), np.int16)
     surround[:, 0] = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
     surround[:, 1] = (8000 * np.sin(2 * np.pi * 880 * t)).astype(np.int16)
-    frames = [np.full((64, 64, 3), 40 * k, np.uint8) for k in range(seconds)]
+    frames = [np.full((64, 64, 3), 40 * k, np.uint8) for k in range(n_frames)]
     video = encode_video(tmp_path / "surround.mp4", frames, 1, surround, rate)
 
     with AudioStream(video, channels=2) as audio:
@@ -257,15 +257,15 @@ def test_surround_sound_is_downmixed_by_its_layout(avs, tmp_path):
     code, output = _invoke(str(video), "--checkpoint", str(avs[0]), "--out", str(tmp_path / "out"))
     assert code == 0, output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["n_frames"] == seconds and summary["video"]["channels"] == 6
+    assert summary["n_frames"] == n_frames and summary["video"]["channels"] == 6
 
 
-def _second_energy(path: Path, seconds: int) -> tuple[list[float], float]:
+def _second_energy(path: Path, n_seconds: int) -> tuple[list[float], float]:
     """Mean |sample| of each second of `path`'s sound on its container's timeline, and its length (s)."""
     from auralsam2.video.decode import AudioStream
 
     with AudioStream(path) as audio:
-        energy = [float(np.abs(audio.take(k, 1.0).astype(np.float64)).mean()) for k in range(seconds)]
+        energy = [float(np.abs(audio.take(k, 1.0).astype(np.float64)).mean()) for k in range(n_seconds)]
     import av
 
     with av.open(str(path)) as container:
@@ -283,30 +283,30 @@ def test_times_count_from_the_containers_start(avs, tmp_path, name, video_start,
     """Frame sampling and the sound are placed on the container's timeline, as a player plays them:
     one mask per second of the video (not per second since timestamp 0), each with its own second of
     sound, and an overlay as long as the video whose sound is where it was."""
-    rate, seconds = 16000, 5
-    t = np.arange(rate * seconds) / rate
+    rate, n_frames = 16000, 5
+    t = np.arange(rate * n_frames) / rate
     sound = np.zeros((len(t), 2), np.int16)
     burst = slice(3 * rate, 4 * rate)  # a tone in second 3 only
     sound[burst] = (8000 * np.sin(2 * np.pi * 440 * t[burst]))[:, None].astype(np.int16)
-    frames = [np.full((64, 64, 3), 40 * k, np.uint8) for k in range(seconds)][round(max(0, video_start - audio_start)):]
+    frames = [np.full((64, 64, 3), 40 * k, np.uint8) for k in range(n_frames)][round(max(0, video_start - audio_start)):]
     sound_begins = round(max(0, audio_start - video_start))  # on the container's timeline
     video = encode_video(tmp_path / name, frames, 1, sound, rate, video_start=video_start, audio_start=audio_start)
 
     code, output = _invoke(str(video), "--checkpoint", str(avs[0]), "--out", str(tmp_path / "out"))
     assert code == 0, output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["n_frames"] == seconds
+    assert summary["n_frames"] == n_frames
     assert all(k <= f["time"] < k + 1 or (k == 0 and f["time"] <= video_start - audio_start + 0.1)
                for k, f in enumerate(summary["frames"]))
-    energy, _ = _second_energy(video, seconds + sound_begins)
+    energy, _ = _second_energy(video, n_frames + sound_begins)
     assert int(np.argmax(energy)) == 3 + sound_begins
 
     overlay = tmp_path / "out" / "overlay.mp4"
     import av
 
     with av.open(str(overlay)) as container:
-        assert sum(1 for _ in container.decode(video=0)) == seconds
-    energy, length = _second_energy(overlay, seconds + sound_begins)
-    assert abs(length - (seconds + sound_begins)) < 0.2, length  # silence first, then the whole sound
+        assert sum(1 for _ in container.decode(video=0)) == n_frames
+    energy, length = _second_energy(overlay, n_frames + sound_begins)
+    assert abs(length - (n_frames + sound_begins)) < 0.2, length  # silence first, then the whole sound
     burst = 3 + sound_begins
     assert int(np.argmax(energy)) == burst and energy[burst] > 5 * max(energy[:burst]), energy
